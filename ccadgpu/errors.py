@@ -1,0 +1,66 @@
+"""Exception types.  Every bad input raises one of these, with a message naming the problem,
+and leaves the space exactly as it was."""
+from __future__ import annotations
+
+
+class CcadError(Exception):
+    """Base class of every error ccadgpu raises on purpose."""
+
+
+class UnsupportedPlatformError(CcadError, OSError):
+    """The CPU stand-in needs Linux (memfd_create + mmap(MAP_FIXED))."""
+
+
+class InvalidArgumentError(CcadError, ValueError):
+    """A size, shape, dtype, page list or other argument is malformed."""
+
+
+class UnknownNodeError(InvalidArgumentError):
+    """A node id or name that the space does not have."""
+
+
+class UnknownPlacementError(InvalidArgumentError):
+    """A placement string that is not one of the documented ones."""
+
+
+class CapacityError(CcadError, MemoryError):
+    """A node (or the process's mapping budget) has too little room for the request."""
+
+
+class MapCountError(CapacityError):
+    """The request would need more memory mappings than ``vm.max_map_count`` allows."""
+
+
+class ForeignArrayError(CcadError, TypeError):
+    """The array's memory was not allocated by this space."""
+
+
+class FreedArrayError(CcadError, ValueError):
+    """The array belongs to an allocation that was freed."""
+
+
+class PinnedError(CcadError, RuntimeError):
+    """The operation would move or misplace pinned (unmovable) pages."""
+
+
+class SpaceClosedError(CcadError, RuntimeError):
+    """The space was closed; its arrays no longer hold data."""
+
+
+class UnknownTunableError(CcadError, AttributeError, KeyError):
+    """A tunable name that does not exist."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class InvalidTunableError(InvalidArgumentError):
+    """A tunable value of the wrong type or out of range."""
+
+
+class DeviceOfflineError(CcadError, RuntimeError):
+    """The device is offline (or draining) and cannot take the request."""
+
+
+class MigrationError(CcadError, RuntimeError):
+    """A migration step failed; the message says which pages and what state they are in."""

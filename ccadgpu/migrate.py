@@ -1,0 +1,277 @@
+"""The migration mechanism: move pages between nodes.  No policy lives here.
+
+A move is, for each batch of pages, under the space's condition lock:
+
+1. *isolate*: pick the movable pages (not pinned, not already in flight, not already there),
+   take frames on the target node, charge the mapping budget, flag the pages ``MIGRATING``
+   (mediated writers now wait), and wait for writers already inside the pages to leave;
+2. *copy* frames node-to-node through the nodes' direct maps, one ``memcpy`` per run of
+   contiguous source and target frames, with the lock released (readers proceed);
+3. *remap* each run of pages onto its new frames with one ``mmap(MAP_FIXED)``;
+4. *commit* the page table, free the old frames, clear ``MIGRATING``, wake writers.
+
+A failure in 2 leaves every page where it was; a failure in 3 leaves each page either fully
+moved or where it was.  The report says which, page by page, in ``move_pages(2)`` style.
+"""
+from __future__ import annotations
+
+import errno
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+from . import pagetable as ptf
+from .errors import MigrationError
+from .runs import node_steps, runs
+from .telemetry import CAUSES, record_migration
+from .vaspace import MAP_BUDGET, count_breaks
+
+if TYPE_CHECKING:
+    from .space import Allocation, Space
+
+
+@dataclass
+class MigrationReport:
+    """Outcome of one :meth:`Space.move_pages` call.
+
+    ``status[i]`` is the node now holding page ``i`` of the request, or a negative errno:
+    ``-EBUSY`` pinned or already in flight, ``-ENOMEM`` no frame on the target,
+    ``-EPERM`` migration disabled, ``-ENODEV`` target offline, ``-EIO`` copy failed.
+    """
+    target: int
+    status: np.ndarray
+    pages_moved: int = 0
+    bytes_moved: int = 0
+    seconds: float = 0.0
+    cause: str = "api"
+    copy_seconds: float = 0.0
+    remap_seconds: float = 0.0
+
+    @property
+    def requested(self) -> int:
+        return int(len(self.status))
+
+    @property
+    def failed(self) -> int:
+        return int(np.count_nonzero(self.status < 0))
+
+    @property
+    def ok(self) -> bool:
+        """True only if every requested page is now on the target."""
+        return bool(np.all(self.status == self.target))
+
+    @property
+    def gbps(self) -> float:
+        return self.bytes_moved / self.seconds / 1e9 if self.seconds > 0 else 0.0
+
+    def errors(self) -> dict[str, int]:
+        """Failed pages per errno name, e.g. ``{'EBUSY': 3}``."""
+        neg = self.status[self.status < 0]
+        vals, counts = np.unique(-neg, return_counts=True)
+        return {errno.errorcode.get(int(v), str(int(v))): int(c) for v, c in zip(vals, counts)}
+
+    def __repr__(self) -> str:
+        return (f"MigrationReport(target={self.target}, requested={self.requested}, "
+                f"moved={self.pages_moved}, failed={self.failed} {self.errors() or ''}, "
+                f"bytes={self.bytes_moved}, {self.seconds * 1e3:.2f} ms, {self.gbps:.2f} GB/s)")
+
+
+@dataclass
+class _Batch:
+    vpns: np.ndarray          # virtual pages to move
+    pos: np.ndarray           # their positions in the report
+    src_nodes: np.ndarray
+    src_frames: np.ndarray
+    dst_frames: np.ndarray
+    vma_charge: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class Migrator:
+    """Executes page moves for one space.  ``fault_hook`` is a test hook called as
+    ``hook(stage, batch_index)`` with stage ``'copy'`` or ``'remap'`` before each run; raising
+    from it simulates a failure there."""
+
+    def __init__(self, space: "Space"):
+        self.space = space
+        self.fault_hook: Callable[[str, int], None] | None = None
+
+    # -- step 1 -------------------------------------------------------------------------------
+    def _isolate(self, alloc: "Allocation", vpns: np.ndarray, target: int,
+                 status: np.ndarray, cause: str) -> _Batch | None:
+        sp = self.space
+        pt = sp.pt
+        node = pt.node[vpns]
+        flags = pt.flags[vpns]
+        status[:] = node
+        todo = node != target
+        if not todo.any():
+            return None
+        if not sp.tunables.migration_enabled and cause != "evacuation":
+            status[todo] = -errno.EPERM
+            return None
+        if not sp._node_accepts(target, cause):
+            status[todo] = -errno.ENODEV
+            return None
+        # Pinned, already in flight, or inside a mediated write right now: busy, as
+        # migrate_pages() fails pages with extra references.  Writers wait for migrations,
+        # never the reverse, so a migration cannot deadlock with a writer.
+        busy = todo & (((flags & (ptf.PINNED | ptf.MIGRATING)) != 0) | sp._writer_mask(vpns))
+        status[busy] = -errno.EBUSY
+        todo &= ~busy
+        pos = np.flatnonzero(todo)
+        if len(pos) == 0:
+            return None
+        frames = sp.nodes[target].take(len(pos), partial=True)
+        if len(frames) < len(pos):
+            status[pos[len(frames):]] = -errno.ENOMEM
+            pos = pos[: len(frames)]
+            if len(pos) == 0:
+                return None
+        mv = vpns[pos]
+        # charge the mapping budget for the layout we are about to create
+        lo, hi = alloc.vstart, alloc.vstart + alloc.npages
+        new_node = pt.node[lo:hi].copy()
+        new_frame = pt.frame[lo:hi].copy()
+        new_node[mv - lo] = target
+        new_frame[mv - lo] = frames
+        charge = count_breaks(new_node, new_frame) - alloc.vmas
+        try:
+            MAP_BUDGET.charge(max(charge, 0), f"moving {len(mv)} pages")
+        except Exception:
+            sp.nodes[target].give(frames)
+            raise
+        batch = _Batch(mv, pos, pt.node[mv].astype(np.int64), pt.frame[mv].copy(), frames,
+                       max(charge, 0))
+        pt.flags[mv] |= ptf.MIGRATING
+        return batch
+
+    # -- steps 2 and 3 ---------------------------------------------------------------------------
+    def _copy(self, b: _Batch, target: int) -> None:
+        nodes = self.space.nodes
+        dst = nodes[target]
+        order = np.lexsort((b.src_frames, b.src_nodes))
+        sn, sf, df = b.src_nodes[order], b.src_frames[order], b.dst_frames[order]
+        starts, lens = runs(sf, df, node_steps(sn))
+        for k, (s, n) in enumerate(zip(starts.tolist(), lens.tolist())):
+            if self.fault_hook is not None:
+                self.fault_hook("copy", k)
+            src = nodes[int(sn[s])]
+            np.copyto(dst.frame_bytes(int(df[s]), n), src.frame_bytes(int(sf[s]), n))
+
+    def _remap(self, b: _Batch, target: int) -> np.ndarray:
+        """Map pages onto their new frames run by run.  Returns a mask of pages remapped; on
+        error, tries to put the failed run back onto its old frames and re-raises."""
+        sp = self.space
+        fds = [n.fd for n in sp.nodes]
+        order = np.argsort(b.vpns, kind="stable")
+        v, f = b.vpns[order], b.dst_frames[order]
+        starts, lens = runs(v, f)
+        done = np.zeros(len(v), bool)
+        for k, (s, n) in enumerate(zip(starts.tolist(), lens.tolist())):
+            try:
+                if self.fault_hook is not None:
+                    self.fault_hook("remap", k)
+                sp.va.map_pages(v[s:s + n], f[s:s + n], fds, np.full(n, target))
+            except BaseException as exc:
+                rest = order[s:]
+                try:  # MAP_FIXED may have unmapped the old pages before failing
+                    sp.va.map_pages(b.vpns[rest], b.src_frames[rest], fds, b.src_nodes[rest])
+                except OSError as exc2:
+                    raise MigrationError(
+                        f"remap failed and pages {b.vpns[rest][:8].tolist()}... could not be "
+                        f"restored ({exc2}); their data is kept in the old frames") from exc
+                out = np.zeros(len(v), bool)
+                out[order[done]] = True
+                raise _PartialRemap(out) from exc
+            done[s:s + n] = True
+        mask = np.zeros(len(v), bool)
+        mask[order] = True
+        return mask
+
+    # -- the whole move ------------------------------------------------------------------------------
+    def move(self, alloc: "Allocation", rel_pages: np.ndarray, target: int,
+             cause: str = "api") -> MigrationReport:
+        if cause not in CAUSES:
+            raise ValueError(f"unknown migration cause {cause!r}; known: {CAUSES}")
+        sp = self.space
+        t0 = time.perf_counter()
+        vpns = alloc.vstart + rel_pages.astype(np.int64)
+        status = np.zeros(len(vpns), np.int64)
+        with sp._cond:
+            sp._check_alloc(alloc)
+            batch = self._isolate(alloc, vpns, target, status, cause)
+        report = MigrationReport(target=target, status=status, cause=cause)
+        if batch is None:
+            report.seconds = time.perf_counter() - t0
+            self._account(report, None, None, target)
+            return report
+        moved = np.zeros(len(batch.vpns), bool)
+        err: BaseException | None = None
+        try:
+            t1 = time.perf_counter()
+            self._copy(batch, target)
+            t2 = time.perf_counter()
+            report.copy_seconds = t2 - t1
+            moved = self._remap(batch, target)
+            report.remap_seconds = time.perf_counter() - t2
+        except _PartialRemap as exc:
+            moved = exc.mask
+            err = exc.__cause__
+        except BaseException as exc:  # noqa: BLE001 - re-raised below after cleanup
+            err = exc
+        with sp._cond:
+            self._commit(alloc, batch, moved, target, status)
+            sp._cond.notify_all()
+        report.seconds = time.perf_counter() - t0
+        report.pages_moved = int(moved.sum())
+        report.bytes_moved = report.pages_moved * sp.page_size
+        self._account(report, batch, moved, target)
+        if err is not None:
+            status[batch.pos[~moved]] = -errno.EIO
+            raise MigrationError(
+                f"migration of {len(batch.vpns)} pages to node {target} failed after "
+                f"{report.pages_moved} moved: {err!r}; the other pages stay where they were, "
+                f"data intact") from err if not isinstance(err, MigrationError) else err
+        return report
+
+    def _commit(self, alloc: "Allocation", b: _Batch, moved: np.ndarray, target: int,
+                status: np.ndarray) -> None:
+        sp = self.space
+        pt = sp.pt
+        mv = b.vpns[moved]
+        pt.node[mv] = target
+        pt.frame[mv] = b.dst_frames[moved]
+        pt.flags[b.vpns] &= ~ptf.MIGRATING
+        status[b.pos[moved]] = target
+        for n in np.unique(b.src_nodes[moved]).tolist():
+            sp.nodes[n].give(b.src_frames[moved][b.src_nodes[moved] == n])
+        sp.nodes[target].give(b.dst_frames[~moved])
+        lo, hi = alloc.vstart, alloc.vstart + alloc.npages
+        vmas = count_breaks(pt.node[lo:hi], pt.frame[lo:hi])
+        MAP_BUDGET.charge(vmas - alloc.vmas - b.vma_charge, "migration commit")
+        alloc.vmas = vmas
+
+    def _account(self, r: MigrationReport, b: _Batch | None, moved: np.ndarray | None,
+                 target: int) -> None:
+        sp = self.space
+        tname = sp.nodes[target].name
+        if b is None or r.pages_moved == 0:
+            if r.failed:
+                sp.vmstat.add(pgmigrate_fail=r.failed)
+            return
+        srcs, counts = np.unique(b.src_nodes[moved], return_counts=True)
+        for s, c in zip(srcs.tolist(), counts.tolist()):
+            record_migration(sp.vmstat, sp.nodes[s].name, tname, r.cause, c, 0,
+                             c * sp.page_size, r.seconds * c / max(r.pages_moved, 1))
+        if r.failed:
+            sp.vmstat.add(pgmigrate_fail=r.failed)
+
+
+class _PartialRemap(Exception):
+    def __init__(self, mask: np.ndarray):
+        super().__init__("partial remap")
+        self.mask = mask
+

@@ -1,0 +1,44 @@
+"""Run-length helpers: turn page/frame index arrays into contiguous runs.
+
+Every syscall and every copy works on runs, never on single pages, so that a 256 MiB move of
+contiguous frames costs one ``mmap`` call rather than thousands (``vm.max_map_count`` too).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def runs(*seqs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Split parallel index sequences into runs where every sequence steps by exactly +1.
+
+    Returns ``(starts, lengths)``: positions into the sequences.  Vectorised."""
+    n = len(seqs[0])
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    brk = np.zeros(n, dtype=bool)
+    brk[0] = True
+    for s in seqs:
+        s = np.asarray(s, dtype=np.int64)
+        brk[1:] |= np.diff(s) != 1
+    starts = np.flatnonzero(brk)
+    lengths = np.diff(np.append(starts, n))
+    return starts, lengths
+
+
+def bool_runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Runs of True in a boolean mask: ``(starts, lengths)``."""
+    m = np.concatenate(([False], np.asarray(mask, bool), [False]))
+    d = np.diff(m.astype(np.int8))
+    starts = np.flatnonzero(d == 1)
+    ends = np.flatnonzero(d == -1)
+    return starts, ends - starts
+
+
+def node_steps(nodes: np.ndarray) -> np.ndarray:
+    """A sequence that steps by exactly +1 while ``nodes`` stays the same and jumps where it
+    changes, so that :func:`runs` also breaks runs at node changes."""
+    nodes = np.asarray(nodes, np.int64)
+    if len(nodes) == 0:
+        return nodes
+    change = np.concatenate(([0], np.cumsum(np.diff(nodes) != 0)))
+    return np.arange(len(nodes), dtype=np.int64) + 2 * change

@@ -1,0 +1,557 @@
+"""The emulated machine: nodes, one virtual address space, one page table.
+
+>>> import ccadgpu, numpy as np
+>>> with ccadgpu.Space(device_memory="64MiB", page_size="64KiB") as sp:
+...     a = sp.asarray(np.arange(1 << 20, dtype=np.float64))
+...     r = sp.move_pages(a, "device")
+...     assert r.ok and (sp.placement(a) == 1).all() and a[12345] == 12345.0
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import errno
+import os
+import threading
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from . import _sys
+from . import pagetable as ptf
+from .array import ManagedArray, _Buffer, buffer_of
+from .errors import (CapacityError, ForeignArrayError, FreedArrayError, InvalidArgumentError,
+                     PinnedError, SpaceClosedError, UnknownNodeError, UnsupportedPlatformError)
+from .migrate import MigrationReport, Migrator
+from .nodes import Node, NodeInfo, default_distances
+from .pagetable import PageTable
+from .placement import parse as parse_placement
+from .placement import plan as plan_placement
+from .telemetry import VmStat
+from .tunables import Tunables
+from .units import parse_size
+from .vaspace import MAP_BUDGET, VASpace, count_breaks
+
+HOST, DEVICE = 0, 1
+
+
+@dataclass(eq=False)
+class Allocation:
+    """One managed allocation: a run of virtual pages ``[vstart, vstart + npages)``."""
+    id: int
+    vstart: int
+    npages: int
+    nbytes: int
+    shape: tuple
+    dtype: np.dtype
+    placement: str
+    name: str | None
+    freed: bool = False
+    vmas: int = 0
+    buffer: Any = field(default=None, repr=False)   # weakref to the _Buffer
+
+    def __hash__(self) -> int:
+        return self.id
+
+
+def _phys_bytes() -> int:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+class Space:
+    """An emulated coherent machine: host node 0, device node 1, one virtual address space.
+
+    Parameters
+    ----------
+    device_memory:
+        Device node capacity, bytes or a string like ``"256MiB"``.
+    host_memory:
+        Host node capacity (default: the machine's physical memory; memory is only used as pages
+        are allocated).  Set it small to test host exhaustion.
+    page_size:
+        Migration granularity; a multiple of the OS page (4 KiB).  Larger pages need fewer
+        memory mappings (``vm.max_map_count``) and migrate faster; smaller ones track access
+        more finely.
+    backend:
+        ``"cpu"``: the CPU stand-in (memfd arenas remapped in place).
+    tunables:
+        Initial knob values, see :mod:`ccadgpu.tunables`.
+    """
+
+    def __init__(self, device_memory: int | str = "256MiB", host_memory: int | str | None = None,
+                 page_size: int | str = "64KiB", backend: str = "cpu",
+                 **tunables: Any):
+        if not _sys.SUPPORTED:
+            raise UnsupportedPlatformError(
+                "ccadgpu's CPU stand-in needs Linux (memfd_create and mmap(MAP_FIXED)); "
+                f"this is {os.sys.platform}")
+        if backend != "cpu":
+            raise InvalidArgumentError(f"backend {backend!r} is not available; use 'cpu'")
+        ps = parse_size(page_size, "page_size")
+        if ps <= 0 or ps % _sys.OS_PAGE:
+            raise InvalidArgumentError(
+                f"page_size {page_size!r} must be a positive multiple of the OS page "
+                f"({_sys.OS_PAGE} bytes)")
+        dev = parse_size(device_memory, "device_memory")
+        host = parse_size(host_memory, "host_memory") if host_memory is not None \
+            else _phys_bytes()
+        if host < ps:
+            raise InvalidArgumentError(f"host_memory {host_memory!r} is smaller than one page "
+                                       f"({ps} bytes)")
+        self.tunables = Tunables(**tunables)
+        self.page_size = ps
+        self.backend = backend
+        self.vmstat = VmStat()
+        self._cond = threading.Condition(threading.RLock())
+        self._writers: list[tuple[int, int, int]] = []   # (vlo, vhi, thread id)
+        self._allocs: dict[int, Allocation] = {}
+        self._next_id = 0
+        self._graveyard: collections.deque[Allocation] = collections.deque()
+        self._live_buffers = 0
+        self.closed = False
+        self.nodes: list[Node] = []
+        try:
+            self.nodes.append(Node(HOST, "host", "host", host, ps, prefault=False))
+            # device memory is pre-faulted: migrations then run at memcpy speed
+            self.nodes.append(Node(DEVICE, "device", "device", dev, ps, prefault=True))
+            total = sum(n.frames for n in self.nodes)
+            self.va = VASpace(2 * total + 1024, ps)
+        except BaseException:
+            for n in self.nodes:
+                n.close()
+            raise
+        self.distance = default_distances([n.kind for n in self.nodes])
+        self.pt = PageTable(ps)
+        self.migrator = Migrator(self)
+        from .device import Device
+        self.device = Device(self, self.nodes[DEVICE])
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def __enter__(self) -> "Space":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release every frame and arena.  Idempotent.  Arrays still alive afterwards read
+        zeros (their range is backed by anonymous memory) instead of crashing."""
+        with self._cond:
+            if self.closed:
+                return
+            for a in list(self._allocs.values()):
+                if not a.freed:
+                    self._free_locked(a)
+            self.closed = True
+            for n in self.nodes:
+                n.close()
+            if self._live_buffers == 0:
+                self.va.close()
+            self._cond.notify_all()
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise SpaceClosedError("the space is closed")
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"{len(self._allocs)} allocations"
+        return (f"<Space page_size={self.page_size} host={self.nodes[0].capacity} "
+                f"device={self.nodes[1].capacity} {state}>")
+
+    # -- nodes ------------------------------------------------------------------------------------
+    @property
+    def host(self) -> Node:
+        return self.nodes[HOST]
+
+    def node_id(self, node: int | str | Node) -> int:
+        """Resolve a node given as id, name (``"host"``, ``"device"``) or :class:`Node`."""
+        if isinstance(node, Node):
+            node = node.id
+        if isinstance(node, (int, np.integer)) and not isinstance(node, bool):
+            if 0 <= int(node) < len(self.nodes):
+                return int(node)
+        elif isinstance(node, str):
+            for n in self.nodes:
+                if n.name == node.lower():
+                    return n.id
+        names = ", ".join(f"{n.id}={n.name!r}" for n in self.nodes)
+        raise UnknownNodeError(f"unknown node {node!r}; this space has {names}")
+
+    def node_info(self) -> list[NodeInfo]:
+        return [n.info() for n in self.nodes]
+
+    def _node_accepts(self, node: int, cause: str) -> bool:
+        """Whether pages may move onto ``node`` now (a draining/offline device takes none)."""
+        return node == HOST or self.device.accepts_pages()
+
+    def _host_reserve(self) -> int:
+        """Host frames kept free so that every device page can come back (R1b)."""
+        if self.tunables.emergency_device_alloc:
+            return 0
+        return sum(n.used_frames for n in self.nodes[1:])
+
+    # -- allocation ----------------------------------------------------------------------------------
+    def empty(self, shape: int | Sequence[int], dtype: Any = np.float64,
+              placement: str | int = "host", pinned: bool = False,
+              name: str | None = None) -> ManagedArray:
+        """A new uninitialised managed array (see :mod:`ccadgpu.placement` for ``placement``).
+
+        ``pinned=True`` pages are unmovable and never placed on the device implicitly."""
+        self._reap()
+        dt = _check_dtype(dtype)
+        shp = _check_shape(shape)
+        nbytes = int(np.prod(shp, dtype=np.int64)) * dt.itemsize
+        npages = max(1, -(-nbytes // self.page_size))
+        pl = parse_placement(placement, {n.name: n.id for n in self.nodes}, len(self.nodes))
+        if pinned and pl.kind == "bind" and pl.node != HOST \
+                and not self.tunables.allow_pinned_on_device:
+            raise PinnedError("pinned pages may not be placed on the device "
+                              "(tunables.allow_pinned_on_device is off)")
+        with self._cond:
+            self._check_open()
+            if pl.node is not None and pl.node != HOST and pl.kind == "bind":
+                self.device.check_explicit_allocation()
+            free = np.array([n.free_frames for n in self.nodes])
+            usable = np.array([n.id == HOST or self._node_accepts(n.id, "api")
+                               for n in self.nodes])
+            nodes = plan_placement(pl, npages, free, usable, self._host_reserve(),
+                                   self.tunables.emergency_device_alloc, pinned,
+                                   [n.name for n in self.nodes])
+            frames = np.empty(npages, np.int64)
+            taken: list[tuple[int, np.ndarray]] = []
+            vstart = -1
+            charged = 0
+            try:
+                for n in np.unique(nodes).tolist():
+                    sel = nodes == n
+                    f = self.nodes[n].take(int(sel.sum()))
+                    taken.append((n, f))
+                    frames[sel] = f
+                vstart = self.va.allocate(npages)
+                charged = count_breaks(nodes, frames)
+                MAP_BUDGET.charge(charged, f"allocating {npages} pages")
+                self.va.map_pages(np.arange(vstart, vstart + npages), frames,
+                                  [n.fd for n in self.nodes], nodes)
+            except BaseException:
+                for n, f in taken:
+                    self.nodes[n].give(f)
+                if vstart >= 0:
+                    self.va.release(vstart, npages)
+                if charged:
+                    MAP_BUDGET.charge(-charged, "rollback")
+                raise
+            self.pt.ensure(self.va.high_water)
+            vs = slice(vstart, vstart + npages)
+            self.pt.node[vs] = nodes
+            self.pt.frame[vs] = frames
+            self.pt.flags[vs] = ptf.PINNED if pinned else 0
+            alloc = Allocation(self._next_id, vstart, npages, nbytes, shp, dt,
+                               str(placement), name, vmas=charged)
+            self.pt.alloc[vs] = alloc.id
+            self._next_id += 1
+            self._allocs[alloc.id] = alloc
+            buf = _Buffer(self.va.addr(vstart), npages * self.page_size, alloc, self)
+            alloc.buffer = weakref.ref(buf)
+            self._live_buffers += 1
+            weakref.finalize(buf, Space._buffer_died, weakref.ref(self), alloc)
+        raw = np.asarray(buf)[:nbytes]
+        return raw.view(dt).reshape(shp).view(ManagedArray)
+
+    def zeros(self, shape: int | Sequence[int], dtype: Any = np.float64,
+              placement: str | int = "host", pinned: bool = False,
+              name: str | None = None) -> ManagedArray:
+        """Like :meth:`empty`, filled with zeros."""
+        a = self.empty(shape, dtype, placement, pinned, name)
+        a.view(np.ndarray).fill(0)
+        return a
+
+    def asarray(self, obj: Any, dtype: Any = None, placement: str | int = "host",
+                pinned: bool = False, name: str | None = None) -> ManagedArray:
+        """``obj`` as a managed array: returned as is if it already is one of this space (and
+        ``dtype`` matches), else copied into a new allocation."""
+        if isinstance(obj, ManagedArray) and buffer_of(obj) is not None \
+                and buffer_of(obj).space is self and (dtype is None or obj.dtype == dtype):
+            self._resolve(obj)
+            return obj
+        try:
+            src = np.asarray(obj, dtype=dtype)
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgumentError(f"asarray: cannot convert {type(obj).__name__}: {exc}") \
+                from exc
+        a = self.empty(src.shape, src.dtype, placement, pinned, name)
+        np.copyto(a.view(np.ndarray), src)
+        return a
+
+    def free(self, arr: np.ndarray) -> None:
+        """Release the allocation ``arr`` belongs to (any view of it will do).  Views that are
+        still alive read zeros afterwards; space operations on them raise FreedArrayError."""
+        alloc, _, _ = self._resolve(arr)
+        with self._cond:
+            self._free_locked(alloc)
+
+    def _free_locked(self, alloc: Allocation) -> None:
+        lo, hi = alloc.vstart, alloc.vstart + alloc.npages
+        while (self.pt.flags[lo:hi] & ptf.MIGRATING).any():
+            self._cond.wait()
+        if alloc.freed:
+            return
+        alloc.freed = True
+        self.va.back_with_anonymous(lo, alloc.npages)
+        node = self.pt.node[lo:hi]
+        frame = self.pt.frame[lo:hi]
+        for n in np.unique(node).tolist():
+            if n >= 0:
+                # host memory goes back to the OS; device memory stays faulted in
+                self.nodes[n].give(frame[node == n], release=(n == HOST))
+        self.pt.clear(lo, hi)
+        MAP_BUDGET.charge(-alloc.vmas, "free")
+        alloc.vmas = 0
+        self.vmstat.add(pgfree=alloc.npages)
+
+    @staticmethod
+    def _buffer_died(space_ref: "weakref.ref[Space]", alloc: Allocation) -> None:
+        # Runs at garbage collection, possibly on any thread and inside our own locked code:
+        # never block here, queue the work for the next call that holds the lock.
+        sp = space_ref()
+        if sp is None:
+            return
+        sp._graveyard.append(alloc)
+        if sp._cond.acquire(blocking=False):
+            try:
+                sp._reap_locked()
+            finally:
+                sp._cond.release()
+
+    def _reap(self) -> None:
+        if self._graveyard:
+            with self._cond:
+                self._reap_locked()
+
+    def _reap_locked(self) -> None:
+        keep = []
+        while self._graveyard:
+            a = self._graveyard.popleft()
+            lo, hi = a.vstart, a.vstart + a.npages
+            if not self.closed and (self.pt.flags[lo:hi] & ptf.MIGRATING).any():
+                keep.append(a)      # a migration still holds it; try again later
+                continue
+            if not self.closed:
+                if not a.freed:
+                    self._free_locked(a)
+                self.va.release(a.vstart, a.npages)
+            self._allocs.pop(a.id, None)
+            self._live_buffers -= 1
+            if self.closed and self._live_buffers == 0:
+                self.va.close()
+        self._graveyard.extend(keep)
+
+    # -- resolving arrays --------------------------------------------------------------------------
+    def _resolve(self, arr: Any) -> tuple[Allocation, int, int]:
+        """(allocation, first page, page count) of the pages ``arr``'s bytes span, relative to the
+        allocation.  Raises ForeignArrayError / FreedArrayError / SpaceClosedError."""
+        if not isinstance(arr, np.ndarray):
+            raise ForeignArrayError(f"expected a managed array, got {type(arr).__name__}")
+        buf = buffer_of(arr)
+        if buf is None or buf.space is not self:
+            where = "another space" if buf is not None else "outside any space"
+            raise ForeignArrayError(f"array (shape {arr.shape}, {arr.dtype}) was allocated "
+                                    f"{where}; allocate it with this space's empty/asarray")
+        self._check_open()
+        alloc = buf.alloc
+        if alloc.freed:
+            raise FreedArrayError(f"allocation {alloc.id} ({alloc.name or 'unnamed'}, shape "
+                                  f"{alloc.shape}) was freed")
+        base = self.va.addr(alloc.vstart)
+        if arr.size == 0:
+            lo_b = hi_b = arr.__array_interface__["data"][0] - base
+        else:
+            lo_addr, hi_addr = np.lib.array_utils.byte_bounds(arr)
+            lo_b, hi_b = lo_addr - base, hi_addr - base
+        first = lo_b // self.page_size
+        last = max(first + 1, -(-hi_b // self.page_size))
+        return alloc, int(first), int(last - first)
+
+    def _span_vpns(self, arr: Any) -> tuple[Allocation, int, int]:
+        alloc, first, n = self._resolve(arr)
+        return alloc, alloc.vstart + first, alloc.vstart + first + n
+
+    def allocation_of(self, arr: np.ndarray) -> Allocation:
+        """The :class:`Allocation` record ``arr`` lives in."""
+        return self._resolve(arr)[0]
+
+    def allocations(self) -> list[Allocation]:
+        """Live (not freed) allocations."""
+        with self._cond:
+            return [a for a in self._allocs.values() if not a.freed]
+
+    # -- queries ------------------------------------------------------------------------------------
+    def placement(self, arr: np.ndarray) -> np.ndarray:
+        """Node id of every page ``arr`` spans (``move_pages(2)`` query mode)."""
+        _, lo, hi = self._span_vpns(arr)
+        with self._cond:
+            return self.pt.node[lo:hi].copy()
+
+    def pinned(self, arr: np.ndarray) -> np.ndarray:
+        """Whether each page ``arr`` spans is pinned."""
+        _, lo, hi = self._span_vpns(arr)
+        with self._cond:
+            return (self.pt.flags[lo:hi] & ptf.PINNED) != 0
+
+    # -- migration ------------------------------------------------------------------------------------
+    def move_pages(self, arr: np.ndarray, node: int | str, pages: Any = None,
+                   cause: str = "api") -> MigrationReport:
+        """Move pages of ``arr`` to ``node``; ``pages`` indexes the pages ``arr`` spans (as
+        :meth:`placement` lists them), default all.  Never raises for pages that cannot move:
+        the report's ``status`` says, page by page, where each is or why it stayed."""
+        self._reap()
+        target = self.node_id(node)
+        alloc, first, n = self._resolve(arr)
+        rel = _check_pages(pages, n) + first
+        return self.migrator.move(alloc, rel, target, cause)
+
+    def pin(self, arr: np.ndarray) -> None:
+        """Make the pages ``arr`` spans unmovable (waits for an in-flight migration of them)."""
+        self._set_pinned(arr, True)
+
+    def unpin(self, arr: np.ndarray) -> None:
+        """Make the pages ``arr`` spans movable again."""
+        self._set_pinned(arr, False)
+
+    def _set_pinned(self, arr: np.ndarray, on: bool) -> None:
+        _, lo, hi = self._span_vpns(arr)
+        with self._cond:
+            while (self.pt.flags[lo:hi] & ptf.MIGRATING).any():
+                self._cond.wait()
+            if on and not self.tunables.allow_pinned_on_device and \
+                    (self.pt.node[lo:hi] != HOST).any():
+                raise PinnedError("cannot pin pages that are on the device "
+                                  "(tunables.allow_pinned_on_device is off); move them first")
+            if on:
+                self.pt.flags[lo:hi] |= ptf.PINNED
+            else:
+                self.pt.flags[lo:hi] &= ~ptf.PINNED
+
+    # -- host access ----------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def host_access(self, arr: np.ndarray, mode: str = "r") -> Iterator[np.ndarray]:
+        """CPU access to ``arr`` through the library: ``"r"``, ``"w"`` or ``"rw"``.
+
+        Writers wait for in-flight migrations of their pages, and migrations skip pages under a
+        write (they report ``-EBUSY``), so no write is ever lost to a copy.  Yields a plain
+        ndarray view.  Plain NumPy stores through ``np.asarray(a)`` bypass this and must not race
+        a migration of the same pages."""
+        if mode not in ("r", "w", "rw"):
+            raise InvalidArgumentError(f"host_access mode must be 'r', 'w' or 'rw', got {mode!r}")
+        _, lo, hi = self._span_vpns(arr)
+        if "w" not in mode:
+            yield arr.view(np.ndarray)
+            return
+        entry = (lo, hi, threading.get_ident())
+        with self._cond:
+            while (self.pt.flags[lo:hi] & ptf.MIGRATING).any():
+                self._cond.wait()
+                self._check_open()
+            self._writers.append(entry)
+        try:
+            yield arr.view(np.ndarray)
+        finally:
+            with self._cond:
+                self._writers.remove(entry)
+                self._cond.notify_all()
+
+    def _writer_mask(self, vpns: np.ndarray) -> np.ndarray:
+        mask = np.zeros(len(vpns), bool)
+        for lo, hi, _t in self._writers:
+            mask |= (vpns >= lo) & (vpns < hi)
+        return mask
+
+    # -- counters --------------------------------------------------------------------------------------
+    def stats(self) -> dict[str, float]:
+        """vmstat-like counters (events since creation) and gauges (current occupancy)."""
+        self._reap()
+        with self._cond:
+            s: dict[str, float] = {"pgmigrate_success": 0, "pgmigrate_fail": 0,
+                                   "pgmigrate_bytes": 0}
+            s.update(self.vmstat.snapshot())
+            for n in self.nodes:
+                s[f"nr_pages_{n.name}"] = n.used_frames
+                s[f"nr_free_pages_{n.name}"] = n.free_frames
+            live = [a for a in self._allocs.values() if not a.freed]
+            pinned = 0
+            for a in live:
+                pinned += int(np.count_nonzero(
+                    self.pt.flags[a.vstart:a.vstart + a.npages] & ptf.PINNED))
+            s["nr_pinned"] = pinned
+            s["nr_allocations"] = len(live)
+            s["nr_mappings"] = sum(a.vmas for a in live)
+            s["page_size"] = self.page_size
+        return s
+
+    def _check_alloc(self, alloc: Allocation) -> None:
+        self._check_open()
+        if alloc.freed:
+            raise FreedArrayError(f"allocation {alloc.id} was freed")
+
+
+def _check_dtype(dtype: Any) -> np.dtype:
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as exc:
+        raise InvalidArgumentError(f"invalid dtype {dtype!r}: {exc}") from exc
+    if dt.hasobject:
+        raise InvalidArgumentError(f"dtype {dt} holds Python objects, which cannot live in "
+                                   "device memory; use a numeric or fixed-size dtype")
+    if dt.itemsize == 0:
+        raise InvalidArgumentError(f"dtype {dt} has no size")
+    return dt
+
+
+def _check_shape(shape: Any) -> tuple[int, ...]:
+    if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
+        shape = (int(shape),)
+    try:
+        shp = tuple(int(operator_index(s)) for s in shape)
+    except TypeError as exc:
+        raise InvalidArgumentError(f"shape must be an int or a sequence of ints, got "
+                                   f"{shape!r}") from exc
+    if any(s < 0 for s in shp):
+        raise InvalidArgumentError(f"shape {shp} has a negative dimension")
+    return shp
+
+
+def operator_index(x: Any) -> int:
+    import operator
+    if isinstance(x, bool):
+        raise TypeError("bool is not a size")
+    return operator.index(x)
+
+
+def _check_pages(pages: Any, n: int) -> np.ndarray:
+    """Validate a page index list against ``n`` spanned pages."""
+    if pages is None:
+        return np.arange(n, dtype=np.int64)
+    p = np.asarray(pages)
+    if p.dtype == bool:
+        if p.shape != (n,):
+            raise InvalidArgumentError(f"pages mask has shape {p.shape}, expected ({n},)")
+        return np.flatnonzero(p).astype(np.int64)
+    if p.ndim == 0:
+        p = p.reshape(1)
+    if p.ndim != 1 or (p.size and not np.issubdtype(p.dtype, np.integer)):
+        raise InvalidArgumentError(f"pages must be a 1-D list of integer page indices, got "
+                                   f"{p.dtype} array of shape {p.shape}")
+    p = p.astype(np.int64)
+    if p.size and (p.min() < 0 or p.max() >= n):
+        raise InvalidArgumentError(f"page index out of range: the array spans {n} pages "
+                                   f"(0..{n - 1}), got {p.min()}..{p.max()}")
+    if len(np.unique(p)) != len(p):
+        raise InvalidArgumentError("pages has duplicate indices")
+    return p
+
+
+_ = (CapacityError, errno)

@@ -1,0 +1,102 @@
+"""sysctl-like knobs (R4).  ``space.tunables.NAME = value``; unknown names and bad values
+raise, and leave every knob as it was."""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .errors import InvalidTunableError, UnknownTunableError
+
+
+@dataclass(frozen=True)
+class Knob:
+    name: str
+    type: type
+    default: Any
+    doc: str
+    check: Callable[[Any], bool] = lambda v: True
+    rule: str = ""
+
+
+KNOBS: dict[str, Knob] = {}
+
+
+def register(knob: Knob) -> Knob:
+    """Declare a tunable.  Later subsystems (counters, policies) register their own."""
+    KNOBS[knob.name] = knob
+    return knob
+
+
+register(Knob("emergency_device_alloc", bool, False,
+              "Let ordinary (host) allocations spill onto the device when the host node is "
+              "full.  Off by default: then the host can always take every device page back "
+              "(R1b), which is what makes device offline safe."))
+register(Knob("migration_enabled", bool, True,
+              "Global switch (R5).  False: no page moves except device evacuation; "
+              "move_pages reports -EPERM for every page."))
+register(Knob("allow_pinned_on_device", bool, True,
+              "Allow explicit placement='device' with pinned=True and pin() of device pages. "
+              "Such pages block device offline until unpinned."))
+
+
+class Tunables:
+    """Attribute-style access to the registered knobs of one space."""
+
+    def __init__(self, **overrides: Any) -> None:
+        object.__setattr__(self, "_lock", threading.Lock())
+        object.__setattr__(self, "_values", {k: v.default for k, v in KNOBS.items()})
+        self.set(**overrides)
+
+    @staticmethod
+    def _knob(name: str) -> Knob:
+        if name not in KNOBS:
+            raise UnknownTunableError(
+                f"unknown tunable {name!r}; known: {', '.join(sorted(KNOBS))}")
+        return KNOBS[name]
+
+    @classmethod
+    def _validate(cls, name: str, value: Any) -> Any:
+        knob = cls._knob(name)
+        if knob.type is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, knob.type) or (knob.type is int and isinstance(value, bool)):
+            raise InvalidTunableError(f"tunable {name!r} takes {knob.type.__name__}, "
+                                      f"got {type(value).__name__} {value!r}")
+        if not knob.check(value):
+            raise InvalidTunableError(f"tunable {name!r}: {value!r} is out of range "
+                                      f"({knob.rule or 'see its doc'})")
+        return value
+
+    def set(self, **values: Any) -> None:
+        """Set several knobs at once: all are validated before any changes."""
+        checked = {k: self._validate(k, v) for k, v in values.items()}
+        with self._lock:
+            self._values.update(checked)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        self._knob(name)
+        return self._values.get(name, KNOBS[name].default)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self.set(**{name: value})
+
+    def __getitem__(self, name: str) -> Any:
+        return getattr(self, name)
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        self.set(**{name: value})
+
+    def as_dict(self) -> dict[str, Any]:
+        with self._lock:
+            return {k: self._values.get(k, KNOBS[k].default) for k in sorted(KNOBS)}
+
+    def describe(self) -> list[tuple[str, Any, str]]:
+        """(name, value, doc) for every knob, for ``ccadgpu info``."""
+        vals = self.as_dict()
+        return [(k, vals[k], KNOBS[k].doc) for k in sorted(KNOBS)]
+
+    def __repr__(self) -> str:
+        return f"Tunables({self.as_dict()})"
