@@ -249,6 +249,9 @@ class Migrator:
         for n in np.unique(b.src_nodes[moved]).tolist():
             sp.nodes[n].give(b.src_frames[moved][b.src_nodes[moved] == n])
         sp.nodes[target].give(b.dst_frames[~moved])
+        if len(mv):
+            for fn in sp.migrate_listeners:
+                fn(mv, b.src_nodes[moved], target)
         lo, hi = alloc.vstart, alloc.vstart + alloc.npages
         vmas = count_breaks(pt.node[lo:hi], pt.frame[lo:hi])
         MAP_BUDGET.charge(vmas - alloc.vmas - b.vma_charge, "migration commit")

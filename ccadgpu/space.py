@@ -127,6 +127,9 @@ class Space:
             raise
         self.distance = default_distances([n.kind for n in self.nodes])
         self.pt = PageTable(ps)
+        # Called as fn(vpns, src_nodes, target) under the space lock after pages moved
+        # (e.g. the access-counter unit clears the moved pages' counters).
+        self.migrate_listeners: list[Any] = []
         self.migrator = Migrator(self)
         from .device import Device
         self.device = Device(self, self.nodes[DEVICE])
