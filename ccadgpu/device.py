@@ -1,10 +1,21 @@
-"""The emulated device: its memory node, its state, and (later) its kernels."""
+"""The emulated device: its memory node, its lifecycle (R1), and its kernels.
+
+States: ``online`` → ``draining`` → ``offline`` → ``online``.  While draining or offline no
+new page lands on the device: implicit placements go to the host, migrations to the device
+report ``-ENODEV``, and explicit device allocations, pins of device pages and kernel launches
+raise :class:`~ccadgpu.errors.DeviceOfflineError` (they do not wait).  Work already running
+is fenced: offline waits for it to leave before it moves a page.
+"""
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Iterator
+import threading
+import time
+import warnings
+from typing import TYPE_CHECKING, Callable, Iterator
 
-from .errors import DeviceOfflineError
+from .errors import DeviceOfflineError, OfflineRefusedError
+from .evacuate import EvacuationReport, evacuate, precheck
 
 if TYPE_CHECKING:
     from .nodes import Node
@@ -21,6 +32,10 @@ class Device:
         self.node = node
         self.state = "online"
         self._active = 0          # work items inside running()
+        self._inflight_in = 0     # migrations onto the device between isolate and commit
+        self._lifecycle = threading.RLock()
+        self._reset_callbacks: list[Callable[[EvacuationReport], None]] = []
+        self.resets = 0
 
     @property
     def id(self) -> int:
@@ -55,6 +70,93 @@ class Device:
         if self.state != "online":
             raise DeviceOfflineError(f"the device is {self.state}: explicit device allocations "
                                      "are refused until it is online again")
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def offline(self, timeout: float | None = None) -> EvacuationReport:
+        """Take the device out of service: fence running work, then move every device page to
+        the host, each copy verified before its device frame is released.
+
+        Refused *before anything moves* (raising :class:`OfflineRefusedError`, whose
+        ``report`` names the pages and arrays, with the device left online) if pinned pages
+        are on the device or the host cannot hold every device page.  ``timeout`` (seconds)
+        bounds the wait for running work and busy pages; on expiry the device goes back online
+        with whatever moved already on the host.  Offline of an offline device is a no-op."""
+        if timeout is not None and timeout < 0:
+            raise ValueError(f"timeout must be >= 0 or None, got {timeout!r}")
+        sp = self._space
+        cond = sp._cond
+        with self._lifecycle:
+            t0 = time.perf_counter()
+            deadline = None if timeout is None else t0 + timeout
+            with cond:
+                sp._check_open()
+                if self.state == "offline":
+                    return EvacuationReport()
+                refusal = precheck(sp, self.node.id)
+                if refusal is not None:
+                    raise OfflineRefusedError(f"device offline refused: {refusal.reason}",
+                                              refusal)
+                self.state = "draining"
+            try:
+                with cond:
+                    while self._active or self._inflight_in:
+                        left = None if deadline is None else deadline - time.perf_counter()
+                        if left is not None and left <= 0:
+                            rep = EvacuationReport(refused=True, reason=(
+                                f"timed out waiting for {self._active} running launches and "
+                                f"{self._inflight_in} migrations onto the device"))
+                            raise OfflineRefusedError(f"device offline: {rep.reason}", rep)
+                        cond.wait(left)
+                t_fence = time.perf_counter() - t0
+                rep = evacuate(sp, self.node.id, deadline, sp.tunables.evacuate_verify) \
+                    if self.node.used_frames else EvacuationReport()
+                rep.fence_seconds = t_fence
+            except BaseException:
+                with cond:
+                    self.state = "online"
+                    cond.notify_all()
+                raise
+            with cond:
+                self.state = "offline"
+                cond.notify_all()
+            sp.vmstat.add(device_offline=1, pgevacuate=rep.pages)
+            return rep
+
+    def online(self) -> None:
+        """Put an offline device back in service (a no-op if it is online)."""
+        with self._lifecycle, self._space._cond:
+            self._space._check_open()
+            self.state = "online"
+            self._space._cond.notify_all()
+
+    def reset(self, timeout: float | None = None) -> EvacuationReport:
+        """Offline (evacuate), wipe the device memory, online.  On the CPU stand-in the wipe
+        poisons every device frame with 0xDEADBEEF, so a stale mapping would show it.  Never
+        touches a physical GPU.  Callbacks from :meth:`on_reset` run afterwards."""
+        with self._lifecycle:
+            rep = self.offline(timeout)
+            with self._space._cond:
+                if self.node.used_frames:
+                    raise AssertionError("device frames still in use after evacuation")
+                self.node.poison_all()
+            self.resets += 1
+            self._space.vmstat.add(device_reset=1)
+            self.online()
+        for cb in list(self._reset_callbacks):
+            try:
+                cb(rep)
+            except Exception as exc:  # noqa: BLE001 - a library's callback must not break reset
+                warnings.warn(f"on_reset callback {cb!r} raised {exc!r}", RuntimeWarning,
+                              stacklevel=2)
+        return rep
+
+    def on_reset(self, callback: Callable[[EvacuationReport], None]
+                 ) -> Callable[[EvacuationReport], None]:
+        """Call ``callback(report)`` after every reset (usable as a decorator)."""
+        if not callable(callback):
+            raise TypeError(f"on_reset needs a callable, got {type(callback).__name__}")
+        self._reset_callbacks.append(callback)
+        return callback
 
     def __repr__(self) -> str:
         return f"<Device node={self.node.id} {self.state} capacity={self.node.capacity}>"

@@ -64,3 +64,13 @@ class DeviceOfflineError(CcadError, RuntimeError):
 
 class MigrationError(CcadError, RuntimeError):
     """A migration step failed; the message says which pages and what state they are in."""
+
+
+class OfflineRefusedError(DeviceOfflineError):
+    """Device offline was refused or could not finish (pinned device pages, too little host
+    memory, a timeout, a copy that did not verify).  ``report`` says which pages and arrays are
+    responsible; the device stays online and no data was lost."""
+
+    def __init__(self, message: str, report: object = None):
+        super().__init__(message)
+        self.report = report

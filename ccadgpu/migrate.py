@@ -38,7 +38,8 @@ class MigrationReport:
 
     ``status[i]`` is the node now holding page ``i`` of the request, or a negative errno:
     ``-EBUSY`` pinned or already in flight, ``-ENOMEM`` no frame on the target,
-    ``-EPERM`` migration disabled, ``-ENODEV`` target offline, ``-EIO`` copy failed.
+    ``-EPERM`` migration disabled, ``-ENODEV`` target offline, ``-EIO`` copy failed or did
+    not verify (the page stays where it was, data intact).
     """
     target: int
     status: np.ndarray
@@ -97,6 +98,8 @@ class Migrator:
     def __init__(self, space: "Space"):
         self.space = space
         self.fault_hook: Callable[[str, int], None] | None = None
+        #: test hook: flip a bit in the copy of this page (index in the batch) when verifying
+        self.corrupt_page: int | None = None
 
     # -- step 1 -------------------------------------------------------------------------------
     def _isolate(self, alloc: "Allocation", vpns: np.ndarray, target: int,
@@ -149,9 +152,28 @@ class Migrator:
         return batch
 
     # -- steps 2 and 3 ---------------------------------------------------------------------------
-    def _copy(self, b: _Batch, target: int) -> None:
+    def _copy(self, b: _Batch, target: int, verify: bool) -> np.ndarray:
+        """Copy every page's frame to its new frame.  Returns a per-page mask of pages whose
+        copy is good (all of them unless ``verify`` found a mismatch)."""
         nodes = self.space.nodes
         dst = nodes[target]
+        ok = np.ones(len(b.vpns), bool)
+        if verify:
+            from .copyengine import copy_verify
+            chunk = max(1, (32 << 20) // self.space.page_size)
+            for k, lo in enumerate(range(0, len(b.vpns), chunk)):
+                if self.fault_hook is not None:
+                    self.fault_hook("copy", k)
+                sl = slice(lo, lo + chunk)
+                for n in np.unique(b.src_nodes[sl]).tolist():
+                    idx = np.flatnonzero(b.src_nodes[sl] == n) + lo
+                    corrupt = -1
+                    if self.corrupt_page is not None and lo <= self.corrupt_page < lo + chunk:
+                        hits = np.flatnonzero(idx == self.corrupt_page)
+                        corrupt = int(hits[0]) if len(hits) else -1
+                    ok[idx] = copy_verify(dst.view, nodes[n].view, b.dst_frames[idx],
+                                          b.src_frames[idx], self.space.page_size, corrupt)
+            return ok
         order = np.lexsort((b.src_frames, b.src_nodes))
         sn, sf, df = b.src_nodes[order], b.src_frames[order], b.dst_frames[order]
         starts, lens = runs(sf, df, node_steps(sn))
@@ -160,16 +182,18 @@ class Migrator:
                 self.fault_hook("copy", k)
             src = nodes[int(sn[s])]
             np.copyto(dst.frame_bytes(int(df[s]), n), src.frame_bytes(int(sf[s]), n))
+        return ok
 
-    def _remap(self, b: _Batch, target: int) -> np.ndarray:
-        """Map pages onto their new frames run by run.  Returns a mask of pages remapped; on
-        error, tries to put the failed run back onto its old frames and re-raises."""
+    def _remap(self, b: _Batch, target: int, ok: np.ndarray) -> np.ndarray:
+        """Map the ``ok`` pages onto their new frames run by run.  Returns a mask of pages
+        remapped; on error, puts the failed run back onto its old frames and re-raises."""
         sp = self.space
         fds = [n.fd for n in sp.nodes]
-        order = np.argsort(b.vpns, kind="stable")
+        sel = np.flatnonzero(ok)
+        order = sel[np.argsort(b.vpns[sel], kind="stable")]
         v, f = b.vpns[order], b.dst_frames[order]
         starts, lens = runs(v, f)
-        done = np.zeros(len(v), bool)
+        mask = np.zeros(len(b.vpns), bool)
         for k, (s, n) in enumerate(zip(starts.tolist(), lens.tolist())):
             try:
                 if self.fault_hook is not None:
@@ -183,17 +207,16 @@ class Migrator:
                     raise MigrationError(
                         f"remap failed and pages {b.vpns[rest][:8].tolist()}... could not be "
                         f"restored ({exc2}); their data is kept in the old frames") from exc
-                out = np.zeros(len(v), bool)
-                out[order[done]] = True
-                raise _PartialRemap(out) from exc
-            done[s:s + n] = True
-        mask = np.zeros(len(v), bool)
-        mask[order] = True
+                raise _PartialRemap(mask) from exc
+            mask[order[s:s + n]] = True
         return mask
 
     # -- the whole move ------------------------------------------------------------------------------
     def move(self, alloc: "Allocation", rel_pages: np.ndarray, target: int,
-             cause: str = "api") -> MigrationReport:
+             cause: str = "api", verify: bool = False) -> MigrationReport:
+        """Move pages ``rel_pages`` (relative to the allocation) to node ``target``.
+        ``verify`` checks every copy before the old frame is released; a page whose copy does
+        not match stays where it was, reported ``-EIO``."""
         if cause not in CAUSES:
             raise ValueError(f"unknown migration cause {cause!r}; known: {CAUSES}")
         sp = self.space
@@ -203,6 +226,9 @@ class Migrator:
         with sp._cond:
             sp._check_alloc(alloc)
             batch = self._isolate(alloc, vpns, target, status, cause)
+            onto_device = batch is not None and target != 0
+            if onto_device:
+                sp.device._inflight_in += 1     # device offline fences on this
         report = MigrationReport(target=target, status=status, cause=cause)
         if batch is None:
             report.seconds = time.perf_counter() - t0
@@ -212,10 +238,12 @@ class Migrator:
         err: BaseException | None = None
         try:
             t1 = time.perf_counter()
-            self._copy(batch, target)
+            ok = self._copy(batch, target, verify)
             t2 = time.perf_counter()
             report.copy_seconds = t2 - t1
-            moved = self._remap(batch, target)
+            if not ok.all():
+                sp.vmstat.add(pgmigrate_verify_fail=int(np.count_nonzero(~ok)))
+            moved = self._remap(batch, target, ok)
             report.remap_seconds = time.perf_counter() - t2
         except _PartialRemap as exc:
             moved = exc.mask
@@ -224,17 +252,21 @@ class Migrator:
             err = exc
         with sp._cond:
             self._commit(alloc, batch, moved, target, status)
+            status[batch.pos[~moved]] = -errno.EIO
+            if onto_device:
+                sp.device._inflight_in -= 1
             sp._cond.notify_all()
         report.seconds = time.perf_counter() - t0
         report.pages_moved = int(moved.sum())
         report.bytes_moved = report.pages_moved * sp.page_size
         self._account(report, batch, moved, target)
         if err is not None:
-            status[batch.pos[~moved]] = -errno.EIO
+            if isinstance(err, MigrationError):
+                raise err
             raise MigrationError(
                 f"migration of {len(batch.vpns)} pages to node {target} failed after "
                 f"{report.pages_moved} moved: {err!r}; the other pages stay where they were, "
-                f"data intact") from err if not isinstance(err, MigrationError) else err
+                f"data intact") from err
         return report
 
     def _commit(self, alloc: "Allocation", b: _Batch, moved: np.ndarray, target: int,

@@ -142,6 +142,10 @@ class Node:
             dst = self.frame_bytes(s, n).reshape(-1, len(pattern))
             dst[:] = pattern
 
+    def poison_all(self) -> None:
+        """Overwrite the whole arena with the poison pattern (device reset on the stand-in)."""
+        self.view.view(np.uint32).fill(int(POISON.view(np.uint32)[0]))
+
     def _advise(self, frames: np.ndarray, advice: int, ignore_errors: bool) -> None:
         mask = np.zeros(self.frames, bool)
         mask[frames] = True

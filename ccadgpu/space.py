@@ -22,7 +22,7 @@ import numpy as np
 from . import _sys
 from . import pagetable as ptf
 from .array import ManagedArray, _Buffer, buffer_of
-from .errors import (CapacityError, ForeignArrayError, FreedArrayError, InvalidArgumentError,
+from .errors import (CapacityError, DeviceOfflineError, ForeignArrayError, FreedArrayError, InvalidArgumentError,
                      PinnedError, SpaceClosedError, UnknownNodeError, UnsupportedPlatformError)
 from .migrate import MigrationReport, Migrator
 from .nodes import Node, NodeInfo, default_distances
@@ -430,6 +430,9 @@ class Space:
         with self._cond:
             while (self.pt.flags[lo:hi] & ptf.MIGRATING).any():
                 self._cond.wait()
+            if on and self.device.state != "online" and (self.pt.node[lo:hi] != HOST).any():
+                raise DeviceOfflineError(f"the device is {self.device.state}: its pages "
+                                         "cannot be pinned now")
             if on and not self.tunables.allow_pinned_on_device and \
                     (self.pt.node[lo:hi] != HOST).any():
                 raise PinnedError("cannot pin pages that are on the device "

@@ -35,6 +35,9 @@ register(Knob("emergency_device_alloc", bool, False,
 register(Knob("migration_enabled", bool, True,
               "Global switch (R5).  False: no page moves except device evacuation; "
               "move_pages reports -EPERM for every page."))
+register(Knob("evacuate_verify", bool, True,
+              "Device offline checks every evacuated page against its device copy before the "
+              "device frame is released (a mismatch keeps the device copy and fails)."))
 register(Knob("allow_pinned_on_device", bool, True,
               "Allow explicit placement='device' with pinned=True and pin() of device pages. "
               "Such pages block device offline until unpinned."))

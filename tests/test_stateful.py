@@ -35,6 +35,11 @@ class SpaceMachine(RuleBasedStateMachine):
             a = self.sp.asarray(ref, placement=placement)
         except E.CapacityError:
             return ccadgpu_none()
+        except E.DeviceOfflineError:
+            assert placement == "device" and self.sp.device.state == "offline"
+            return ccadgpu_none()
+        if self.sp.device.state == "offline":
+            assert (self.sp.placement(a) == 0).all()
         k = self.next
         self.next += 1
         self.model[k] = (a, ref.copy(), np.zeros(len(self.sp.placement(a)), bool))
@@ -73,7 +78,9 @@ class SpaceMachine(RuleBasedStateMachine):
                 assert s == node == after[i]
             else:
                 assert after[i] == before[i]           # a failed page did not move
-                if pinned[i]:
+                if node == 1 and self.sp.device.state == "offline":
+                    assert s == -errno.ENODEV
+                elif pinned[i]:
                     assert s == -errno.EBUSY
                 else:
                     assert s == -errno.ENOMEM
@@ -90,9 +97,32 @@ class SpaceMachine(RuleBasedStateMachine):
         view = a[lo * F: min(hi * F, a.size)]
         if view.size == 0:
             return
+        if on and self.sp.device.state != "online" and (self.sp.placement(view) == 1).any():
+            raise AssertionError("device pages while the device is offline")
         (self.sp.pin if on else self.sp.unpin)(view)
         vlo, vhi = lo, lo + len(self.sp.placement(view))
         pinned[vlo:vhi] = on
+
+    @rule(reset=st.booleans())
+    def offline(self, reset):
+        pinned_on_dev = any(((self.sp.placement(a) == 1) & p).any()
+                            for a, _, p in self.model.values())
+        try:
+            rep = self.sp.device.reset() if reset else self.sp.device.offline()
+        except E.OfflineRefusedError as exc:
+            assert pinned_on_dev and exc.report.refused_pages
+            assert self.sp.device.state == "online"
+            return
+        assert not pinned_on_dev
+        assert self.sp.device.state == ("online" if reset else "offline")
+        assert rep.pages * PS == rep.bytes
+        for a, ref, _ in self.model.values():
+            assert (self.sp.placement(a) == 0).all() and np.array_equal(a, ref)
+
+    @rule()
+    def online(self):
+        self.sp.device.online()
+        assert self.sp.device.state == "online"
 
     @rule(k=consumes(arrays))
     def free(self, k):
