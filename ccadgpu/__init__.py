@@ -11,8 +11,19 @@ from .array import ManagedArray
 from .migrate import MigrationReport
 from .space import Allocation, Space
 from .units import format_bytes, parse_size
+from .clock import Profile, available_profiles, load_profile
+from .trace import EpochRecord, Trace
 
 __version__ = "0.1.0"
 
 __all__ = ["Space", "ManagedArray", "MigrationReport", "Allocation", "errors", "parse_size",
-           "format_bytes", "__version__"]
+           "format_bytes", "__version__", "Profile", "available_profiles", "load_profile",
+           "Trace", "EpochRecord", "ops"]
+
+
+def __getattr__(name: str) -> object:
+    # ``ccadgpu.ops`` loads on first use (its kernels bring Numba in on their first call).
+    if name == "ops":
+        import importlib
+        return importlib.import_module(".ops", __name__)
+    raise AttributeError(f"module 'ccadgpu' has no attribute {name!r}")

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
+from .counters import _is_basic_key, count_host
+
 if TYPE_CHECKING:
     from .space import Allocation, Space
 
@@ -84,20 +86,28 @@ def _managed_in(x: Any, out: list) -> None:
 _WRITES_ARG0 = {np.copyto, np.put, np.place, np.putmask, np.fill_diagonal, np.put_along_axis}
 
 
+_WHOLE = object()
+
+
 @contextlib.contextmanager
-def _host_accesses(reads: list, writes: list) -> Iterator[None]:
-    """Enter ``space.host_access`` for every managed array touched by a CPU-side operation."""
+def _host_accesses(reads: list, writes: list, key: Any = _WHOLE) -> Iterator[None]:
+    """A CPU-side operation on managed arrays: register the writers (they wait for in-flight
+    migrations of their pages) and count the CPU traffic (:mod:`ccadgpu.counters`): ``reads``
+    are read, ``writes`` written, an array in both read and written; with ``key``, only the
+    elements ``writes[0][key]`` are (an indexed store)."""
     with contextlib.ExitStack() as stack:
-        for a in writes:
+        ops = []
+        for i, a in enumerate(writes):
             buf = buffer_of(a)
             if buf is not None:
-                stack.enter_context(buf.space.host_access(a, "w"))
+                stack.enter_context(buf.space._writing(a))
+                mode = "rw" if any(a is r for r in reads) else "w"
+                ops.append((a, mode, key if (i == 0 and key is not _WHOLE) else None))
         for a in reads:
-            if any(a is w for w in writes):
-                continue
-            buf = buffer_of(a)
-            if buf is not None:
-                stack.enter_context(buf.space.host_access(a, "r"))
+            if not any(a is w for w in writes) and buffer_of(a) is not None:
+                ops.append((a, "r", None))
+        if ops:
+            count_host(ops)
         yield
 
 
@@ -118,12 +128,15 @@ class ManagedArray(np.ndarray):
         reads: list = []
         writes: list = []
         _managed_in(inputs, reads)
+        key: Any = _WHOLE
         if method == "at" and inputs and isinstance(inputs[0], ManagedArray):
-            writes.append(inputs[0])
+            writes.append(inputs[0])      # ufunc.at(a, indices, ...) reads and writes a[indices]
+            if len(inputs) > 1 and not isinstance(inputs[1], ManagedArray):
+                key = inputs[1]
         if outs:
             _managed_in(outs, writes)
             kwargs["out"] = tuple(plain(o) for o in outs)
-        with _host_accesses(reads, writes):
+        with _host_accesses(reads, writes, key):
             result = getattr(ufunc, method)(*_plain_tree(inputs), **kwargs)
         if outs:
             if method == "at":
@@ -149,9 +162,24 @@ class ManagedArray(np.ndarray):
 
     def __setitem__(self, key: Any, value: Any) -> None:
         reads: list = []
-        _managed_in([value], reads)
-        with _host_accesses(reads, [self]):
-            np.ndarray.__setitem__(self.view(np.ndarray), key, plain(value))
+        _managed_in([value, key], reads)
+        k = _plain_tree(key)
+        with _host_accesses(reads, [self], k):
+            np.ndarray.__setitem__(self.view(np.ndarray), k, plain(value))
+
+    def __getitem__(self, key: Any) -> Any:
+        # Basic indexing (views, single elements) is not counted: a view reads nothing, and
+        # counting a single-element read would cost far more than the read.  Advanced indexing
+        # copies the selected elements, a vectorised CPU read: counted, per page, and the copy
+        # is a plain ndarray (its memory is not the space's).
+        if _is_basic_key(key) or buffer_of(self) is None:
+            return np.ndarray.__getitem__(self, key)
+        reads: list = []
+        _managed_in([key], reads)
+        k = _plain_tree(key)
+        ops = [(self, "r", k)] + [(r, "r", None) for r in reads]
+        count_host(ops)
+        return np.ndarray.__getitem__(self.view(np.ndarray), k)
 
     def fill(self, value: Any) -> None:
         with _host_accesses([], [self]):

@@ -1,11 +1,18 @@
-"""The ``ccadgpu`` command: ``info`` and ``demo``."""
+"""The ``ccadgpu`` command: ``info``, ``demo``, ``bench``, ``trace record|replay``,
+``calibrate``.  Exit status: 0 success, 1 a check or verification failed, 2 bad usage or input."""
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import platform
 import sys
 import time
+from typing import Any
 
 import numpy as np
+
+BAR = 24
 
 
 def _console():
@@ -13,89 +20,335 @@ def _console():
     return Console(highlight=False)
 
 
+def _writable(path: str, what: str) -> str:
+    from .errors import InvalidArgumentError
+    d = os.path.dirname(os.path.abspath(path)) or "."
+    if not os.path.isdir(d):
+        raise InvalidArgumentError(f"{what} {path!r}: directory {d!r} does not exist")
+    if not os.access(d, os.W_OK):
+        raise InvalidArgumentError(f"{what} {path!r}: directory {d!r} is not writable")
+    return path
+
+
+def _names(value: str, valid: list[str], what: str) -> list[str]:
+    from .errors import InvalidArgumentError
+    names = valid if value == "all" else [v.strip() for v in value.split(",") if v.strip()]
+    bad = [n for n in names if n not in valid]
+    if bad or not names:
+        raise InvalidArgumentError(f"unknown {what} {', '.join(bad) or value!r}; valid: "
+                                   f"{', '.join(valid)} (or 'all')")
+    return names
+
+
+# -- info ---------------------------------------------------------------------------------------------
 def cmd_info(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     import ccadgpu
     from ccadgpu import _sys
+    from ccadgpu.clock import available_profiles, load_profile
     con = _console()
-    con.print(f"ccadgpu {ccadgpu.__version__}")
-    con.print("backend: cpu (CPU stand-in: memfd arenas remapped in place; "
-              "the CUDA backend is not built yet)")
+    con.print(f"[bold]ccadgpu {ccadgpu.__version__}[/]  Python {platform.python_version()}, "
+              f"NumPy {np.__version__}")
+    try:
+        from ccadgpu.backends import select_backend
+        choice = select_backend(os.environ.get("CCADGPU_BACKEND", "auto"))
+        con.print(f"backend: [bold]{choice.name}[/] ({choice.reason})")
+    except Exception as exc:  # noqa: BLE001 - info must always print something
+        con.print(f"backend: cpu (backend probe failed: {exc})")
+    con.print("the CPU stand-in is what Space uses today; the CUDA backend's pieces exist but "
+              "are not wired into Space (see README, Status)")
+    try:
+        from ccadgpu.backends.nvml import gpu_info
+        g = gpu_info()
+    except Exception:  # noqa: BLE001
+        g = None
+    if g:
+        con.print("GPU (NVML): " + ", ".join(f"{k}={v}" for k, v in g.items() if v is not None))
+    else:
+        con.print("GPU (NVML): none visible")
     con.print(f"OS page {_sys.OS_PAGE} B, vm.max_map_count {_sys.max_map_count()}")
-    with ccadgpu.Space(device_memory=args.device_memory, page_size=args.page_size) as sp:
-        t = Table(title="nodes")
-        for c in ("id", "name", "capacity", "frames"):
-            t.add_column(c)
-        for n in sp.node_info():
-            t.add_row(str(n.id), n.name, ccadgpu.format_bytes(n.capacity), str(n.frames))
-        con.print(t)
-        t = Table(title="tunables")
-        for c in ("name", "value", "meaning"):
-            t.add_column(c)
-        for name, val, doc in sp.tunables.describe():
-            t.add_row(name, str(val), doc)
-        con.print(t)
+    t = Table(title="machine profiles (modeled time)")
+    for c in ("name", "cpu<-host", "cpu<-device", "dev<-host", "dev<-device", "link h2d",
+              "description"):
+        t.add_column(c)
+    for name in available_profiles():
+        try:
+            p = load_profile(name)
+        except Exception as exc:  # noqa: BLE001
+            t.add_row(name, "-", "-", "-", "-", "-", f"unreadable: {exc}")
+            continue
+        bw = p.bandwidth / 1e9
+        t.add_row(name, f"{bw[0, 0]:g}", f"{bw[0, 1]:g}", f"{bw[1, 0]:g}", f"{bw[1, 1]:g}",
+                  f"{p.link[0, 1] / 1e9:g}", p.description)
+    con.print(t)
+    con.print("bandwidths in GB/s")
+    from ccadgpu.policies import available_policies
+    from ccadgpu.workloads import available_workloads
+    con.print(f"policies: {', '.join(available_policies())}")
+    con.print(f"workloads: {', '.join(available_workloads())}")
+    from ccadgpu.tunables import Tunables
+    t = Table(title="tunables (defaults)")
+    for c in ("name", "value", "meaning"):
+        t.add_column(c)
+    for name, val, doc in Tunables().describe():
+        t.add_row(name, str(val), doc)
+    con.print(t)
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Allocate, migrate both ways, check every byte, and print throughput."""
+# -- demo ---------------------------------------------------------------------------------------------
+def _bar(frac: float) -> str:
+    n = int(round(frac * BAR))
+    return "[green]" + "█" * n + "[/][dim]" + "░" * (BAR - n) + "[/]"
+
+
+def _demo_run(con: Any, policy: str, profile: str, size: int, page: int, seed: int,
+              reset_at: int, iters: int, checks: list) -> dict:
     import ccadgpu
+    from ccadgpu import ops
+    n = size // 3 // 8
+    rng = np.random.default_rng(seed)
+    rb, rc = rng.standard_normal(n), rng.standard_normal(n)
+    with ccadgpu.Space(device_memory=2 * size, page_size=page, profile=profile,
+                       policy=policy) as sp:
+        a, b, c = sp.zeros(n, name="a"), sp.asarray(rb, name="b"), sp.asarray(rc, name="c")
+        arrays = (a, b, c)
+        total = sum(len(sp.placement(x)) for x in arrays)
+        con.print(f"\n[bold]{policy}[/] on {profile}: STREAM triad a = b + 0.5 c over "
+                  f"{ccadgpu.format_bytes(3 * n * 8)} ({total} pages), {iters} launches; "
+                  f"device reset after launch {reset_at}")
+        for it in range(iters):
+            ops.triad(a, b, c, 0.5)
+            sp.sync()
+            on_dev = sum(int((sp.placement(x) == 1).sum()) for x in arrays)
+            last = sp.manager.results[-1]
+            moved = sum(v for (cause, s, d), v in last.moved.items() if d == 1)
+            con.print(f"  launch {it:2d} {_bar(on_dev / total)} {on_dev:4d}/{total} on device"
+                      f"{f' +{moved} promoted' if moved else ''}"
+                      f"{f' ({last.notifications} notes)' if last.notifications else ''}")
+            if it == reset_at:
+                before = [np.asarray(x).copy() for x in arrays]
+                rep = sp.device.reset()
+                same = all(np.array_equal(np.asarray(x), y) for x, y in zip(arrays, before))
+                con.print(f"  [yellow]device reset[/]: {rep.pages} pages evacuated "
+                          f"({ccadgpu.format_bytes(rep.bytes)}, {rep.gbps:.1f} GB/s), "
+                          f"every byte {'identical' if same else '[red]DIFFERENT[/]'}")
+                checks.append((f"{policy}: reset loses no byte", same))
+                checks.append((f"{policy}: device empty after reset",
+                               all((sp.placement(x) == 0).all() for x in arrays)))
+        ok = bool(np.allclose(np.asarray(a), rb + 0.5 * rc))
+        checks.append((f"{policy}: results equal NumPy's", ok))
+        row = sp.manager.summary()
+        row["wall_s"] = sum(r.wall_s for r in sp.manager.results if np.isfinite(r.wall_s))
+        return row
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Placement changing as counters fire, a device reset that loses nothing, throughput."""
+    import ccadgpu
+    from rich.table import Table
     con = _console()
     size = ccadgpu.parse_size(args.size, "--size")
+    page = ccadgpu.parse_size(args.page_size, "--page-size")
+    if size < 3 * page:
+        from .errors import InvalidArgumentError
+        raise InvalidArgumentError(f"--size {args.size!r} must hold at least 3 pages")
     checks: list[tuple[str, bool]] = []
-    with ccadgpu.Space(device_memory=size + (4 << 20), page_size=args.page_size) as sp:
-        rng = np.random.default_rng(args.seed)
-        ref = rng.integers(0, 2**62, size // 8, dtype=np.int64)
-        a = sp.asarray(ref, name="demo")
-        con.print(f"allocated {ccadgpu.format_bytes(a.nbytes)} on the host: "
-                  f"{len(sp.placement(a))} pages of {ccadgpu.format_bytes(sp.page_size)}")
-        view = np.asarray(a)
-        checks.append(("np.asarray is zero-copy", np.shares_memory(view, a)))
-        r1 = sp.move_pages(a, "device")
-        con.print(f"host -> device: {r1.pages_moved} pages, {r1.seconds * 1e3:.1f} ms, "
-                  f"{r1.gbps:.2f} GB/s")
-        checks.append(("all pages on the device", bool((sp.placement(a) == 1).all())))
-        checks.append(("same bytes at the same address", bool(np.array_equal(view, ref))))
-        half = np.arange(0, len(sp.placement(a)), 2)
-        r2 = sp.move_pages(a, "host", pages=half)
-        con.print(f"every other page back to the host: {r2.pages_moved} pages, "
-                  f"{r2.gbps:.2f} GB/s")
-        view[::1000] += 1
-        ref[::1000] += 1
-        checks.append(("writes after migration land", bool(np.array_equal(view, ref))))
-        sp.pin(a[: 1 << 10])
-        r3 = sp.move_pages(a, "device")
-        checks.append(("pinned page refused with -EBUSY", r3.errors().get("EBUSY", 0) == 1))
-        dst = np.full_like(ref, 1)        # pre-faulted, as the device arena is
-        t = time.perf_counter()
-        np.copyto(dst, ref)
-        t_copy = time.perf_counter() - t
-        con.print(f"np.copyto of the same bytes: {a.nbytes / t_copy / 1e9:.2f} GB/s "
-                  f"(migration/copy = {t_copy / r1.seconds:.2f})")
-        st = sp.stats()
-        con.print(f"pgmigrate_success={st['pgmigrate_success']} "
-                  f"pgmigrate_fail={st['pgmigrate_fail']}")
-    ok = all(v for _, v in checks)
+    t0 = time.perf_counter()
+    with ccadgpu.Space(device_memory="1MiB", host_memory="16MiB") as warm:   # JIT the kernels
+        x = warm.zeros(1024)
+        ccadgpu.ops.triad(x, x, x, 0.5)
+        warm.device.offline()
+    rows = {p: _demo_run(con, p, args.profile, size, page, args.seed, args.iters // 2,
+                         args.iters, checks)
+            for p in ("static", "access_counter")}
+    t = Table(title=f"throughput on {args.profile} (modeled) and here (wall)")
+    for c in ("policy", "modeled ms", "GB/s", "migrated", "remote", "p99 us", "wall ms"):
+        t.add_column(c, justify="right")
+    for p, r in rows.items():
+        t.add_row(p, f"{r['modeled_s'] * 1e3:.3f}", f"{r['throughput_gbps']:.1f}",
+                  ccadgpu.format_bytes(r["migrated_bytes"]), f"{r['remote_fraction']:.0%}",
+                  f"{r['epoch_p99_s'] * 1e6:.1f}", f"{r['wall_s'] * 1e3:.1f}")
+    con.print(t)
+    speed = rows["static"]["modeled_s"] / rows["access_counter"]["modeled_s"]
+    con.print(f"access_counter vs static: {speed:.2f}x the modeled throughput")
+    checks.append(("access_counter moved pages to the device",
+                   rows["access_counter"]["migrated_bytes"] > 0))
+    checks.append(("static moved nothing", rows["static"]["migrated_bytes"] == 0))
     for name, v in checks:
         con.print(f"  [{'green' if v else 'red'}]{'PASS' if v else 'FAIL'}[/] {name}")
-    return 0 if ok else 1
+    con.print(f"done in {time.perf_counter() - t0:.1f} s")
+    return 0 if all(v for _, v in checks) else 1
 
 
+# -- bench --------------------------------------------------------------------------------------------
+def cmd_bench(args: argparse.Namespace) -> int:
+    import ccadgpu
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from ccadgpu.bench import SCHEMA, run_workload
+    from ccadgpu.clock import available_profiles, load_profile
+    from ccadgpu.policies import available_policies
+    from ccadgpu.workloads import available_workloads
+    con = _console()
+    wls = _names(args.workload, available_workloads(), "workload")
+    pols = _names(args.policy, available_policies(), "policy")
+    profs = [p.strip() for p in args.profile.split(",")] if args.profile != "all" \
+        else available_profiles()
+    for p in profs:
+        load_profile(p)                      # raises UnknownProfileError listing valid names
+    size = ccadgpu.parse_size(args.size, "--size")
+    if args.repeat < 1:
+        from .errors import InvalidArgumentError
+        raise InvalidArgumentError(f"--repeat must be >= 1, got {args.repeat}")
+    if args.json:
+        _writable(args.json, "--json")
+    if args.plot:
+        _writable(args.plot, "--plot")
+        from .plot import require_matplotlib
+        require_matplotlib()
+    runs = []
+    jobs = [(w, p, f, r) for w in wls for f in profs for p in pols for r in range(args.repeat)]
+    with Progress(console=con, transient=True) as prog:
+        task = prog.add_task("bench", total=len(jobs))
+        for w, p, f, r in jobs:
+            prog.update(task, description=f"{w} / {p} / {f}")
+            runs.append(run_workload(w, p, f, size, args.seed, args.page_size,
+                                     history=bool(args.plot), repeat=r))
+            prog.advance(task)
+    rows = [r.row for r in runs]
+    t = Table(title=f"ccadgpu bench: {ccadgpu.format_bytes(size)}, seed {args.seed}")
+    for c in ("workload", "profile", "policy", "ok", "modeled ms", "GB/s", "migrated",
+              "remote", "thrash", "p50 us", "p99 us", "wall s"):
+        t.add_column(c, justify="right")
+    for row in rows:
+        t.add_row(row["workload"], row["profile"], row["policy"],
+                  "yes" if row["verified"] else "[red]NO[/]", f"{row['modeled_s'] * 1e3:.3f}",
+                  f"{row['throughput_gbps']:.1f}", ccadgpu.format_bytes(row["migrated_bytes"]),
+                  f"{row['remote_fraction']:.0%}", str(row["thrashing_pages"]),
+                  f"{row['epoch_p50_s'] * 1e6:.1f}", f"{row['epoch_p99_s'] * 1e6:.1f}",
+                  f"{row['wall_s']:.2f}")
+    con.print(t)
+    if args.json:
+        doc = {"schema": SCHEMA, "ccadgpu": ccadgpu.__version__,
+               "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+               "machine": f"{platform.machine()} {os.cpu_count()} cores {platform.system()} "
+                          f"{platform.release()}",
+               "command": " ".join(["ccadgpu"] + sys.argv[1:]), "rows": rows}
+        with open(args.json, "w") as f:
+            json.dump(doc, f, indent=1, default=float)
+        con.print(f"wrote {args.json} ({len(rows)} rows)")
+    if args.plot:
+        from .plot import bench_figure
+        bench_figure(runs, args.plot)
+        con.print(f"wrote {args.plot}")
+    return 0 if all(r["verified"] for r in rows) else 1
+
+
+# -- trace --------------------------------------------------------------------------------------------
+def cmd_trace_record(args: argparse.Namespace) -> int:
+    from ccadgpu.bench import run_workload
+    from ccadgpu.workloads import get_workload
+    get_workload(args.workload)
+    _writable(args.output, "--output")
+    run = run_workload(args.workload, "static", args.profile, args.size, args.seed,
+                       args.page_size, keep_trace=True)
+    run.trace.save(args.output)
+    con = _console()
+    s = run.trace.summary()
+    con.print(f"recorded {args.workload} under static on {args.profile}: {s['epochs']} epochs, "
+              f"{s['bytes']} bytes counted -> {args.output}")
+    return 0 if run.row["verified"] else 1
+
+
+def cmd_trace_replay(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    import ccadgpu
+    from ccadgpu.errors import InvalidArgumentError
+    from ccadgpu.policies import available_policies
+    from ccadgpu.replay import replay
+    if not os.path.isfile(args.file):
+        raise InvalidArgumentError(f"trace file {args.file!r} does not exist")
+    tr = ccadgpu.Trace.load(args.file)
+    pols = _names(args.policy, available_policies(), "policy")
+    con = _console()
+    t = Table(title=f"replay of {args.file} ({len(tr)} epochs)")
+    for c in ("policy", "profile", "modeled ms", "GB/s", "migrated", "remote", "p99 us"):
+        t.add_column(c, justify="right")
+    rows = []
+    for p in pols:
+        r = replay(tr, p, profile=args.profile)
+        rows.append(r)
+        t.add_row(p, r["profile"], f"{r['modeled_s'] * 1e3:.3f}", f"{r['throughput_gbps']:.1f}",
+                  ccadgpu.format_bytes(r["migrated_bytes"]), f"{r['remote_fraction']:.0%}",
+                  f"{r['epoch_p99_s'] * 1e6:.1f}")
+    con.print(t)
+    if args.json:
+        _writable(args.json, "--json")
+        with open(args.json, "w") as f:
+            json.dump({"schema": "ccadgpu-replay/1", "trace": args.file, "rows": rows}, f,
+                      indent=1, default=float)
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from ccadgpu import calibrate
+    return int(calibrate.calibrate_cli(args) or 0)
+
+
+# -- parser -------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="ccadgpu", description="Emulate a cache-coherent "
-                                 "accelerator device on this machine.")
+                                 "accelerator device on this machine and measure placement "
+                                 "policies.")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("info", help="version, backend, nodes and tunables")
-    p.add_argument("--device-memory", default="256MiB")
-    p.add_argument("--page-size", default="64KiB")
+    p = sub.add_parser("info", help="version, backend and why, profiles, tunables")
     p.set_defaults(func=cmd_info)
-    p = sub.add_parser("demo", help="a short end-to-end run with checks")
-    p.add_argument("--size", default="64MiB")
+
+    p = sub.add_parser("demo", help="pages moving as counters fire, a device reset, throughput")
+    p.add_argument("--size", default="24MiB", help="working set (default 24MiB)")
     p.add_argument("--page-size", default="64KiB")
+    p.add_argument("--profile", default="h100-pcie")
+    p.add_argument("--iters", type=int, default=24)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("bench", help="workloads x policies x profiles: table, JSON, plot")
+    p.add_argument("--workload", default="all", help="comma-separated names or 'all'")
+    p.add_argument("--policy", default="all", help="comma-separated names or 'all'")
+    p.add_argument("--profile", default="gh200,h100-pcie", help="comma-separated or 'all'")
+    p.add_argument("--size", default="32MiB", help="working set per run")
+    p.add_argument("--page-size", default="64KiB")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--json", metavar="PATH", help="write every row (schema ccadgpu-bench/1)")
+    p.add_argument("--plot", metavar="PATH.png", help="placement heatmaps + throughput chart")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("trace", help="record a workload's trace; replay it under policies")
+    tsub = p.add_subparsers(dest="tcmd", required=True)
+    r = tsub.add_parser("record", help="run a workload under static and save its trace")
+    r.add_argument("--workload", required=True)
+    r.add_argument("--output", "-o", required=True, metavar="FILE.npz")
+    r.add_argument("--size", default="32MiB")
+    r.add_argument("--page-size", default="64KiB")
+    r.add_argument("--profile", default="gh200")
+    r.add_argument("--seed", type=int, default=0)
+    r.set_defaults(func=cmd_trace_record)
+    r = tsub.add_parser("replay", help="score policies on a recorded trace, no kernels run")
+    r.add_argument("file")
+    r.add_argument("--policy", default="all")
+    r.add_argument("--profile", default=None, help="default: the recorded one")
+    r.add_argument("--json", metavar="PATH")
+    r.set_defaults(func=cmd_trace_replay)
+
+    from .calibrate import build_parser as calibrate_parser
+    p = calibrate_parser(sub.add_parser("calibrate", help="measure a GPU's bandwidths into a "
+                                        "profile (needs the CUDA backend)"))
+    p.set_defaults(func=cmd_calibrate)
     return ap
 
 
@@ -107,6 +360,9 @@ def main(argv: list[str] | None = None) -> int:
     except CcadError as exc:
         print(f"ccadgpu: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("ccadgpu: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -12,12 +12,14 @@ import contextlib
 import threading
 import time
 import warnings
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from .errors import DeviceOfflineError, OfflineRefusedError
 from .evacuate import EvacuationReport, evacuate, precheck
+from .hints import drop_all_duplicates
 
 if TYPE_CHECKING:
+    from .launch import LaunchResult
     from .nodes import Node
     from .space import Space
 
@@ -36,6 +38,7 @@ class Device:
         self._lifecycle = threading.RLock()
         self._reset_callbacks: list[Callable[[EvacuationReport], None]] = []
         self.resets = 0
+        self.last_launch: "LaunchResult | None" = None
 
     @property
     def id(self) -> int:
@@ -65,6 +68,15 @@ class Device:
             with cond:
                 self._active -= 1
                 cond.notify_all()
+
+    def launch(self, kernel: Callable[..., Any], *args: Any, reads: Any = (), writes: Any = (),
+               name: str | None = None) -> "LaunchResult":
+        """Run ``kernel(*args)`` (e.g. a Numba ``@njit`` function) on this device, declaring the
+        managed arrays it ``reads`` and ``writes`` (``ccadgpu.launch.Indexed(arr, idx)`` for
+        indexed access).  Runs inside :meth:`running`; counted, timed (wall and modeled) and
+        traced; see :mod:`ccadgpu.launch`."""
+        from .launch import launch
+        return launch(self._space, kernel, args, reads=reads, writes=writes, name=name)
 
     def check_explicit_allocation(self) -> None:
         if self.state != "online":
@@ -108,6 +120,8 @@ class Device:
                             raise OfflineRefusedError(f"device offline: {rep.reason}", rep)
                         cond.wait(left)
                 t_fence = time.perf_counter() - t0
+                with cond:
+                    drop_all_duplicates(sp)
                 rep = evacuate(sp, self.node.id, deadline, sp.tunables.evacuate_verify) \
                     if self.node.used_frames else EvacuationReport()
                 rep.fence_seconds = t_fence

@@ -74,3 +74,15 @@ class OfflineRefusedError(DeviceOfflineError):
     def __init__(self, message: str, report: object = None):
         super().__init__(message)
         self.report = report
+
+
+class UnknownProfileError(InvalidArgumentError):
+    """A machine profile name (or file) that does not exist; the message lists the valid names."""
+
+
+class ProfileError(InvalidArgumentError):
+    """A machine profile file that is malformed (missing key, bad number)."""
+
+
+class TraceFormatError(InvalidArgumentError):
+    """A trace file that is not a ccadgpu trace, or of a version this library cannot read."""

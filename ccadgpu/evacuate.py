@@ -70,7 +70,8 @@ def precheck(space: "Space", device_node: int) -> EvacuationReport | None:
                                 "(unpin them, or move them to the host first)",
                                 refused_pages=pinned.tolist(),
                                 refused_arrays=describe_pages(space, pinned))
-    need = space.nodes[device_node].used_frames
+    # read-mostly duplicates are copies: they are dropped, not evacuated
+    need = space.nodes[device_node].used_frames - int(np.count_nonzero(space.pt.dup[:hw] >= 0))
     room = space.nodes[HOST].free_frames
     if need > room:
         vp = np.flatnonzero(on_dev)

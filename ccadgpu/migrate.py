@@ -40,6 +40,8 @@ class MigrationReport:
     ``-EBUSY`` pinned or already in flight, ``-ENOMEM`` no frame on the target,
     ``-EPERM`` migration disabled, ``-ENODEV`` target offline, ``-EIO`` copy failed or did
     not verify (the page stays where it was, data intact).
+    ``modeled_seconds`` is what the move would take on the space's machine profile
+    (:mod:`ccadgpu.clock`); ``seconds`` is the wall time here.
     """
     target: int
     status: np.ndarray
@@ -49,6 +51,7 @@ class MigrationReport:
     cause: str = "api"
     copy_seconds: float = 0.0
     remap_seconds: float = 0.0
+    modeled_seconds: float = 0.0
 
     @property
     def requested(self) -> int:
@@ -259,6 +262,8 @@ class Migrator:
         report.seconds = time.perf_counter() - t0
         report.pages_moved = int(moved.sum())
         report.bytes_moved = report.pages_moved * sp.page_size
+        report.modeled_seconds = sp.clock.migration(batch.src_nodes[moved], target, sp.page_size,
+                                                    report.seconds)
         self._account(report, batch, moved, target)
         if err is not None:
             if isinstance(err, MigrationError):

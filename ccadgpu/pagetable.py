@@ -21,11 +21,12 @@ NO_HINT = -1
 class PageTable:
     """Per-page arrays: ``node`` (int8, -1 unmapped), ``frame`` (int64), ``flags`` (uint8),
     ``alloc`` (int32 allocation id, -1 none), ``preferred`` (int8 hint, -1 none),
-    ``accessed_by`` (uint8 bit mask of nodes that map the page remotely)."""
+    ``accessed_by`` (uint8 bit mask of nodes that map the page remotely), ``dup`` (int64 device
+    frame of a read-mostly duplicate, -1 none)."""
 
     _FIELDS = (("node", np.int8, NO_NODE), ("frame", np.int64, -1), ("flags", np.uint8, 0),
                ("alloc", np.int32, -1), ("preferred", np.int8, NO_HINT),
-               ("accessed_by", np.uint8, 0))
+               ("accessed_by", np.uint8, 0), ("dup", np.int64, -1))
 
     def __init__(self, page_size: int, initial: int = 1024):
         self.page_size = page_size

@@ -42,3 +42,51 @@ def node_steps(nodes: np.ndarray) -> np.ndarray:
         return nodes
     change = np.concatenate(([0], np.cumsum(np.diff(nodes) != 0)))
     return np.arange(len(nodes), dtype=np.int64) + 2 * change
+
+
+def sorted_unique(a: np.ndarray) -> np.ndarray:
+    """``np.unique`` by sorting (NumPy 2's hash-based unique is several times slower on the
+    integer page lists the manager handles); returns the input itself when it is already
+    strictly increasing."""
+    a = np.asarray(a)
+    if len(a) < 2:
+        return a
+    d = np.diff(a)
+    if (d > 0).all():
+        return a
+    s = np.sort(a, kind="stable")
+    return s[np.concatenate(([True], s[1:] != s[:-1]))]
+
+
+def group_counts(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sort-based ``np.unique(keys, return_inverse=True, return_counts=True)`` for ints:
+    returns (unique keys, inverse, counts)."""
+    keys = np.asarray(keys)
+    if len(keys) == 0:
+        z = np.zeros(0, np.int64)
+        return keys, z, z
+    if len(keys) == 1 or (np.diff(keys) >= 0).all():
+        order = None
+        s = keys
+    else:
+        order = np.argsort(keys, kind="stable")
+        s = keys[order]
+    start = np.concatenate(([True], s[1:] != s[:-1]))
+    uniq = s[start]
+    grp = np.cumsum(start) - 1
+    counts = np.bincount(grp)
+    if order is None:
+        inv = grp
+    else:
+        inv = np.empty(len(keys), np.int64)
+        inv[order] = grp
+    return uniq, inv, counts
+
+
+def member(v: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``np.isin(v, values)`` by sorting ``values`` and binary search."""
+    s = sorted_unique(values)
+    if len(s) == 0:
+        return np.zeros(len(v), bool)
+    i = np.minimum(np.searchsorted(s, v), len(s) - 1)
+    return s[i] == v

@@ -20,9 +20,13 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from . import _sys
+from . import hints as _hints
 from . import pagetable as ptf
 from .array import ManagedArray, _Buffer, buffer_of
-from .errors import (CapacityError, DeviceOfflineError, ForeignArrayError, FreedArrayError, InvalidArgumentError,
+from .clock import Clock, Profile, load_profile
+from .counters import AccessCounters
+from .errors import (CapacityError, DeviceOfflineError, ForeignArrayError, FreedArrayError,
+                     InvalidArgumentError, MigrationError,
                      PinnedError, SpaceClosedError, UnknownNodeError, UnsupportedPlatformError)
 from .migrate import MigrationReport, Migrator
 from .nodes import Node, NodeInfo, default_distances
@@ -30,6 +34,7 @@ from .pagetable import PageTable
 from .placement import parse as parse_placement
 from .placement import plan as plan_placement
 from .telemetry import VmStat
+from .trace import Trace
 from .tunables import Tunables
 from .units import parse_size
 from .vaspace import MAP_BUDGET, VASpace, count_breaks
@@ -79,12 +84,23 @@ class Space:
         more finely.
     backend:
         ``"cpu"``: the CPU stand-in (memfd arenas remapped in place).
+    profile:
+        Machine profile for modeled time (:mod:`ccadgpu.clock`): a name (``"gh200"``,
+        ``"h100-pcie"``, ``"capi-power8"``, ``"cxl-type2"``, or one of yours), a path to a
+        ``.toml`` file, or a :class:`~ccadgpu.clock.Profile`.
+    policy:
+        Placement policy run by the migration manager after every epoch (:mod:`ccadgpu.manager`):
+        ``"static"`` (default: never migrates, R5), ``"first_touch"``, ``"on_demand"``,
+        ``"access_counter"``, ``"autonuma"``, a registered name, or a
+        :class:`~ccadgpu.policies.Policy` instance; ``policy_params`` are its parameters.
     tunables:
         Initial knob values, see :mod:`ccadgpu.tunables`.
     """
 
     def __init__(self, device_memory: int | str = "256MiB", host_memory: int | str | None = None,
                  page_size: int | str = "64KiB", backend: str = "cpu",
+                 profile: "str | os.PathLike[str] | Profile" = "gh200",
+                 policy: Any = "static", policy_params: dict[str, Any] | None = None,
                  **tunables: Any):
         if not _sys.SUPPORTED:
             raise UnsupportedPlatformError(
@@ -104,6 +120,7 @@ class Space:
             raise InvalidArgumentError(f"host_memory {host_memory!r} is smaller than one page "
                                        f"({ps} bytes)")
         self.tunables = Tunables(**tunables)
+        self.profile: Profile = load_profile(profile)
         self.page_size = ps
         self.backend = backend
         self.vmstat = VmStat()
@@ -133,6 +150,15 @@ class Space:
         self.migrator = Migrator(self)
         from .device import Device
         self.device = Device(self, self.nodes[DEVICE])
+        self.clock = Clock(self.profile, len(self.nodes))   # modeled time
+        self.counters = AccessCounters(self)                # registers a migrate listener
+        self.trace = Trace.for_space(self)
+        from .manager import LivePlacement, MigrationManager
+        self._mq: list[Any] = []                 # epochs waiting for the manager
+        self._host_tallies: list[Any] = []       # CPU accesses of the open host epoch
+        self._mlock = threading.Lock()
+        self.manager = MigrationManager(LivePlacement(self), policy, self.profile,
+                                        self.tunables, **(policy_params or {}))
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def __enter__(self) -> "Space":
@@ -311,7 +337,9 @@ class Space:
             if n >= 0:
                 # host memory goes back to the OS; device memory stays faulted in
                 self.nodes[n].give(frame[node == n], release=(n == HOST))
+        _hints.collapse(self, lo, hi)
         self.pt.clear(lo, hi)
+        self.counters.forget(lo, hi)
         MAP_BUDGET.charge(-alloc.vmas, "free")
         alloc.vmas = 0
         self.vmstat.add(pgfree=alloc.npages)
@@ -449,20 +477,33 @@ class Space:
 
         Writers wait for in-flight migrations of their pages, and migrations skip pages under a
         write (they report ``-EBUSY``), so no write is ever lost to a copy.  Yields a plain
-        ndarray view.  Plain NumPy stores through ``np.asarray(a)`` bypass this and must not race
-        a migration of the same pages."""
+        ndarray view.  The access is counted as CPU traffic to every byte of ``arr`` (read,
+        written or both, see :mod:`ccadgpu.counters`).  Plain NumPy stores through
+        ``np.asarray(a)`` bypass this: they are not counted and must not race a migration of the
+        same pages."""
         if mode not in ("r", "w", "rw"):
             raise InvalidArgumentError(f"host_access mode must be 'r', 'w' or 'rw', got {mode!r}")
-        _, lo, hi = self._span_vpns(arr)
         if "w" not in mode:
+            self.counters.host(arr, mode)
             yield arr.view(np.ndarray)
             return
+        with self._writing(arr):
+            self.counters.host(arr, mode)
+            yield arr.view(np.ndarray)
+
+    @contextlib.contextmanager
+    def _writing(self, arr: np.ndarray) -> Iterator[np.ndarray]:
+        """Register a writer over the pages ``arr`` spans, without counting anything (device
+        launches and :meth:`host_access` both use it): waits for in-flight migrations of those
+        pages; until it exits, migrations skip them with ``-EBUSY``."""
+        _, lo, hi = self._span_vpns(arr)
         entry = (lo, hi, threading.get_ident())
         with self._cond:
             while (self.pt.flags[lo:hi] & ptf.MIGRATING).any():
                 self._cond.wait()
                 self._check_open()
             self._writers.append(entry)
+            _hints.collapse(self, lo, hi)       # a write makes read-mostly duplicates stale
         try:
             yield arr.view(np.ndarray)
         finally:
@@ -497,6 +538,99 @@ class Space:
             s["nr_mappings"] = sum(a.vmas for a in live)
             s["page_size"] = self.page_size
         return s
+
+    # -- hints ----------------------------------------------------------------------------------------
+    def advise(self, arr: np.ndarray, preferred_location: Any = _hints._UNSET,
+               accessed_by: Any = _hints._UNSET, read_mostly: Any = _hints._UNSET) -> None:
+        """Hints on the pages ``arr`` spans (``cudaMemAdvise`` vocabulary, see
+        :mod:`ccadgpu.hints`): ``preferred_location`` (node, or None to unset), ``accessed_by``
+        (node or nodes; ``()`` unsets), ``read_mostly`` (bool)."""
+        _hints.advise(self, arr, preferred_location, accessed_by, read_mostly)
+
+    def prefetch(self, arr: np.ndarray, node: int | str) -> MigrationReport:
+        """Move ``arr``'s pages to ``node`` now (cause ``prefetch``); read-mostly pages bound
+        for the device are duplicated instead.  A hint: pages that cannot move stay put."""
+        return _hints.prefetch(self, arr, node)
+
+    def hints(self, arr: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-page hints of ``arr``: preferred, accessed_by, read_mostly, duplicated."""
+        return _hints.hints(self, arr)
+
+    # -- the migration manager ---------------------------------------------------------------------
+    def _queue_epoch(self, epoch: int, kernel: str, processor: int, tally: Any,
+                     wall: float) -> None:
+        """Hand a finished epoch to the manager (space lock held); it runs in
+        :meth:`_run_manager`, outside every lock and writer section."""
+        from .manager import Epoch
+        if len(tally.vpns):
+            self._mq.append(Epoch(0, epoch, kernel, processor, np.asarray(tally.vpns, np.int64),
+                                  np.asarray(tally.sectors, np.int64), kernel != "host", wall))
+
+    def _device_view(self, lo: int, hi: int) -> np.ndarray:
+        """Node of pages ``[lo, hi)`` as the device sees them: a read-mostly page with a device
+        duplicate is local to it.  Space lock held."""
+        node = self.pt.node[lo:hi].copy()
+        node[self.pt.dup[lo:hi] >= 0] = self.device.id
+        return node
+
+    def _note_host_tally(self, tally: Any) -> None:
+        self._host_tallies.append(tally)
+
+    def _queue_host_epoch(self, epoch: int) -> None:
+        if self._host_tallies:
+            from .counters import merge_tallies
+            t = merge_tallies(self._host_tallies)
+            self._host_tallies = []
+            self._queue_epoch(epoch, "host", 0, t, float("nan"))
+
+    def _run_manager(self) -> None:
+        """Step the manager over the queued epochs (one thread at a time; another caller's
+        epochs are picked up by the thread already stepping)."""
+        if not self._mq or not self._mlock.acquire(blocking=False):
+            return
+        try:
+            while True:
+                with self._cond:
+                    if not self._mq or self.closed:
+                        return
+                    ep = self._mq.pop(0)
+                ep.index = self.manager.ctx.epoch
+                self.manager.step(ep)
+        finally:
+            self._mlock.release()
+
+    def sync(self) -> None:
+        """Close the open host epoch and let the manager act on everything so far (call it at
+        the end of a run; every launch does it for the epochs before it)."""
+        with self._cond:
+            self._check_open()
+            self.counters._close_host_epoch()
+        self._run_manager()
+
+    def _move_vpns(self, vpns: np.ndarray, target: int, cause: str) -> np.ndarray:
+        """Mechanism for the manager: move pages given by vpn (any allocations).  Returns a
+        per-page mask of pages now on ``target``.  Read-mostly pages bound for the device are
+        duplicated instead (and reported as not moved)."""
+        vpns = np.asarray(vpns, np.int64)
+        moved = np.zeros(len(vpns), bool)
+        with self._cond:
+            owners = self.pt.alloc[vpns].copy()
+            if target != HOST:
+                rm = (self.pt.flags[vpns] & ptf.READ_MOSTLY) != 0
+                if rm.any():
+                    _hints.duplicate(self, vpns[rm])
+                    owners[rm] = -1
+        for aid in np.unique(owners[owners >= 0]).tolist():
+            sel = np.flatnonzero(owners == aid)
+            alloc = self._allocs.get(aid)
+            if alloc is None or alloc.freed:
+                continue
+            try:
+                r = self.migrator.move(alloc, vpns[sel] - alloc.vstart, target, cause)
+            except (FreedArrayError, MigrationError):
+                continue                  # counted in pgmigrate_fail; the space is consistent
+            moved[sel] = r.status == target
+        return moved
 
     def _check_alloc(self, alloc: Allocation) -> None:
         self._check_open()

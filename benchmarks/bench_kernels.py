@@ -1,0 +1,217 @@
+"""Device kernels on managed arrays vs the same Numba kernels on plain NumPy arrays, and the cost
+of access counting, in one run.
+
+    python benchmarks/bench_kernels.py [--size 256MiB] [--repeat 5] [--page-size 64KiB]
+                                       [--kernels copy,triad,gather,...]
+
+For each kernel, at ``--size`` per main array (>= 256 MiB for the recorded table), it times:
+
+* **plain**: the Numba kernel itself (``ccadgpu.kernels.cpu``) on plain NumPy arrays, as NumPy
+  allocates them (NumPy asks for transparent huge pages on large arrays);
+* **plain 4K**: the same on plain arrays allocated without huge pages (4 KiB PTEs, like the
+  memfd-backed managed arrays, whose shmem huge pages are off on such machines);
+* **raw**: the same Numba kernel on plain views of the *managed* arrays (the memory layout of
+  the stand-in, none of the library's work);
+* **off**: ``ccadgpu.ops.<kernel>`` on managed arrays with ``access_counters=False`` (validation,
+  device fence, writer registration, launch bookkeeping, but no counting);
+* **on**: the same with counting (per-page counts, notifications, modeled time, trace record);
+* **off, staggered**: ``off`` on managed arrays whose data start at different offsets modulo
+  64 KiB (views 4160 bytes apart).  Every managed allocation starts on a page boundary, so
+  several arrays streamed together alias in the caches' sets; NumPy's arrays start at
+  effectively random offsets.  This column shows the library with that effect removed.
+
+Every variant runs ``--repeat`` times, interleaved round-robin so that drift on a noisy machine
+hits all of them alike; the table shows medians.  Ratios: ``off / plain`` (the issue's target:
+<= 1.05), ``off / raw`` (what the library adds on the same memory), and ``on / off`` (the cost of
+counting; targets: <= 1.10 streaming, <= 1.5 gathers).  ``modeled`` is the launch's modeled time on the gh200 profile (arrays on the host, so
+the device streams them over NVLink-C2C).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+import ccadgpu
+from _util import machine, table
+
+STREAMING = ("copy", "scale", "axpy", "triad", "sum", "dot", "stencil5")
+INDEXED = ("gather", "scatter", "spmv_csr")
+
+
+def _set_hugepage(on: bool) -> None:
+    try:
+        np._core.multiarray._set_madvise_hugepage(on)
+    except AttributeError:  # pragma: no cover - older NumPy
+        pass
+
+
+def make_data(kernel: str, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Random inputs (never zeros) for one kernel; n = elements per main array."""
+    f = lambda m: rng.random(m) + 1.0  # noqa: E731
+    if kernel == "sum":
+        return {"x": f(n)}
+    if kernel in ("copy", "scale", "axpy", "dot"):
+        return {"x": f(n), "y": f(n)}
+    if kernel == "triad":
+        return {"a": f(n), "b": f(n), "c": f(n)}
+    if kernel == "stencil5":
+        cols = 4096
+        return {"inp": f(n // cols * cols).reshape(-1, cols), "out": f(n // cols * cols).reshape(-1, cols)}
+    if kernel in ("gather", "scatter"):
+        return {"src": f(n), "idx": rng.integers(0, n, n), "out": f(n)}
+    if kernel == "spmv_csr":
+        nnz = n // 2                       # data + indices = one main array's bytes
+        per_row = 8
+        nrows = nnz // per_row
+        return {"indptr": np.arange(0, nrows * per_row + 1, per_row, dtype=np.int64),
+                "indices": rng.integers(0, n, nrows * per_row), "data": f(nrows * per_row),
+                "x": f(n), "y": f(nrows)}
+    raise ValueError(kernel)
+
+
+def plain_call(kernel: str, d: dict[str, np.ndarray], K: Any, nch: int) -> Callable[[], Any]:
+    """The bare Numba kernel on arrays ``d`` (indexed kernels with counting off)."""
+    if kernel == "copy":
+        return lambda: K.copy(d["y"], d["x"])
+    if kernel == "scale":
+        return lambda: K.scale(d["y"], d["x"], 2.5)
+    if kernel == "axpy":
+        return lambda: K.axpy(d["y"], 1e-9, d["x"])
+    if kernel == "triad":
+        return lambda: K.triad(d["a"], d["b"], d["c"], 3.0)
+    if kernel == "sum":
+        return lambda: K.sum_float(d["x"])
+    if kernel == "dot":
+        return lambda: K.dot_float(d["x"], d["y"])
+    if kernel == "stencil5":
+        return lambda: K.stencil5(d["out"], d["inp"], 0.5, 0.125)
+    if kernel == "gather":
+        return lambda: K.gather(d["out"], d["src"], d["idx"], False, 0, 8, 4096, 12, 1, nch)
+    if kernel == "scatter":
+        return lambda: K.scatter(d["src"], d["idx"], d["out"], False, 0, 8, 4096, 12, 1, nch)
+    if kernel == "spmv_csr":
+        return lambda: K.spmv_csr(d["y"], d["indptr"], d["indices"], d["data"], d["x"], False,
+                                  0, 8, 4096, 12, 1, nch)
+    raise ValueError(kernel)
+
+
+def ops_call(kernel: str, d: dict[str, np.ndarray]) -> Callable[[], Any]:
+    ops = ccadgpu.ops
+    if kernel == "copy":
+        return lambda: ops.copy(d["y"], d["x"])
+    if kernel == "scale":
+        return lambda: ops.scale(d["y"], d["x"], 2.5)
+    if kernel == "axpy":
+        return lambda: ops.axpy(1e-9, d["x"], d["y"])
+    if kernel == "triad":
+        return lambda: ops.triad(d["a"], d["b"], d["c"], 3.0)
+    if kernel == "sum":
+        return lambda: ops.sum(d["x"])
+    if kernel == "dot":
+        return lambda: ops.dot(d["x"], d["y"])
+    if kernel == "stencil5":
+        return lambda: ops.stencil5(d["out"], d["inp"], 0.5, 0.125)
+    if kernel == "gather":
+        return lambda: ops.gather(d["out"], d["src"], d["idx"])
+    if kernel == "scatter":
+        return lambda: ops.scatter(d["src"], d["idx"], d["out"])
+    if kernel == "spmv_csr":
+        return lambda: ops.spmv_csr(d["y"], d["indptr"], d["indices"], d["data"], d["x"])
+    raise ValueError(kernel)
+
+
+def bench_kernel(kernel: str, n: int, page: int, repeat: int, rng: np.random.Generator,
+                 K: Any, nch: int) -> list[object]:
+    base = make_data(kernel, n, rng)
+    nbytes = sum(a.nbytes for a in base.values())
+    plain = {k: v.copy() for k, v in base.items()}
+    _set_hugepage(False)
+    plain4k = {k: np.empty_like(v) for k, v in base.items()}
+    for k in plain4k:
+        plain4k[k][...] = base[k]
+    _set_hugepage(True)
+    host = 3 * nbytes + (128 << 20)
+    with ccadgpu.Space(device_memory="64MiB", host_memory=host, page_size=page,
+                       profile="gh200") as sp:
+        managed = {k: sp.asarray(v, name=k) for k, v in base.items()}
+        del base
+        gc.collect()
+        raw = {k: v.view(np.ndarray) for k, v in managed.items()}
+        stag = {}
+        for i, (k, v) in enumerate(managed.items()):
+            step = 4160 // v.itemsize
+            flat = sp.empty(v.size + 4 * step, v.dtype, name=f"{k}-staggered")
+            view = flat[i * step: i * step + v.size].reshape(v.shape)
+            view.view(np.ndarray)[...] = v.view(np.ndarray)
+            stag[k] = view
+        calls = {"plain": plain_call(kernel, plain, K, nch),
+                 "plain4k": plain_call(kernel, plain4k, K, nch),
+                 "raw": plain_call(kernel, raw, K, nch),
+                 "off": ops_call(kernel, managed), "on": ops_call(kernel, managed),
+                 "stag": ops_call(kernel, stag)}
+
+        def run(name: str) -> float:
+            sp.tunables.access_counters = name == "on"
+            t = time.perf_counter()
+            calls[name]()
+            return time.perf_counter() - t
+
+        for name in calls:                 # warm up: compile / load, first-touch faults
+            run(name)
+        times: dict[str, list[float]] = {k: [] for k in calls}
+        for _ in range(repeat):
+            for name in calls:
+                times[name].append(run(name))
+        sp.tunables.access_counters = True
+        calls["on"]()
+        modeled = sp.device.last_launch.modeled_seconds
+        sp.trace.clear()
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return [kernel, ccadgpu.format_bytes(nbytes), f"{med['plain'] * 1e3:.1f}",
+            f"{med['plain4k'] * 1e3:.1f}", f"{med['raw'] * 1e3:.1f}", f"{med['off'] * 1e3:.1f}",
+            f"{med['on'] * 1e3:.1f}", f"{med['stag'] * 1e3:.1f}",
+            f"{med['off'] / med['plain']:.2f}", f"{med['off'] / med['raw']:.2f}",
+            f"{med['stag'] / med['plain']:.2f}", f"{med['on'] / med['off']:.2f}",
+            f"{modeled * 1e3:.2f}"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--size", default="256MiB", help="bytes per main array (default 256MiB)")
+    ap.add_argument("--repeat", type=int, default=9)
+    ap.add_argument("--page-size", default="64KiB")
+    ap.add_argument("--kernels", default=",".join(STREAMING + INDEXED))
+    args = ap.parse_args(argv)
+    size = ccadgpu.parse_size(args.size, "--size")
+    page = ccadgpu.parse_size(args.page_size, "--page-size")
+    kernels = [k for k in args.kernels.split(",") if k]
+    bad = [k for k in kernels if k not in STREAMING + INDEXED]
+    if bad:
+        ap.error(f"unknown kernels {bad}; choose from {', '.join(STREAMING + INDEXED)}")
+    import numba
+
+    from ccadgpu.kernels import cpu as K
+    nch = numba.get_num_threads()
+    print(f"# bench_kernels: {ccadgpu.format_bytes(size)} per main array, page "
+          f"{ccadgpu.format_bytes(page)}, median of {args.repeat} (interleaved), {machine()}, "
+          f"numba {numba.__version__}, {nch} threads")
+    rng = np.random.default_rng(2026)
+    rows = []
+    for k in kernels:
+        rows.append(bench_kernel(k, size // 8, page, args.repeat, rng, K, nch))
+        print(f"  {k} done", file=sys.stderr, flush=True)
+    print(table(["kernel", "data", "plain ms", "plain 4K ms", "raw ms", "off ms", "on ms",
+                 "off stag. ms", "off/plain", "off/raw", "off stag./plain", "on/off",
+                 "modeled ms (gh200)"], rows))
+    print(f"\nthreading layer: {numba.threading_layer()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

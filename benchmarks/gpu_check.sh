@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# One script for a lent GPU machine (no network; CuPy, Numba, nvidia-ml-py and pytest present):
+# runs the GPU tests, then benchmarks/gpu_check.py (one compact table: migration vs pinned copy,
+# device- vs host-resident kernel reads, instrumented vs plain kernels, modeled vs measured).
+# Exit status non-zero if the GPU tests or any check fail.  Budget: under 5 minutes.
+#
+#   bash benchmarks/gpu_check.sh            # from anywhere; PYTHON=... to pick an interpreter
+#
+# If $OUT is set (a directory), the numbers are also written to $OUT/gpu_check.json and the
+# test log to $OUT/gpu_tests.log.
+set -u
+cd "$(dirname "$0")/.." || exit 2
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+export CCADGPU_REQUIRE_GPU=1          # the GPU tests fail instead of skipping without a GPU
+export NUMBA_CACHE_DIR="${NUMBA_CACHE_DIR:-$PWD/.numba_cache}"
+PY="${PYTHON:-python3}"
+OUTDIR="${OUT:-}"
+LOG=/dev/null
+[ -n "$OUTDIR" ] && mkdir -p "$OUTDIR" && LOG="$OUTDIR/gpu_tests.log"
+
+command -v nvidia-smi >/dev/null 2>&1 && \
+  nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv,noheader
+"$PY" -c "import cupy, sys; print('cupy', cupy.__version__, 'python', sys.version.split()[0])" \
+  || { echo "gpu_check: CuPy does not import" >&2; exit 2; }
+
+echo "== GPU tests (pytest -m gpu) =="
+timeout 150 "$PY" -m pytest -q -m gpu -p no:cacheprovider -rs tests/ 2>&1 | tee "$LOG"
+rc_tests=${PIPESTATUS[0]}
+[ "$rc_tests" -eq 5 ] && { echo "gpu_check: no GPU tests were collected" >&2; rc_tests=1; }
+
+echo "== measurements =="
+JSON_ARGS=()
+[ -n "$OUTDIR" ] && JSON_ARGS=(--json "$OUTDIR/gpu_check.json")
+timeout 120 "$PY" benchmarks/gpu_check.py ${JSON_ARGS[@]+"${JSON_ARGS[@]}"}
+rc_bench=$?
+
+echo "gpu_check: tests rc=$rc_tests, measurements rc=$rc_bench"
+[ "$rc_tests" -eq 0 ] && [ "$rc_bench" -eq 0 ]

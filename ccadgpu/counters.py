@@ -1,0 +1,836 @@
+"""The access-counter unit: the emulated hardware that counts who touched which page.
+
+**What is counted.**  For every page (by virtual page number, the index of ``space.pt``) and
+every processor (``cpu`` = 0, ``device`` = 1): bytes **read** and **written**, each split
+**local** / **remote** by the node the page lived on when it was accessed (local for the cpu is
+the host node 0, for the device its own node).  ``AccessCounters.bytes`` is that table,
+``int64[vpn, processor, rw, loc]``, indexed like the page table so that a policy can act on it
+with vector operations.  Counts model *memory traffic*: a dense kernel sweeping an array counts
+each of its bytes once per sweep (perfect reuse inside the kernel, as a cache would give); an
+indexed access (gather, scatter, the ``x`` of a sparse mat-vec) counts ``itemsize`` bytes per
+access, whatever the reuse.  Dense counts are computed arithmetically from the array's byte
+range; indexed counts are per-page histograms built inside the kernel (or by ``np.bincount`` of
+a declared index array on the generic launch path).
+
+**Notifications** work like a GPU's access counters (NVIDIA's UVM driver consumes them): the
+address space is cut into regions of ``access_counter_granularity`` bytes (default 2 MiB, at
+least one page; a region is ``max(1, granularity // page_size)`` consecutive pages), and for
+every processor and region the unit accumulates **remote accesses in 32-byte sectors** (a dense
+sweep of ``b`` bytes of a page counts ``ceil(b / 32)`` sectors; an indexed access counts one
+sector per element of up to 32 bytes).  When a region's accumulator reaches
+``access_counter_threshold`` (default 256 sectors = 8 KiB of remote traffic) at the end of an
+update (one kernel launch or one host operation), the unit queues one notification for it and
+resets that accumulator.  Notifications are delivered in **batches**: subscribers
+(:meth:`subscribe`) are called once ``access_counter_batch`` notifications are pending (or on
+:meth:`flush`); without subscribers they wait to be polled with :meth:`drain`.  The queue holds
+at most ``access_counter_buffer`` entries; beyond that new ones are dropped and counted
+(``access_counter_notifications_dropped`` in ``space.stats()``), as a full hardware buffer would.
+
+**Clear-on-migrate.**  When pages migrate, their per-page counts and the accumulators of the
+regions they belong to are cleared (the unit is registered in ``space.migrate_listeners``);
+freeing an allocation clears its pages too.  Space-wide totals in ``space.stats()``
+(``access_bytes_<proc>_<read|write>_<local|remote>``) are never cleared.
+
+**What the unit cannot see.**  CPU traffic is counted where the library sees it: the array
+protocols of :class:`~ccadgpu.ManagedArray` (ufuncs, NumPy functions, indexing reads and writes)
+and ``space.host_access(arr, mode)``.  Raw access through ``np.asarray(a)`` views, the buffer
+protocol, ``ctypes`` pointers or C extensions writing through a pointer is invisible, as are
+NumPy functions' partial reads (a ``np.take`` is counted as a read of its whole operand).
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+from .clock import SECTOR
+from .errors import InvalidArgumentError
+from .tunables import Knob, register
+
+if TYPE_CHECKING:
+    from .space import Space
+
+CPU, DEVICE = 0, 1
+READ, WRITE = 0, 1
+LOCAL, REMOTE = 0, 1
+PROC_NAMES = ("cpu", "device")
+RW_NAMES = ("read", "write")
+LOC_NAMES = ("local", "remote")
+
+#: One notification: the epoch it was raised in, the processor whose remote accesses crossed the
+#: threshold, the region (``vpn // pages_per_region``), its first vpn and page count, and the
+#: remote sectors accumulated since the region was last cleared or notified.
+NOTIFICATION_DTYPE = np.dtype([("epoch", np.int64), ("processor", np.int8), ("region", np.int64),
+                               ("vpn", np.int64), ("npages", np.int32), ("sectors", np.int64)])
+
+
+def _pow2_at_least_4k(v: int) -> bool:
+    return v >= 4096 and (v & (v - 1)) == 0
+
+
+register(Knob("access_counters", bool, True,
+              "Count device and host accesses per page (bytes read/written, local/remote), raise "
+              "access-counter notifications and record the trace.  False: launches and host "
+              "operations are not counted and their modeled time is NaN."))
+register(Knob("access_counter_granularity", int, 2 << 20,
+              "Access-counter region size in bytes (power of two, >= 4 KiB; effectively at least "
+              "one page).  Notifications are per region.", _pow2_at_least_4k,
+              "a power of two >= 4096"))
+register(Knob("access_counter_threshold", int, 256,
+              "Remote accesses (32-byte sectors) by one processor to one region that raise a "
+              "notification.", lambda v: v >= 1, ">= 1"))
+register(Knob("access_counter_batch", int, 256,
+              "Notifications per delivery to subscribers (batched like a hardware notification "
+              "buffer's interrupt).", lambda v: v >= 1, ">= 1"))
+register(Knob("access_counter_buffer", int, 1 << 16,
+              "Notification queue capacity; further notifications are dropped and counted.",
+              lambda v: v >= 1, ">= 1"))
+
+
+# --------------------------------------------------------------------------------------------
+# Footprints: which pages an access touches, and how many bytes / sectors of each
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Footprint:
+    """Per-page traffic of one access to one array: pages ``[vlo, vlo + len(nbytes))``."""
+    vlo: int
+    nbytes: np.ndarray     # int64 bytes per page
+    sectors: np.ndarray    # int64 32-byte sectors per page
+
+    @property
+    def vhi(self) -> int:
+        return self.vlo + len(self.nbytes)
+
+
+def _sectors_of(nbytes: np.ndarray) -> np.ndarray:
+    return (nbytes + (SECTOR - 1)) // SECTOR
+
+
+def _span(space: "Space", arr: np.ndarray) -> tuple[int, int]:
+    """(first vpn, page count) of the pages ``arr`` spans, with the usual validation (foreign /
+    freed / closed raise)."""
+    alloc, first, n = space._resolve(arr)
+    return alloc.vstart + first, n
+
+
+def _base_offset(space: "Space", arr: np.ndarray, vlo: int) -> int:
+    """Byte offset of ``arr``'s data pointer from the start of its first spanned page."""
+    return int(arr.__array_interface__["data"][0] - space.va.addr(vlo))
+
+
+def dense_footprint(space: "Space", arr: np.ndarray) -> Footprint:
+    """Bytes of ``arr`` in each page it spans, computed arithmetically (any strides).
+
+    C/F-contiguous arrays are one byte range; other layouts are split into their contiguous
+    inner blocks, whose per-page coverage is summed with sorted prefix sums (no per-element
+    Python work; memory proportional to the number of blocks)."""
+    vlo, n = _span(space, arr)
+    P = space.page_size
+    nbytes = np.zeros(n, np.int64)
+    if arr.size == 0:
+        return Footprint(vlo, nbytes, nbytes.copy())
+    if arr.flags.c_contiguous or arr.flags.f_contiguous:
+        lo = _base_offset(space, arr, vlo)     # in [0, P)
+        hi = lo + arr.nbytes
+        nbytes[:] = P
+        nbytes[0] = min(hi, P) - lo
+        if n > 1:
+            nbytes[-1] = hi - (n - 1) * P
+        return Footprint(vlo, nbytes, _sectors_of(nbytes))
+    bounds = np.arange(n + 1, dtype=np.int64) * P     # page boundaries, relative to page 0
+    # Strided: starts of the contiguous inner blocks of length L bytes.
+    shape, strides, isz = arr.shape, arr.strides, arr.itemsize
+    k = arr.ndim
+    inner = isz
+    while k > 0 and strides[k - 1] == inner:
+        inner *= shape[k - 1]
+        k -= 1
+    L = inner
+    base = _base_offset(space, arr, vlo)
+    # covered(b): bytes of the blocks [s, s + L) that lie below byte b; per-page bytes are its
+    # differences at the page boundaries.  nstart(b): blocks starting below b.
+    if k == 1 and abs(strides[0]) >= L:
+        # one row of non-overlapping blocks s_i = b0 + i*st: closed form, O(pages)
+        N, st = shape[0], abs(strides[0])
+        b0 = base if strides[0] >= 0 else base + (N - 1) * strides[0]
+
+        def count_le(x: np.ndarray) -> np.ndarray:       # #{i : s_i <= x}
+            return np.clip(np.floor_divide(x - b0, st) + 1, 0, N)
+
+        def count_lt(x: np.ndarray) -> np.ndarray:       # #{i : s_i < x}
+            return np.clip(-np.floor_divide(b0 - x, st), 0, N)
+
+        def covered(b: np.ndarray) -> np.ndarray:
+            i1, i2 = count_le(b - L), count_lt(b)
+            ssum = b0 * (i2 - i1) + st * ((i2 * (i2 - 1) - i1 * (i1 - 1)) // 2)
+            return L * i1 + b * (i2 - i1) - ssum
+        nstart = count_lt
+    else:
+        starts = np.zeros((), np.int64) + base
+        for d in range(k):
+            starts = np.add.outer(starts, np.arange(shape[d], dtype=np.int64) * strides[d])
+        S = np.sort(starts.reshape(-1))
+        cum = np.concatenate(([0], np.cumsum(S)))
+
+        def covered(b: np.ndarray) -> np.ndarray:
+            i1 = np.searchsorted(S, b - L, side="right")
+            i2 = np.searchsorted(S, b, side="left")
+            return L * i1 + b * (i2 - i1) - (cum[i2] - cum[i1])
+
+        def nstart(b: np.ndarray) -> np.ndarray:
+            return np.searchsorted(S, b, side="left")
+
+    nbytes[:] = np.diff(covered(bounds))
+    if L >= SECTOR:
+        sectors = _sectors_of(nbytes)
+    else:   # each small block touches at least one sector of its own
+        sectors = np.diff(nstart(bounds)).astype(np.int64)
+        sectors = np.maximum(sectors, _sectors_of(nbytes))
+    return Footprint(vlo, nbytes, sectors)
+
+
+def page_histogram_footprint(space: "Space", arr: np.ndarray, hist: np.ndarray) -> Footprint:
+    """Footprint of ``hist[p]`` element accesses to page ``p`` of the pages ``arr`` spans."""
+    vlo, n = _span(space, arr)
+    h = np.asarray(hist, np.int64)
+    if h.shape != (n,):
+        raise InvalidArgumentError(f"page histogram has shape {h.shape}, expected ({n},)")
+    per = max(1, -(-arr.itemsize // SECTOR))
+    return Footprint(vlo, h * arr.itemsize, h * per)
+
+
+def kernel_page_params(space: "Space", arr: np.ndarray) -> tuple[int, int, int, int]:
+    """(byte offset of element 0 within its first page, itemsize, page size, npages): what an
+    in-kernel page histogram over a C-contiguous ``arr`` needs."""
+    vlo, n = _span(space, arr)
+    return _base_offset(space, arr, vlo), arr.itemsize, space.page_size, n
+
+
+def indexed_footprint(space: "Space", arr: np.ndarray, index: Any) -> Footprint:
+    """Footprint of one access per entry of ``index`` (flat C-order element indices of the
+    C-contiguous ``arr``), via ``np.bincount`` of the pages.  Validates the indices."""
+    if not arr.flags.c_contiguous:
+        raise InvalidArgumentError("indexed accesses need a C-contiguous array (flat indices)")
+    idx = np.asarray(index)
+    if idx.size and not np.issubdtype(idx.dtype, np.integer):
+        raise InvalidArgumentError(f"index array must be integer, got {idx.dtype}")
+    idx = idx.reshape(-1)
+    if idx.size and (idx.min() < 0 or idx.max() >= arr.size):
+        raise InvalidArgumentError(f"index out of range for an array of {arr.size} elements: "
+                                   f"{idx.min()}..{idx.max()}")
+    off0, isz, P, n = kernel_page_params(space, arr)
+    pages = (off0 + idx.astype(np.int64) * isz) // P
+    return page_histogram_footprint(space, arr, np.bincount(pages, minlength=n)[:n])
+
+
+def _is_basic_key(key: Any) -> bool:
+    items = key if isinstance(key, tuple) else (key,)
+    for k in items:
+        if k is None or k is Ellipsis or isinstance(k, slice):
+            continue
+        if isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_)):
+            continue
+        return False
+    return True
+
+
+def key_footprint(space: "Space", arr: np.ndarray, key: Any) -> Footprint:
+    """Footprint of the elements ``arr[key]`` selects (basic or advanced indexing)."""
+    plain = arr.view(np.ndarray)
+    if _is_basic_key(key):
+        items = key if isinstance(key, tuple) else (key,)
+        if not any(k is Ellipsis for k in items):
+            items = items + (Ellipsis,)
+        return dense_footprint(space, plain[items])
+    # Advanced indexing: the selected elements' byte offsets, from zero-copy broadcast grids of
+    # each dimension's index (memory proportional to the selection, not the array).
+    offs = np.zeros((), np.int64)
+    for d in range(arr.ndim):
+        shp = [1] * arr.ndim
+        shp[d] = arr.shape[d]
+        grid = np.broadcast_to(np.arange(arr.shape[d], dtype=np.int64).reshape(shp), arr.shape)
+        offs = offs + grid[key] * arr.strides[d]
+    vlo, n = _span(space, arr)
+    start = _base_offset(space, arr, vlo)
+    offs = np.asarray(offs, np.int64).reshape(-1)
+    if offs.size == 0:
+        z = np.zeros(n, np.int64)
+        return Footprint(vlo, z, z.copy())
+    pages = (start + offs) // space.page_size
+    return page_histogram_footprint(space, arr, np.bincount(pages, minlength=n)[:n])
+
+
+def count_host(ops: list[tuple[np.ndarray, str, Any]]) -> None:
+    """Count CPU accesses ``(array, mode, key)`` (``key`` None: the whole array) seen by the
+    array protocols, one update per space.  Validates the arrays even when counting is off."""
+    from .array import buffer_of
+    by_space: dict[int, tuple[Any, list]] = {}
+    for arr, mode, key in ops:
+        buf = buffer_of(arr)
+        if buf is None:
+            continue
+        by_space.setdefault(id(buf.space), (buf.space, []))[1].append((arr, mode, key))
+    for sp, items in by_space.values():
+        ctr = sp.counters
+        if not ctr.enabled:
+            for arr, _m, _k in items:
+                sp._resolve(arr)
+            continue
+        fps = [(dense_footprint(sp, a) if k is None else key_footprint(sp, a, k), m)
+               for a, m, k in items]
+        ctr._host_footprints(fps)
+
+
+# --------------------------------------------------------------------------------------------
+# Tallies: the sparse per-page counts of one epoch (or one host operation)
+# --------------------------------------------------------------------------------------------
+class Tally:
+    """Sparse counts of one epoch (or one host operation): ``vpns`` (sorted, unique), the
+    placement ``node[n]`` the local/remote split was made with, bytes
+    ``counts[n, proc, rw, loc]`` and 32-byte ``sectors[n, proc, rw]``.
+
+    Built column by column (only the (proc, rw, loc) columns an epoch touched exist, in
+    ``cols``/``scols``, keyed ``proc*4 + rw*2 + loc`` and ``proc*2 + rw``); the full
+    ``counts``/``sectors`` matrices are materialised on first access.  ``totals[proc, rw, loc]``
+    and ``by_node[proc, node]`` (sectors) summarise it; ``remote_sectors[proc, n]`` feeds the
+    notification accumulators."""
+
+    def __init__(self, vpns: np.ndarray, node: np.ndarray,
+                 counts: np.ndarray | None = None, sectors: np.ndarray | None = None,
+                 cols: dict[int, np.ndarray] | None = None,
+                 scols: dict[int, np.ndarray] | None = None,
+                 totals: np.ndarray | None = None, by_node: np.ndarray | None = None,
+                 remote_sectors: np.ndarray | None = None):
+        self.vpns = vpns
+        self.node = node
+        self._counts = counts
+        self._sectors = sectors
+        self.cols = cols
+        self.scols = scols
+        self.totals = totals
+        self.by_node = by_node
+        self.remote_sectors = remote_sectors
+
+    @staticmethod
+    def empty() -> "Tally":
+        return Tally(np.zeros(0, np.int64), np.zeros(0, np.int8),
+                     np.zeros((0, 2, 2, 2), np.int64), np.zeros((0, 2, 2), np.int64),
+                     totals=np.zeros((2, 2, 2), np.int64), by_node=np.zeros((2, 2)),
+                     remote_sectors=np.zeros((2, 0), np.int64))
+
+    @property
+    def counts(self) -> np.ndarray:
+        if self._counts is None:
+            c = np.zeros((len(self.vpns), 8), np.int64)
+            for k, col in (self.cols or {}).items():
+                c[:, k] = col
+            self._counts = c.reshape(-1, 2, 2, 2)
+        return self._counts
+
+    @property
+    def sectors(self) -> np.ndarray:
+        if self._sectors is None:
+            c = np.zeros((len(self.vpns), 4), np.int64)
+            for k, col in (self.scols or {}).items():
+                c[:, k] = col
+            self._sectors = c.reshape(-1, 2, 2)
+        return self._sectors
+
+    def byte_columns(self) -> list[tuple[int, np.ndarray]]:
+        """(proc*4 + rw*2 + loc, bytes per page) of every column that may be nonzero."""
+        if self.cols is not None:
+            return list(self.cols.items())
+        flat = self.counts.reshape(-1, 8)
+        return [(k, flat[:, k]) for k in range(8) if flat[:, k].any()]
+
+    def sector_column(self, proc: int) -> np.ndarray:
+        """Sectors per page of processor ``proc`` (reads + writes)."""
+        if self.scols is not None:
+            out = np.zeros(len(self.vpns), np.int64)
+            for k, col in self.scols.items():
+                if k // 2 == proc:
+                    out += col
+            return out
+        return self.sectors[:, proc, 0] + self.sectors[:, proc, 1]
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.get_totals().sum())
+
+    def get_totals(self) -> np.ndarray:
+        if self.totals is None:
+            t = np.zeros(8, np.int64)
+            for k, col in self.byte_columns():
+                t[k] = col.sum()
+            self.totals = t.reshape(2, 2, 2)
+        return self.totals
+
+    def sectors_by_node(self, nnodes: int) -> np.ndarray:
+        """``[proc, node]`` sectors, for the clock."""
+        if self.by_node is not None and self.by_node.shape[1] >= nnodes:
+            return self.by_node
+        out = np.zeros((2, nnodes), np.float64)
+        node = self.node.astype(np.int64)
+        ok = node >= 0
+        for p in range(2):
+            w = self.sector_column(p)
+            if w.any():
+                out[p] = np.bincount(node[ok], weights=w[ok], minlength=nnodes)[:nnodes]
+        self.by_node = out
+        return out
+
+    def get_remote_sectors(self, local: tuple[int, int]) -> np.ndarray:
+        if self.remote_sectors is None:
+            rs = np.zeros((2, len(self.vpns)), np.int64)
+            for p in range(2):
+                w = self.sector_column(p)
+                if w.any():
+                    rs[p] = np.where(self.node != local[p], w, 0)
+            self.remote_sectors = rs
+        return self.remote_sectors
+
+
+class TallyBuilder:
+    """Collects footprints (processor, rw, pages, bytes, sectors) with the placement they were
+    made under, and merges them into one :class:`Tally`."""
+
+    def __init__(self, local_nodes: tuple[int, int], nnodes: int = 2):
+        self.local = local_nodes
+        self.nnodes = nnodes
+        self.parts: list[tuple[int, int, Footprint, np.ndarray]] = []
+
+    def add(self, proc: int, rw: int, fp: Footprint, node: np.ndarray) -> None:
+        if len(fp.nbytes):
+            self.parts.append((proc, rw, fp, node))
+
+    def build(self) -> Tally:
+        parts = self.parts
+        if not parts:
+            return Tally.empty()
+        lo = min(p[2].vlo for p in parts)
+        hi = max(p[2].vhi for p in parts)
+        total = sum(len(p[2].nbytes) for p in parts)
+        if hi - lo > 4 * total + 64:
+            return self._build_sparse()
+        if len({(p[2].vlo, len(p[2].nbytes)) for p in parts}) == 1:
+            fast = self._build_one_span(parts)
+            if fast is not None:
+                return fast
+        # Dense accumulation over the hull of the spans, one 1-D array per (proc, rw, loc)
+        # column that occurs; then keep the touched rows.  Summaries come from the parts.
+        n = hi - lo
+        cols: dict[int, np.ndarray] = {}
+        scols: dict[int, np.ndarray] = {}
+        rsec: dict[int, np.ndarray] = {}
+
+        def col(d: dict[int, np.ndarray], k: int) -> np.ndarray:
+            c = d.get(k)
+            if c is None:
+                c = d[k] = np.zeros(n, np.int64)
+            return c
+
+        node = np.full(n, -1, np.int8)
+        touched = np.zeros(n, bool)
+        totals = np.zeros(8, np.int64)
+        by_node = np.zeros((2, self.nnodes))
+        for proc, rw, fp, nd in parts:
+            s = slice(fp.vlo - lo, fp.vhi - lo)
+            k = proc * 4 + rw * 2
+            nmin, nmax = int(nd.min()), int(nd.max())
+            ssum = int(fp.sectors.sum())
+            if nmin == nmax:                        # the whole span on one node
+                kk = k + (LOCAL if nmin == self.local[proc] else REMOTE)
+                col(cols, kk)[s] += fp.nbytes
+                totals[kk] += int(fp.nbytes.sum())
+                if kk == k + REMOTE:
+                    col(rsec, proc)[s] += fp.sectors
+                if 0 <= nmin < self.nnodes:
+                    by_node[proc, nmin] += ssum
+            else:
+                remote = nd != self.local[proc]
+                rb = np.where(remote, fp.nbytes, 0)
+                col(cols, k + REMOTE)[s] += rb
+                col(cols, k + LOCAL)[s] += fp.nbytes - rb
+                r = int(rb.sum())
+                totals[k + REMOTE] += r
+                totals[k + LOCAL] += int(fp.nbytes.sum()) - r
+                col(rsec, proc)[s] += np.where(remote, fp.sectors, 0)
+                ok = nd >= 0
+                by_node[proc] += np.bincount(nd[ok].astype(np.intp), weights=fp.sectors[ok],
+                                             minlength=self.nnodes)[: self.nnodes]
+            col(scols, proc * 2 + rw)[s] += fp.sectors
+            node[s] = nd
+            touched[s] |= fp.nbytes > 0
+        rs = np.zeros((2, n), np.int64) if len(rsec) < 2 else None
+        if rs is None:
+            rs = np.stack([rsec[0], rsec[1]])
+        else:
+            for p, c in rsec.items():
+                rs[p] = c
+        if touched.all():
+            return Tally(np.arange(lo, hi, dtype=np.int64), node, cols=cols, scols=scols,
+                         totals=totals.reshape(2, 2, 2), by_node=by_node, remote_sectors=rs)
+        keep = np.flatnonzero(touched)
+        return Tally(keep + lo, node[keep], cols={k: c[keep] for k, c in cols.items()},
+                     scols={k: c[keep] for k, c in scols.items()},
+                     totals=totals.reshape(2, 2, 2), by_node=by_node,
+                     remote_sectors=rs[:, keep])
+
+    def _build_one_span(self, parts: list) -> Tally | None:
+        """Every part covers the same pages, all on one node (a host operation on one array,
+        say): the columns are the parts' own arrays.  None if that does not hold."""
+        fp0, nd0 = parts[0][2], parts[0][3]
+        node = int(nd0[0])
+        for _p, _r, _fp, nd in parts:
+            if int(nd.min()) != node or int(nd.max()) != node:
+                return None
+        n = len(fp0.nbytes)
+        cols: dict[int, np.ndarray] = {}
+        scols: dict[int, np.ndarray] = {}
+        totals = np.zeros(8, np.int64)
+        by_node = np.zeros((2, self.nnodes))
+        rs = np.zeros((2, n), np.int64)
+        touched = np.zeros(n, bool)
+        for proc, rw, fp, _nd in parts:
+            remote = node != self.local[proc]
+            kk = proc * 4 + rw * 2 + (REMOTE if remote else LOCAL)
+            cols[kk] = cols[kk] + fp.nbytes if kk in cols else fp.nbytes
+            ks = proc * 2 + rw
+            scols[ks] = scols[ks] + fp.sectors if ks in scols else fp.sectors
+            totals[kk] += int(fp.nbytes.sum())
+            ssum = int(fp.sectors.sum())
+            if 0 <= node < self.nnodes:
+                by_node[proc, node] += ssum
+            if remote:
+                rs[proc] += fp.sectors
+            touched |= fp.nbytes > 0
+        node_arr = np.full(n, node, np.int8)
+        if touched.all():
+            return Tally(np.arange(fp0.vlo, fp0.vhi, dtype=np.int64), node_arr, cols=cols,
+                         scols=scols, totals=totals.reshape(2, 2, 2), by_node=by_node,
+                         remote_sectors=rs)
+        keep = np.flatnonzero(touched)
+        return Tally(keep + fp0.vlo, node_arr[keep], cols={k: c[keep] for k, c in cols.items()},
+                     scols={k: c[keep] for k, c in scols.items()},
+                     totals=totals.reshape(2, 2, 2), by_node=by_node, remote_sectors=rs[:, keep])
+
+    def _build_sparse(self) -> Tally:
+        """Spans far apart in the address space: one small tally per part, merged."""
+        out = []
+        for proc, rw, fp, nd in self.parts:
+            sub = TallyBuilder(self.local, self.nnodes)
+            sub.parts = [(proc, rw, fp, nd)]
+            out.append(sub.build())
+        return merge_tallies(out)
+
+
+def merge_tallies(tallies: list[Tally]) -> Tally:
+    """Sum tallies page by page (the node of the last tally that touched a page wins; the
+    summaries add up; ``remote_sectors`` is recomputed on demand)."""
+    tallies = [t for t in tallies if len(t.vpns)]
+    if not tallies:
+        return Tally.empty()
+    if len(tallies) == 1:
+        return tallies[0]
+    v = np.concatenate([t.vpns for t in tallies])
+    u, inv = np.unique(v, return_inverse=True)
+    counts = np.zeros((len(u), 8), np.int64)
+    sectors = np.zeros((len(u), 4), np.int64)
+    np.add.at(counts, inv, np.concatenate([t.counts.reshape(-1, 8) for t in tallies]))
+    np.add.at(sectors, inv, np.concatenate([t.sectors.reshape(-1, 4) for t in tallies]))
+    node = np.full(len(u), -1, np.int8)
+    node[inv] = np.concatenate([t.node for t in tallies])   # later entries overwrite earlier
+    nn = max(t.sectors_by_node(2).shape[1] for t in tallies)
+    by_node = np.zeros((2, nn))
+    for t in tallies:
+        b = t.sectors_by_node(2)
+        by_node[:, : b.shape[1]] += b
+    totals = np.sum([t.get_totals() for t in tallies], axis=0)
+    return Tally(u, node, counts.reshape(-1, 2, 2, 2), sectors.reshape(-1, 2, 2),
+                 totals=totals, by_node=by_node)
+
+
+# --------------------------------------------------------------------------------------------
+# The unit
+# --------------------------------------------------------------------------------------------
+class AccessCounters:
+    """``space.counters``: per-page access counters and notifications of one space (see the
+    module docs).  Thread-safe; updates run under the space lock."""
+
+    def __init__(self, space: "Space"):
+        self._space = space
+        self.bytes = np.zeros((0, 2, 2, 2), np.int64)   #: int64[vpn, proc, rw, loc], bytes
+        self._acc = np.zeros((2, 0), np.int64)           # remote sectors per proc x region
+        self._region_pages = 0
+        self._nlock = threading.Lock()
+        self._pending: list[np.ndarray] = []
+        self._npending = 0
+        self._subscribers: list[Callable[[np.ndarray], Any]] = []
+        #: number of the epoch now open (launches and host epochs are numbered in order)
+        self.epoch = 0
+        self._host_open = False
+        space.migrate_listeners.append(self._on_migrate)
+
+    # -- configuration --------------------------------------------------------------------------
+    @property
+    def enabled(self) -> bool:
+        return bool(self._space.tunables.access_counters)
+
+    @property
+    def pages_per_region(self) -> int:
+        """Pages per notification region: ``max(1, granularity // page_size)``."""
+        return max(1, self._space.tunables.access_counter_granularity // self._space.page_size)
+
+    def local_nodes(self) -> tuple[int, int]:
+        return (0, self._space.device.id)
+
+    def _ensure(self) -> None:
+        """Grow the tables to the page table's size; reset the accumulators if the region size
+        changed (they are per region)."""
+        size = self._space.pt.size
+        if len(self.bytes) < size:
+            grown = np.zeros((size, 2, 2, 2), np.int64)
+            grown[: len(self.bytes)] = self.bytes
+            self.bytes = grown
+        rp = self.pages_per_region
+        nreg = -(-size // rp)
+        if rp != self._region_pages:
+            self._acc = np.zeros((2, nreg), np.int64)
+            self._region_pages = rp
+        elif self._acc.shape[1] < nreg:
+            grown = np.zeros((2, nreg), np.int64)
+            grown[:, : self._acc.shape[1]] = self._acc
+            self._acc = grown
+
+    # -- updates (caller holds the space lock) ------------------------------------------------
+    def _apply(self, t: Tally, epoch: int) -> int:
+        """Add a tally to the per-page counters, accumulate remote sectors per region and queue
+        notifications.  Returns the number of notifications raised."""
+        n = len(t.vpns)
+        if n == 0:
+            return 0
+        sp = self._space
+        self._ensure()
+        vp = t.vpns
+        flat = self.bytes.reshape(-1, 8)
+        if vp[-1] - vp[0] + 1 == n:                     # one contiguous run
+            runs_ = [(0, n)]
+        else:
+            brk = np.flatnonzero(np.diff(vp) != 1) + 1
+            runs_ = list(zip([0, *brk.tolist()], [*brk.tolist(), n])) if len(brk) < 32 \
+                else None
+        for k, c in t.byte_columns():
+            if runs_ is None:
+                flat[vp, k] += c                          # vpns are unique
+            else:
+                for a, b in runs_:
+                    flat[vp[a]: vp[a] + (b - a), k] += c[a:b]
+        tot = t.get_totals()
+        sp.vmstat.add_named({
+            f"access_bytes_{PROC_NAMES[p]}_{RW_NAMES[r]}_{LOC_NAMES[lc]}": int(tot[p, r, lc])
+            for p in range(2) for r in range(2) for lc in range(2) if tot[p, r, lc]})
+        rsec = t.get_remote_sectors(self.local_nodes())
+        rp = self._region_pages
+        thr = sp.tunables.access_counter_threshold
+        found = []
+        regions = vp // rp                               # sorted, like vp
+        starts = np.flatnonzero(np.concatenate(([True], regions[1:] != regions[:-1])))
+        reg = regions[starts]
+        for p in range(2):
+            rs = rsec[p]
+            if not rs.any():
+                continue
+            sums = np.add.reduceat(rs, starts)
+            nz = sums > 0
+            rg = reg[nz]
+            self._acc[p, rg] += sums[nz]
+            hit = rg[self._acc[p, rg] >= thr]
+            if len(hit):
+                rec = np.zeros(len(hit), NOTIFICATION_DTYPE)
+                rec["epoch"] = epoch
+                rec["processor"] = p
+                rec["region"] = hit
+                rec["vpn"] = hit * rp
+                rec["npages"] = rp
+                rec["sectors"] = self._acc[p, hit]
+                self._acc[p, hit] = 0
+                found.append(rec)
+        if not found:
+            return 0
+        new = np.concatenate(found)
+        cap = sp.tunables.access_counter_buffer
+        with self._nlock:
+            room = max(0, cap - self._npending)
+            if len(new) > room:
+                sp.vmstat.add(access_counter_notifications_dropped=len(new) - room)
+                new = new[:room]
+            if len(new):
+                self._pending.append(new)
+                self._npending += len(new)
+        sp.vmstat.add(access_counter_notifications=len(new))
+        return len(new)
+
+    def _on_migrate(self, vpns: np.ndarray, src_nodes: np.ndarray, target: int) -> None:
+        """Migration listener (space lock held): clear the moved pages and their regions."""
+        self._ensure()
+        vpns = np.asarray(vpns, np.int64)
+        self.bytes[vpns] = 0
+        self._acc[:, np.unique(vpns // self._region_pages)] = 0
+        self._space.vmstat.add(access_counter_clears=len(vpns))
+
+    def forget(self, lo: int, hi: int) -> None:
+        """Clear pages ``[lo, hi)`` (their allocation was freed).  Space lock held."""
+        self._ensure()
+        self.bytes[lo:hi] = 0
+        rp = self._region_pages
+        self._acc[:, lo // rp: -(-hi // rp)] = 0
+
+    # -- host side ------------------------------------------------------------------------------
+    def host(self, arr: np.ndarray, mode: str, key: Any = None) -> None:
+        """Count a CPU access to ``arr`` (or to ``arr[key]``): ``mode`` ``"r"``, ``"w"`` or
+        ``"rw"``.  Validates ``arr`` even when counting is off."""
+        if mode not in ("r", "w", "rw"):
+            raise InvalidArgumentError(f"mode must be 'r', 'w' or 'rw', got {mode!r}")
+        sp = self._space
+        if not self.enabled:
+            sp._resolve(arr)
+            return
+        fp = dense_footprint(sp, arr) if key is None else key_footprint(sp, arr, key)
+        self._host_footprints([(fp, mode)])
+
+    def _host_footprints(self, items: list[tuple[Footprint, str]]) -> None:
+        sp = self._space
+        b = TallyBuilder(self.local_nodes(), len(sp.nodes))
+        with sp._cond:
+            for fp, mode in items:
+                node = sp.pt.node[fp.vlo:fp.vhi].copy()
+                if "r" in mode:
+                    b.add(CPU, READ, fp, node)
+                if "w" in mode:
+                    b.add(CPU, WRITE, fp, node)
+            t = b.build()
+            if len(t.vpns) == 0:
+                return
+            modeled = sp.clock.tally_seconds(t.sectors_by_node(len(sp.nodes)), launch=False)
+            sp.clock.advance("host", modeled)
+            self._apply(t, self.epoch)
+            self._host_open = True
+            sp.trace._add_host(t, modeled)
+            sp._note_host_tally(t)
+        self._deliver()
+
+    # -- epochs (space lock held) -----------------------------------------------------------------
+    def _close_host_epoch(self) -> Any:
+        """Close the open host epoch (if any): it gets the current number, and its trace
+        record (if tracing)."""
+        if not self._host_open:
+            return None
+        self._space._queue_host_epoch(self.epoch)
+        rec = self._space.trace._close_host(self.epoch)
+        self.epoch += 1
+        self._host_open = False
+        return rec
+
+    def _next_launch_epoch(self) -> int:
+        self._close_host_epoch()
+        e = self.epoch
+        self.epoch += 1
+        return e
+
+    # -- notifications ------------------------------------------------------------------------------
+    def subscribe(self, fn: Callable[[np.ndarray], Any]) -> None:
+        """Call ``fn(batch)`` with each batch of notifications (a structured array of
+        :data:`NOTIFICATION_DTYPE`).  Called outside the space lock, on the thread whose
+        launch or host operation completed the batch."""
+        if not callable(fn):
+            raise InvalidArgumentError(f"subscribe needs a callable, got {type(fn).__name__}")
+        with self._nlock:
+            self._subscribers.append(fn)
+
+    def unsubscribe(self, fn: Callable[[np.ndarray], Any]) -> None:
+        with self._nlock:
+            if fn in self._subscribers:
+                self._subscribers.remove(fn)
+
+    @property
+    def pending(self) -> int:
+        """Notifications queued and not yet delivered or drained."""
+        return self._npending
+
+    def _take(self, n: int | None) -> np.ndarray:
+        # caller holds _nlock
+        if not self._pending:
+            return np.zeros(0, NOTIFICATION_DTYPE)
+        allq = np.concatenate(self._pending)
+        n = len(allq) if n is None else min(n, len(allq))
+        out, rest = allq[:n], allq[n:]
+        self._pending = [rest] if len(rest) else []
+        self._npending = len(rest)
+        return out
+
+    def drain(self, max_items: int | None = None) -> np.ndarray:
+        """Take (and remove) up to ``max_items`` pending notifications, oldest first."""
+        with self._nlock:
+            return self._take(max_items)
+
+    def flush(self) -> int:
+        """Deliver every pending notification to the subscribers now (even a partial batch).
+        Returns how many were delivered (0 without subscribers: they stay pending)."""
+        return self._deliver(force=True)
+
+    def _deliver(self, force: bool = False) -> int:
+        batches = []
+        with self._nlock:
+            if not self._subscribers:
+                return 0
+            size = self._space.tunables.access_counter_batch
+            while self._npending >= size or (force and self._npending):
+                batches.append(self._take(size))
+            subs = list(self._subscribers)
+        for batch in batches:
+            for fn in subs:
+                fn(batch)
+        return sum(len(b) for b in batches)
+
+    # -- queries ----------------------------------------------------------------------------------
+    def counts(self, arr: np.ndarray) -> np.ndarray:
+        """Counters of the pages ``arr`` spans: ``int64[page, proc, rw, loc]`` (a copy)."""
+        _, lo, hi = self._space._span_vpns(arr)
+        with self._space._cond:
+            self._ensure()
+            return self.bytes[lo:hi].copy()
+
+    def totals(self, arr: np.ndarray | None = None) -> dict[str, int]:
+        """Bytes by ``"<proc>_<read|write>_<local|remote>"``, over ``arr``'s pages (current
+        counters, cleared by migration) or, without ``arr``, space-wide since creation."""
+        if arr is None:
+            snap = self._space.vmstat.snapshot()
+            return {f"{p}_{r}_{lc}": int(snap.get(f"access_bytes_{p}_{r}_{lc}", 0))
+                    for p in PROC_NAMES for r in RW_NAMES for lc in LOC_NAMES}
+        c = self.counts(arr).sum(axis=0)
+        return {f"{PROC_NAMES[p]}_{RW_NAMES[r]}_{LOC_NAMES[lc]}": int(c[p, r, lc])
+                for p in range(2) for r in range(2) for lc in range(2)}
+
+    def clear(self, arr: np.ndarray | None = None) -> None:
+        """Zero the per-page counters and region accumulators (of ``arr``'s pages, or all)."""
+        with self._space._cond:
+            self._ensure()
+            if arr is None:
+                self.bytes[:] = 0
+                self._acc[:] = 0
+            else:
+                _, lo, hi = self._space._span_vpns(arr)
+                self.forget(lo, hi)
+
+    def region_sectors(self, processor: int | str = "device") -> np.ndarray:
+        """Remote sectors accumulated per region (since its last notification or clear)."""
+        p = PROC_NAMES.index(processor) if isinstance(processor, str) else int(processor)
+        with self._space._cond:
+            self._ensure()
+            return self._acc[p].copy()
+
+    def __repr__(self) -> str:
+        return (f"<AccessCounters pages={len(self.bytes)} region={self.pages_per_region} pages "
+                f"pending={self._npending}>")

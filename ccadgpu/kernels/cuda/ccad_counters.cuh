@@ -1,0 +1,230 @@
+// ccadgpu: per-page access counting for instrumented CUDA kernels.
+//
+// What is counted (the same model as the CPU stand-in, ccadgpu/counters.py)
+// ---------------------------------------------------------------------------
+// Memory traffic per page, in bytes read (``rd``) and written (``wr``):
+// * a dense operand (an array the kernel sweeps: copy's source, a stencil's input, SpMV's
+//   indptr/indices/data, ...) counts each of its bytes once per launch, as perfect reuse in a
+//   cache would give (a 5-point stencil counts its input once, not five times);
+// * an indexed operand (gather's source, scatter's destination, SpMV's x) counts
+//   ``sizeof(element)`` bytes per access, whatever the reuse.
+// A page is ``(address - base) >> shift``: one counter array of ``npages`` entries per
+// direction covers one contiguous managed range (the emulated space); addresses outside
+// ``[base, base + (npages << shift))`` are not counted and never written.  ``flags`` selects
+// what is counted: CCAD_COUNT_DENSE, CCAD_COUNT_INDEXED or both (the host may price dense
+// operands arithmetically itself and want only the in-kernel histograms).  The scalar result
+// of a reduction (``sum``/``dot``) is scratch and is not counted.  Elements are naturally
+// aligned, so no element straddles two pages.
+//
+// How (as few global atomics as possible)
+// ---------------------------------------
+// * Dense operands are counted arithmetically: work is split into contiguous tiles, and the
+//   block splits each tile's byte range at page boundaries and issues one global atomicAdd per
+//   page it touched; nothing per element.
+// * Indexed operands are aggregated per warp with __match_any_sync on the page index (one
+//   leader per distinct page adds ``bytes * popc(peers)``), then per block in a small
+//   shared-memory hash table (page -> bytes) that is flushed with one global atomicAdd per
+//   distinct page per block.  When the table is full (more distinct pages than
+//   CCAD_HIST_PROBES probes can place) that one update goes straight to the global counter,
+//   so counts stay exact.
+//
+// Constraints: warp-level helpers must be called by all 32 lanes of a warp (kernels keep their
+// loop trip counts warp-uniform and pass ``valid=false`` for idle lanes); blocks are a
+// multiple of 32 threads.  __match_any_sync needs sm_70 or newer.
+//
+// Only this header and the .cu files that include it are needed: no standard headers, so the
+// same text compiles with nvcc and with NVRTC (CuPy RawModule); the Python loader inlines this
+// header into each source so that CuPy's compile cache is keyed on the full text.
+#pragma once
+
+typedef unsigned long long ccad_u64;
+typedef long long ccad_i64;
+
+#define CCAD_NO_PAGE (~0ull)
+#ifndef CCAD_HIST_SLOTS
+#define CCAD_HIST_SLOTS 256  // power of two; 2 tables x 256 x 16 B = 8 KiB of shared memory
+#endif
+#ifndef CCAD_HIST_PROBES
+#define CCAD_HIST_PROBES 8
+#endif
+#define CCAD_COUNT_DENSE 1u    // count dense operands (arithmetically, per tile)
+#define CCAD_COUNT_INDEXED 2u  // count indexed operands (in-kernel histograms)
+
+#ifndef CCAD_ITEMS
+#define CCAD_ITEMS 8  // elements per thread per tile in the dense kernels
+#endif
+
+// The counter arrays and the page geometry, as passed to every kernel.
+struct CcadCounters {
+    ccad_u64* rd;     // bytes read, per page
+    ccad_u64* wr;     // bytes written, per page
+    ccad_u64 base;    // address of page 0
+    ccad_u64 npages;  // entries in rd and wr
+    unsigned shift;   // log2(page size)
+    unsigned flags;   // CCAD_COUNT_DENSE | CCAD_COUNT_INDEXED
+};
+
+__device__ __forceinline__ bool ccad_dense(const CcadCounters& c) {
+    return (c.flags & CCAD_COUNT_DENSE) != 0u;
+}
+__device__ __forceinline__ bool ccad_indexed(const CcadCounters& c) {
+    return (c.flags & CCAD_COUNT_INDEXED) != 0u;
+}
+
+// Block-level page histogram in shared memory: open addressing, keys never removed.
+struct CcadHist {
+    ccad_u64 key[CCAD_HIST_SLOTS];
+    ccad_u64 val[CCAD_HIST_SLOTS];
+};
+
+__device__ __forceinline__ unsigned ccad_tid() {
+    return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
+}
+
+__device__ __forceinline__ unsigned ccad_nthreads() {
+    return blockDim.x * blockDim.y * blockDim.z;
+}
+
+__device__ __forceinline__ ccad_i64 ccad_min(ccad_i64 a, ccad_i64 b) { return a < b ? a : b; }
+__device__ __forceinline__ ccad_i64 ccad_max(ccad_i64 a, ccad_i64 b) { return a > b ? a : b; }
+
+template <typename P>
+__device__ __forceinline__ ccad_u64 ccad_addr(const P* p) {
+    return (ccad_u64)(const void*)p;
+}
+
+// Page index of an address, or CCAD_NO_PAGE if it is outside the counted range.
+__device__ __forceinline__ ccad_u64 ccad_page_of(const CcadCounters& c, ccad_u64 addr) {
+    if (addr < c.base) return CCAD_NO_PAGE;
+    ccad_u64 p = (addr - c.base) >> c.shift;
+    return p < c.npages ? p : CCAD_NO_PAGE;
+}
+
+// All threads of the block call this, then __syncthreads() before the first add.
+__device__ __forceinline__ void ccad_hist_init(CcadHist* h) {
+    for (unsigned i = ccad_tid(); i < CCAD_HIST_SLOTS; i += ccad_nthreads()) {
+        h->key[i] = CCAD_NO_PAGE;
+        h->val[i] = 0;
+    }
+}
+
+// Add ``bytes`` to ``page`` (a valid page index) in the block table; the global counter array
+// ``g`` takes the update directly when the probe sequence finds no slot.
+__device__ __forceinline__ void ccad_hist_add(CcadHist* h, ccad_u64* g, ccad_u64 page,
+                                              ccad_u64 bytes) {
+    // Consecutive pages land in consecutive slots: dense runs never collide.
+    unsigned s = (unsigned)page & (CCAD_HIST_SLOTS - 1);
+    for (int probe = 0; probe < CCAD_HIST_PROBES; ++probe) {
+        // volatile: another thread may have claimed the slot since the last probe
+        ccad_u64 k = ((volatile ccad_u64*)h->key)[s];
+        if (k == CCAD_NO_PAGE) {
+            k = atomicCAS(&h->key[s], CCAD_NO_PAGE, page);
+            if (k == CCAD_NO_PAGE) k = page;  // we claimed it
+        }
+        if (k == page) {
+            atomicAdd(&h->val[s], bytes);
+            return;
+        }
+        s = (s + 1) & (CCAD_HIST_SLOTS - 1);
+    }
+    atomicAdd(&g[page], bytes);
+}
+
+// All threads of the block call this after a __syncthreads(): one global atomic per distinct
+// page the block touched.
+__device__ __forceinline__ void ccad_hist_flush(const CcadHist* h, ccad_u64* g) {
+    for (unsigned i = ccad_tid(); i < CCAD_HIST_SLOTS; i += ccad_nthreads()) {
+        ccad_u64 k = h->key[i];
+        ccad_u64 v = h->val[i];
+        if (k != CCAD_NO_PAGE && v != 0) atomicAdd(&g[k], v);
+    }
+}
+
+// Clip the byte range [lo, hi) to the counted range; false if nothing is left.
+__device__ __forceinline__ bool ccad_clip(const CcadCounters& c, ccad_u64& lo, ccad_u64& hi) {
+    ccad_u64 end = c.base + (c.npages << c.shift);
+    if (lo < c.base) lo = c.base;
+    if (hi > end) hi = end;
+    return lo < hi;
+}
+
+// One thread counts the byte range [lo, hi): one update per page it overlaps, into the block
+// table ``h`` when given, else straight into ``g``.
+__device__ __forceinline__ void ccad_count_range(const CcadCounters& c, ccad_u64* g, CcadHist* h,
+                                                 ccad_u64 lo, ccad_u64 hi) {
+    if (!ccad_clip(c, lo, hi)) return;
+    ccad_u64 p = (lo - c.base) >> c.shift;
+    ccad_u64 last = (hi - 1 - c.base) >> c.shift;
+    for (; p <= last; ++p) {
+        ccad_u64 ps = c.base + (p << c.shift);
+        ccad_u64 pe = ps + (1ull << c.shift);
+        ccad_u64 a = lo > ps ? lo : ps;
+        ccad_u64 b = hi < pe ? hi : pe;
+        if (h != nullptr) ccad_hist_add(h, g, p, b - a);
+        else atomicAdd(&g[p], b - a);
+    }
+}
+
+// The whole block counts the byte range [lo, hi) (a dense tile): thread t takes the t-th page
+// of the range, so a tile costs one global atomic per page and no per-element work.
+__device__ __forceinline__ void ccad_count_range_block(const CcadCounters& c, ccad_u64* g,
+                                                       ccad_u64 lo, ccad_u64 hi) {
+    if (!ccad_clip(c, lo, hi)) return;
+    ccad_u64 first = (lo - c.base) >> c.shift;
+    ccad_u64 last = (hi - 1 - c.base) >> c.shift;
+    for (ccad_u64 p = first + ccad_tid(); p <= last; p += ccad_nthreads()) {
+        ccad_u64 ps = c.base + (p << c.shift);
+        ccad_u64 pe = ps + (1ull << c.shift);
+        ccad_u64 a = lo > ps ? lo : ps;
+        ccad_u64 b = hi < pe ? hi : pe;
+        atomicAdd(&g[p], b - a);
+    }
+}
+
+// Warp-aggregated count of one access of ``bytes`` at ``addr`` per lane (``valid`` false for
+// idle lanes).  Must be reached by all 32 lanes of the warp together.
+__device__ __forceinline__ void ccad_warp_count(const CcadCounters& c, ccad_u64* g, CcadHist* h,
+                                                ccad_u64 addr, bool valid, unsigned bytes) {
+    ccad_u64 page = valid ? ccad_page_of(c, addr) : CCAD_NO_PAGE;
+    unsigned peers = __match_any_sync(0xffffffffu, page);
+    unsigned lane = ccad_tid() & 31u;
+    if (page != CCAD_NO_PAGE && lane == (unsigned)(__ffs(peers) - 1)) {
+        ccad_u64 total = (ccad_u64)bytes * (ccad_u64)__popc(peers);
+        if (h != nullptr) ccad_hist_add(h, g, page, total);
+        else atomicAdd(&g[page], total);
+    }
+}
+
+// Sum of ``v`` over the block, valid in thread 0.  Blocks are whole warps; all threads call.
+template <typename A>
+__device__ __forceinline__ A ccad_block_sum(A v) {
+    __shared__ A part[32];
+    const unsigned tid = ccad_tid();
+    const unsigned lane = tid & 31u, warp = tid >> 5;
+    const unsigned nwarps = (ccad_nthreads() + 31u) >> 5;
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+    if (lane == 0) part[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        v = lane < nwarps ? part[lane] : (A)0;
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+    }
+    return v;
+}
+
+// Reductions accumulate floats in double and integers in 64 bits (wrapping, as NumPy's int64).
+template <typename T> struct CcadAcc { typedef double type; };
+template <> struct CcadAcc<int> { typedef long long type; };
+template <> struct CcadAcc<long long> { typedef long long type; };
+
+__device__ __forceinline__ void ccad_atomic_add_acc(double* p, double v) { atomicAdd(p, v); }
+__device__ __forceinline__ void ccad_atomic_add_acc(long long* p, long long v) {
+    atomicAdd((ccad_u64*)p, (ccad_u64)v);  // two's complement: signed add, wrapping
+}
+
+// Kernel parameters shared by every entry point (plain variants take and ignore them, so the
+// two variants of an op are launched with the same argument tuple).
+#define CCAD_CNT_PARAMS                                                                    \
+    ccad_u64 *cnt_rd, ccad_u64 *cnt_wr, ccad_u64 cnt_base, ccad_u64 cnt_npages, unsigned cnt_shift, \
+        unsigned cnt_flags
+#define CCAD_CNT_VALUE CcadCounters{cnt_rd, cnt_wr, cnt_base, cnt_npages, cnt_shift, cnt_flags}

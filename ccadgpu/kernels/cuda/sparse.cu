@@ -1,0 +1,174 @@
+// ccadgpu indexed device ops: gather, scatter, CSR SpMV.
+//
+//   gather:  y[i] = x[idx[i]]        ccad_gather_<f32|f64|i32|i64>_<i32|i64>_<plain|counted>
+//   scatter: y[idx[i]] = x[i]        ccad_scatter_<f32|f64|i32|i64>_<i32|i64>_<plain|counted>
+//            (duplicate indices: one of the writers wins, unspecified which, as on any GPU;
+//             every store is counted)
+//   spmv:    y[r] = sum_k data[k] * x[indices[k]],  k in [indptr[r], indptr[r+1])
+//                                    ccad_spmv_<f32|f64>_<i32|i64>_<plain|counted>
+//            (SciPy's CSR layout: indptr[0] == 0, indptr[nrows] == nnz)
+//
+// Indices must be in range (the Python launcher checks them).  Dense operands (idx, gather's
+// y, scatter's x, SpMV's indptr/indices/data/y) count their bytes once per launch, per tile or
+// per row; the indexed ones (gather's x, scatter's y, SpMV's x) count each access, aggregated
+// per warp (__match_any_sync) and per block (shared table), see ccad_counters.cuh.  1-D blocks,
+// a multiple of 32 threads.
+#include "ccad_counters.cuh"
+
+template <bool COUNT, typename T, typename I>
+__device__ void ccad_gather_impl(T* y, const T* x, const I* idx, ccad_i64 n, CcadCounters c) {
+    __shared__ CcadHist hr;
+    if (COUNT) {
+        ccad_hist_init(&hr);
+        __syncthreads();
+    }
+    const ccad_i64 tile = (ccad_i64)blockDim.x * CCAD_ITEMS;
+    // trip counts depend on blockIdx only: every lane reaches the warp-level counting together
+    for (ccad_i64 t0 = (ccad_i64)blockIdx.x * tile; t0 < n; t0 += (ccad_i64)gridDim.x * tile) {
+        const ccad_i64 t1 = ccad_min(t0 + tile, n);
+#pragma unroll
+        for (int k = 0; k < CCAD_ITEMS; ++k) {
+            const ccad_i64 i = t0 + (ccad_i64)k * blockDim.x + threadIdx.x;
+            const bool ok = i < t1;
+            ccad_u64 a = 0;
+            if (ok) {
+                const ccad_i64 j = (ccad_i64)idx[i];
+                y[i] = x[j];
+                a = ccad_addr(x + j);
+            }
+            // c.flags is a kernel argument: the branch is uniform, all lanes take it
+            if (COUNT && ccad_indexed(c)) ccad_warp_count(c, c.rd, &hr, a, ok, (unsigned)sizeof(T));
+        }
+        if (COUNT && ccad_dense(c)) {
+            ccad_count_range_block(c, c.rd, ccad_addr(idx + t0), ccad_addr(idx + t1));
+            ccad_count_range_block(c, c.wr, ccad_addr(y + t0), ccad_addr(y + t1));
+        }
+    }
+    if (COUNT) {
+        __syncthreads();
+        ccad_hist_flush(&hr, c.rd);
+    }
+}
+
+template <bool COUNT, typename T, typename I>
+__device__ void ccad_scatter_impl(T* y, const I* idx, const T* x, ccad_i64 n, CcadCounters c) {
+    __shared__ CcadHist hw;
+    if (COUNT) {
+        ccad_hist_init(&hw);
+        __syncthreads();
+    }
+    const ccad_i64 tile = (ccad_i64)blockDim.x * CCAD_ITEMS;
+    for (ccad_i64 t0 = (ccad_i64)blockIdx.x * tile; t0 < n; t0 += (ccad_i64)gridDim.x * tile) {
+        const ccad_i64 t1 = ccad_min(t0 + tile, n);
+#pragma unroll
+        for (int k = 0; k < CCAD_ITEMS; ++k) {
+            const ccad_i64 i = t0 + (ccad_i64)k * blockDim.x + threadIdx.x;
+            const bool ok = i < t1;
+            ccad_u64 a = 0;
+            if (ok) {
+                const ccad_i64 j = (ccad_i64)idx[i];
+                y[j] = x[i];
+                a = ccad_addr(y + j);
+            }
+            if (COUNT && ccad_indexed(c)) ccad_warp_count(c, c.wr, &hw, a, ok, (unsigned)sizeof(T));
+        }
+        if (COUNT && ccad_dense(c)) {
+            ccad_count_range_block(c, c.rd, ccad_addr(idx + t0), ccad_addr(idx + t1));
+            ccad_count_range_block(c, c.rd, ccad_addr(x + t0), ccad_addr(x + t1));
+        }
+    }
+    if (COUNT) {
+        __syncthreads();
+        ccad_hist_flush(&hw, c.wr);
+    }
+}
+
+// One warp per row ("vector CSR"): lanes stride the row's nonzeros, a shuffle reduction sums
+// them, lane 0 stores.  Counts per row: indptr[r] (and indptr[nrows] on the last row), the
+// row's slice of indices and data, y[r] (dense: each byte once per launch), and one x element
+// per nonzero (indexed, warp-aggregated).
+template <bool COUNT, typename T, typename I>
+__device__ void ccad_spmv_impl(T* y, const I* indptr, const I* indices, const T* data,
+                               const T* x, ccad_i64 nrows, CcadCounters c) {
+    __shared__ CcadHist hr, hw;
+    if (COUNT) {
+        ccad_hist_init(&hr);
+        ccad_hist_init(&hw);
+        __syncthreads();
+    }
+    const unsigned lane = threadIdx.x & 31u;
+    const ccad_i64 warp = ((ccad_i64)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const ccad_i64 nwarps = ((ccad_i64)gridDim.x * blockDim.x) >> 5;
+    for (ccad_i64 r = warp; r < nrows; r += nwarps) {
+        const ccad_i64 k0 = (ccad_i64)indptr[r];
+        const ccad_i64 k1 = (ccad_i64)indptr[r + 1];
+        T acc = (T)0;
+        for (ccad_i64 kb = k0; kb < k1; kb += 32) {  // same k0, k1 on every lane: uniform
+            const ccad_i64 k = kb + lane;
+            const bool ok = k < k1;
+            ccad_u64 a = 0;
+            if (ok) {
+                const ccad_i64 j = (ccad_i64)indices[k];
+                acc += data[k] * x[j];
+                a = ccad_addr(x + j);
+            }
+            if (COUNT && ccad_indexed(c)) ccad_warp_count(c, c.rd, &hr, a, ok, (unsigned)sizeof(T));
+        }
+        for (int o = 16; o > 0; o >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, o);
+        if (lane == 0) y[r] = acc;
+        if (COUNT && ccad_dense(c)) {
+            if (lane == 0)
+                ccad_count_range(c, c.rd, &hr, ccad_addr(indptr + r),
+                                 ccad_addr(indptr + r + (r == nrows - 1 ? 2 : 1)));
+            else if (lane == 1)
+                ccad_count_range(c, c.rd, &hr, ccad_addr(indices + k0), ccad_addr(indices + k1));
+            else if (lane == 2)
+                ccad_count_range(c, c.rd, &hr, ccad_addr(data + k0), ccad_addr(data + k1));
+            else if (lane == 3)
+                ccad_count_range(c, c.wr, &hw, ccad_addr(y + r), ccad_addr(y + r + 1));
+        }
+    }
+    if (COUNT) {
+        __syncthreads();
+        ccad_hist_flush(&hr, c.rd);
+        ccad_hist_flush(&hw, c.wr);
+    }
+}
+
+#define CCAD_INDEXED_ENTRIES(SFX, T, ISFX, I, VARIANT, COUNT)                                   \
+    extern "C" __global__ void ccad_gather_##SFX##_##ISFX##_##VARIANT(                          \
+        T* y, const T* x, const I* idx, ccad_i64 n, CCAD_CNT_PARAMS) {                          \
+        ccad_gather_impl<COUNT, T, I>(y, x, idx, n, CCAD_CNT_VALUE);                             \
+    }                                                                                            \
+    extern "C" __global__ void ccad_scatter_##SFX##_##ISFX##_##VARIANT(                         \
+        T* y, const I* idx, const T* x, ccad_i64 n, CCAD_CNT_PARAMS) {                          \
+        ccad_scatter_impl<COUNT, T, I>(y, idx, x, n, CCAD_CNT_VALUE);                            \
+    }
+
+#define CCAD_SPMV_ENTRIES(SFX, T, ISFX, I, VARIANT, COUNT)                                      \
+    extern "C" __global__ void ccad_spmv_##SFX##_##ISFX##_##VARIANT(                            \
+        T* y, const I* indptr, const I* indices, const T* data, const T* x, ccad_i64 nrows,     \
+        CCAD_CNT_PARAMS) {                                                                       \
+        ccad_spmv_impl<COUNT, T, I>(y, indptr, indices, data, x, nrows, CCAD_CNT_VALUE);         \
+    }
+
+#define CCAD_INDEXED_BOTH(SFX, T, ISFX, I)                  \
+    CCAD_INDEXED_ENTRIES(SFX, T, ISFX, I, plain, false)     \
+    CCAD_INDEXED_ENTRIES(SFX, T, ISFX, I, counted, true)
+#define CCAD_SPMV_BOTH(SFX, T, ISFX, I)                     \
+    CCAD_SPMV_ENTRIES(SFX, T, ISFX, I, plain, false)        \
+    CCAD_SPMV_ENTRIES(SFX, T, ISFX, I, counted, true)
+
+CCAD_INDEXED_BOTH(f64, double, i64, long long)
+CCAD_INDEXED_BOTH(f64, double, i32, int)
+CCAD_INDEXED_BOTH(f32, float, i64, long long)
+CCAD_INDEXED_BOTH(f32, float, i32, int)
+CCAD_INDEXED_BOTH(i64, long long, i64, long long)
+CCAD_INDEXED_BOTH(i64, long long, i32, int)
+CCAD_INDEXED_BOTH(i32, int, i64, long long)
+CCAD_INDEXED_BOTH(i32, int, i32, int)
+
+CCAD_SPMV_BOTH(f64, double, i64, long long)
+CCAD_SPMV_BOTH(f64, double, i32, int)
+CCAD_SPMV_BOTH(f32, float, i64, long long)
+CCAD_SPMV_BOTH(f32, float, i32, int)

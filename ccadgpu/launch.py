@@ -1,0 +1,249 @@
+"""Device launches: run a kernel on the emulated device, fenced, counted, timed and traced.
+
+Every launch (``ccadgpu.ops.*`` and ``space.device.launch``) goes through :func:`execute`:
+
+1. validate the declared accesses (arrays of this space, index ranges) -- nothing has changed
+   if this raises;
+2. enter ``space.device.running()`` (raises DeviceOfflineError unless the device is online; an
+   offline waits for the launch to leave);
+3. register as a *writer* over every array the kernel writes (waits for in-flight migrations of
+   those pages; migrations skip them with -EBUSY meanwhile), and snapshot the placement of every
+   page the kernel touches: local/remote is decided by where a page was when the kernel started
+   (a read-only page may migrate under a running kernel, as readers proceed during migrations);
+4. run the kernel on plain views of the arrays, timing it (wall seconds);
+5. count: dense accesses arithmetically, indexed ones from per-page histograms (built inside the
+   kernel by ``ccadgpu.ops``, or by ``np.bincount`` of a declared index array), price the epoch
+   with the space's profile (modeled seconds), update the counters, queue notifications, append
+   the epoch record to ``space.trace``.
+
+Writing your own kernel::
+
+    import numba, numpy as np, ccadgpu
+    from ccadgpu.launch import Indexed
+
+    @numba.njit(parallel=True, cache=True, nogil=True)
+    def saxpy_gather(y, a, x, idx):
+        for i in numba.prange(y.size):
+            y[i] += a * x[idx[i]]
+
+    r = sp.device.launch(saxpy_gather, y, 2.0, x, idx,
+                         reads=[y, idx, Indexed(x, idx)], writes=[y])
+    r.wall_seconds, r.modeled_seconds, r.bytes_remote
+
+Declare every managed array the kernel touches: a plain array in ``reads``/``writes`` is a dense
+sweep of all its bytes; ``Indexed(arr, index)`` is one element access per entry of ``index``
+(flat C-order indices).  Managed arguments that are not declared are refused, so counts are never
+silently incomplete.  Plain NumPy arguments are allowed but not counted (no page to charge).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from .array import ManagedArray, buffer_of
+from .counters import (DEVICE, READ, WRITE, Footprint, TallyBuilder, dense_footprint,
+                       indexed_footprint, page_histogram_footprint)
+from .errors import ForeignArrayError, InvalidArgumentError
+
+if TYPE_CHECKING:
+    from .space import Space
+    from .trace import EpochRecord
+
+
+@dataclass(frozen=True)
+class Indexed:
+    """Declares an indexed access: one access to ``array.flat[i]`` for each ``i`` in ``index``
+    (``array`` C-contiguous, ``0 <= i < array.size``)."""
+    array: np.ndarray
+    index: Any
+
+
+@dataclass
+class LaunchResult:
+    """What a launch did.  ``modeled_seconds`` is NaN and the byte fields 0 when access counting
+    is off (tunable ``access_counters``)."""
+    kernel: str
+    value: Any
+    epoch: int
+    wall_seconds: float
+    modeled_seconds: float
+    bytes_read: int = 0
+    bytes_written: int = 0
+    bytes_local: int = 0
+    bytes_remote: int = 0
+    notifications: int = 0
+    record: "EpochRecord | None" = None
+
+    @property
+    def nbytes(self) -> int:
+        return self.bytes_read + self.bytes_written
+
+    def __repr__(self) -> str:
+        return (f"LaunchResult({self.kernel!r}, epoch={self.epoch}, wall={self.wall_seconds:.3g}s, "
+                f"modeled={self.modeled_seconds:.3g}s, read={self.bytes_read}, "
+                f"written={self.bytes_written}, remote={self.bytes_remote})")
+
+
+@dataclass
+class Access:
+    """One declared access of a launch (internal form).  ``kind``: ``"dense"``, ``"indexed"``
+    (histogram from ``index`` by NumPy) or ``"kernel"`` (the kernel returns the page histogram,
+    in the order of the ``"kernel"`` accesses)."""
+    array: np.ndarray
+    rw: int
+    kind: str = "dense"
+    index: Any = None
+
+
+# The workqueue threading layer of Numba is not thread-safe: serialise parallel kernels then.
+_SERIAL = threading.Lock()
+
+
+def _serial() -> Any:
+    nb = sys.modules.get("numba")
+    if nb is None:
+        return contextlib.nullcontext()
+    try:
+        layer = nb.threading_layer()
+    except ValueError:          # no parallel kernel has run yet
+        layer = "workqueue"
+    return _SERIAL if layer == "workqueue" else contextlib.nullcontext()
+
+
+def _check_space(space: "Space", arr: Any, what: str) -> None:
+    if not isinstance(arr, np.ndarray):
+        raise InvalidArgumentError(f"{what}: expected an array, got {type(arr).__name__}")
+    buf = buffer_of(arr)
+    if buf is None:
+        raise ForeignArrayError(f"{what}: array (shape {arr.shape}, {arr.dtype}) is not managed "
+                                "memory; allocate it with space.empty/asarray")
+    if buf.space is not space:
+        raise ForeignArrayError(f"{what}: array (shape {arr.shape}, {arr.dtype}) belongs to "
+                                "another space than the device's")
+    space._resolve(arr)     # freed / closed raise here
+
+
+def execute(space: "Space", name: str, run: Callable[[bool], tuple[Any, Sequence[np.ndarray]]],
+            accesses: Sequence[Access]) -> LaunchResult:
+    """Run ``run(counting)`` as one device launch over ``accesses`` (see the module docs).
+    ``run`` returns ``(value, histograms)``: one per-page histogram per ``"kernel"`` access when
+    ``counting`` is true."""
+    for a in accesses:
+        _check_space(space, a.array, name)
+    counters = space.counters
+    counting = counters.enabled
+    pre: list[Footprint | None] = []
+    if counting:
+        for a in accesses:
+            if a.kind == "dense":
+                pre.append(dense_footprint(space, a.array))
+            elif a.kind == "indexed":
+                pre.append(indexed_footprint(space, a.array, a.index))
+            else:
+                pre.append(None)
+    dev = space.device
+    with dev.running():
+        with contextlib.ExitStack() as writers:
+            for a in accesses:
+                if a.rw == WRITE:
+                    writers.enter_context(space._writing(a.array))
+            spans: list[tuple[int, np.ndarray]] = []
+            if counting:
+                with space._cond:
+                    for a in accesses:
+                        _, lo, hi = space._span_vpns(a.array)
+                        spans.append((lo, space._device_view(lo, hi)))
+            with _serial():
+                t0 = time.perf_counter()
+                value, hists = run(counting)
+                wall = time.perf_counter() - t0
+            if not counting:
+                space.vmstat.add(kernel_launches=1, kernel_wall_seconds=wall)
+                res = LaunchResult(name, value, -1, wall, math.nan)
+                dev.last_launch = res
+                return res
+            b = TallyBuilder(counters.local_nodes(), len(space.nodes))
+            hi_iter = iter(hists)
+            for a, fp, (lo, node) in zip(accesses, pre, spans):
+                if fp is None:
+                    try:
+                        h = next(hi_iter)
+                    except StopIteration:
+                        raise InvalidArgumentError(f"{name}: kernel returned fewer page "
+                                                   "histograms than it declared") from None
+                    fp = page_histogram_footprint(space, a.array, h)
+                b.add(DEVICE, a.rw, fp, node)
+            t = b.build()
+            with space._cond:
+                epoch = counters._next_launch_epoch()
+                modeled = space.clock.tally_seconds(t.sectors_by_node(len(space.nodes)),
+                                                    launch=True)
+                nnot = counters._apply(t, epoch)
+                space._queue_epoch(epoch, name, DEVICE, t, wall)
+                space.clock.advance("kernel", modeled, wall)
+                rec = None
+                if space.trace._recording():
+                    rec = space.trace._record(epoch, name, "device", t, wall, modeled, None, nnot)
+                    space.trace._append(rec)
+            space.vmstat.add(kernel_launches=1, kernel_wall_seconds=wall,
+                             kernel_modeled_seconds=modeled)
+    counters._deliver()
+    space._run_manager()        # the migration manager acts between launches
+    c = t.get_totals()[DEVICE]                       # [rw, loc]
+    res = LaunchResult(name, value, epoch, wall, modeled,
+                       bytes_read=int(c[READ].sum()), bytes_written=int(c[WRITE].sum()),
+                       bytes_local=int(c[:, 0].sum()), bytes_remote=int(c[:, 1].sum()),
+                       notifications=nnot, record=rec)
+    dev.last_launch = res
+    return res
+
+
+def _declared(space: "Space", items: Iterable[Any], rw: int, what: str) -> list[Access]:
+    out = []
+    if isinstance(items, (np.ndarray, Indexed)):
+        items = [items]
+    for it in items:
+        if isinstance(it, Indexed):
+            _check_space(space, it.array, what)
+            out.append(Access(it.array, rw, "indexed", it.index))
+        elif isinstance(it, np.ndarray):
+            out.append(Access(it, rw, "dense"))
+        else:
+            raise InvalidArgumentError(f"{what} takes managed arrays or Indexed(array, index), "
+                                       f"got {type(it).__name__}")
+    return out
+
+
+def launch(space: "Space", kernel: Callable[..., Any], args: tuple, reads: Any = (),
+           writes: Any = (), name: str | None = None) -> LaunchResult:
+    """``space.device.launch``: run ``kernel(*args)`` (managed arrays passed as plain views of
+    the same memory) as a device launch that reads ``reads`` and writes ``writes``."""
+    if not callable(kernel):
+        raise InvalidArgumentError(f"launch needs a callable kernel, got {type(kernel).__name__}")
+    kname = name or getattr(kernel, "__name__", None) or type(kernel).__name__
+    acc = _declared(space, reads, READ, "reads") + _declared(space, writes, WRITE, "writes")
+    declared = set()
+    for a in acc:
+        _check_space(space, a.array, kname)
+        declared.add(buffer_of(a.array).alloc.id)
+    plain_args = []
+    for i, x in enumerate(args):
+        if isinstance(x, np.ndarray) and buffer_of(x) is not None:
+            _check_space(space, x, f"{kname} argument {i}")
+            if buffer_of(x).alloc.id not in declared:
+                raise InvalidArgumentError(
+                    f"{kname}: managed argument {i} (shape {x.shape}, {x.dtype}) is not declared "
+                    "in reads= or writes=; declare every managed array the kernel touches")
+        plain_args.append(x.view(np.ndarray) if isinstance(x, ManagedArray) else x)
+
+    def run(counting: bool) -> tuple[Any, list]:
+        return kernel(*plain_args), []
+
+    return execute(space, kname, run, acc)

@@ -1,0 +1,549 @@
+"""The migration manager: runs a policy between epochs, has the final say, prices everything.
+
+One engine serves both worlds:
+
+* **live** — ``Space(policy=...)``: after every launch (and every run of host accesses) the
+  space hands the manager the epoch's per-page counts; the manager asks the policy, enforces
+  pins, hints, the migration switch and capacity, and executes the moves with the real
+  mechanism (:meth:`Space.move_pages`, copies and remaps);
+* **replay** — :func:`ccadgpu.replay.replay`: the same steps over a recorded trace against a
+  simulated placement, with no kernel run and no byte copied.
+
+Per epoch, in this order: (1) *fault-time* moves (``policy.fault``, and CPU faults on device pages
+when ``tunables.cpu_access == "migrate_on_cpu_fault"``), priced as if they happened before the
+epoch's accesses, plus one profile ``fault`` cost per faulting region; (2) the epoch's accesses,
+priced with the profile under the placement they then see; (3) per-page heat (decayed sectors)
+and access-counter notifications (:mod:`ccadgpu.notify`, the same logic as the hardware unit);
+(4) ``policy.epoch_end`` moves.  On the CPU stand-in the kernel really ran before step (1)'s
+moves; the modeled clock is what says how the device would have fared.
+
+**The manager's final say** (the thread: "the manager makes the final decision"): pinned pages
+never move; ``tunables.migration_enabled = False`` stops every policy move (R5); a preferred
+location wins over counters and faults (a page preferred on the host is never promoted by them,
+one preferred on the device is demoted only by eviction); pages the device is ``accessed_by``
+are mapped remotely and never moved by counters or faults; promotions beyond the device's free
+frames evict the policy's victims first (``Policy.victims``) or are cut, hottest kept.
+"""
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from . import notify
+from . import pagetable as ptf
+from .clock import Clock, Profile
+from .policies import Move, Policy, make_policy
+from .policies.base import as_index, decay
+from .runs import group_counts, member, sorted_unique
+from .tunables import Knob, register
+
+if TYPE_CHECKING:
+    from .space import Space
+    from .trace import EpochRecord
+
+HOST, DEVICE = 0, 1
+CPU, DEV = 0, 1
+#: moves decided by a policy (the manager filters them by hints); "hint" and "api" are the user's
+POLICY_CAUSES = ("fault", "prefetch", "access_counter", "eviction")
+
+register(Knob("cpu_access", str, "coherent",
+              "What a CPU access to a device page does: 'coherent' (the CCAD model: a remote "
+              "access, counted and priced as remote) or 'migrate_on_cpu_fault' (HMM "
+              "device-private memory: the page returns to the host first).",
+              lambda v: v in ("coherent", "migrate_on_cpu_fault"),
+              "'coherent' or 'migrate_on_cpu_fault'"))
+register(Knob("thrash_window_epochs", int, 8,
+              "A page that moves again within this many epochs of its last move counts as "
+              "ping-ponging (ctx.recent_moves; access_counter backs off such pages).",
+              lambda v: v >= 1, ">= 1"))
+register(Knob("heat_halflife_epochs", float, 4.0,
+              "Half-life, in epochs, of the per-page decayed access counts policies rank by.",
+              lambda v: v > 0, "> 0"))
+
+
+@dataclass
+class Epoch:
+    """One epoch as the manager sees it: the touched pages and their 32-byte sectors
+    ``[page, processor, rw]``, and which processor ran it (``launch``: a kernel, not host
+    accesses)."""
+    index: int
+    epoch: int
+    kernel: str
+    processor: int
+    vpns: np.ndarray
+    sectors: np.ndarray
+    launch: bool
+    wall: float = float("nan")
+
+    def touched_by(self, proc: int) -> np.ndarray:
+        return self.by_proc[:, proc] > 0
+
+    @property
+    def by_proc(self) -> np.ndarray:
+        """Sectors per page and processor (reads + writes), ``[n, 2]``; computed once."""
+        bp = self.__dict__.get("_by_proc")
+        if bp is None:
+            bp = self.sectors[:, :, 0] + self.sectors[:, :, 1]
+            self.__dict__["_by_proc"] = bp
+        return bp
+
+    @classmethod
+    def from_record(cls, rec: "EpochRecord", index: int) -> "Epoch":
+        return cls(index, rec.epoch, rec.kernel, DEV if rec.processor == "device" else CPU,
+                   np.asarray(rec.vpns, np.int64), np.asarray(rec.sectors, np.int64),
+                   rec.kernel != "host", rec.wall_seconds)
+
+
+class Placement(Protocol):
+    """Where pages are, and how to move them: the live space or a simulation."""
+    page_size: int
+
+    @property
+    def node(self) -> np.ndarray: ...
+    def free_frames(self, node: int) -> int: ...
+    def used_frames(self, node: int) -> int: ...
+    def flags(self) -> np.ndarray: ...
+    def preferred(self) -> np.ndarray: ...
+    def accessed_by(self) -> np.ndarray: ...
+    def accepts(self, node: int) -> bool: ...
+    def move(self, vpns: np.ndarray, target: int, cause: str) -> tuple[np.ndarray, float]: ...
+
+
+class SimPlacement:
+    """A placement without memory: node per page and frame counts per node (replay)."""
+
+    def __init__(self, page_size: int, frames: list[int], node: np.ndarray):
+        self.page_size = page_size
+        self.frames = list(frames)
+        self._node = np.asarray(node, np.int8).copy()
+        self._flags = np.zeros(len(self._node), np.uint8)
+        self._pref = np.full(len(self._node), -1, np.int8)
+        self._acc = np.zeros(len(self._node), np.uint8)
+        self.used = [int(np.count_nonzero(self._node == n)) for n in range(len(frames))]
+        for n, (u, f) in enumerate(zip(self.used, self.frames)):
+            if u > f:
+                raise ValueError(f"initial placement puts {u} pages on node {n} of {f} frames")
+
+    @property
+    def node(self) -> np.ndarray:
+        return self._node
+
+    def free_frames(self, node: int) -> int:
+        return self.frames[node] - self.used[node]
+
+    def used_frames(self, node: int) -> int:
+        return self.used[node]
+
+    def flags(self) -> np.ndarray:
+        return self._flags
+
+    def preferred(self) -> np.ndarray:
+        return self._pref
+
+    def accessed_by(self) -> np.ndarray:
+        return self._acc
+
+    def accepts(self, node: int) -> bool:
+        return True
+
+    def move(self, vpns: np.ndarray, target: int, cause: str) -> tuple[np.ndarray, float]:
+        k = min(len(vpns), self.free_frames(target))
+        moved = np.zeros(len(vpns), bool)
+        moved[:k] = True
+        src = self._node[vpns[:k]]
+        for n in np.unique(src).tolist():
+            self.used[n] -= int(np.count_nonzero(src == n))
+        self.used[target] += k
+        self._node[vpns[:k]] = target
+        return moved, 0.0
+
+
+class LivePlacement:
+    """The real thing: a space's page table and mechanism."""
+
+    def __init__(self, space: "Space"):
+        self.space = space
+        self.page_size = space.page_size
+
+    @property
+    def node(self) -> np.ndarray:
+        return self.space.pt.node
+
+    def free_frames(self, node: int) -> int:
+        return self.space.nodes[node].free_frames
+
+    def used_frames(self, node: int) -> int:
+        return self.space.nodes[node].used_frames
+
+    def flags(self) -> np.ndarray:
+        return self.space.pt.flags
+
+    def preferred(self) -> np.ndarray:
+        return self.space.pt.preferred
+
+    def accessed_by(self) -> np.ndarray:
+        return self.space.pt.accessed_by
+
+    def accepts(self, node: int) -> bool:
+        return node == HOST or self.space.device.accepts_pages()
+
+    def move(self, vpns: np.ndarray, target: int, cause: str) -> tuple[np.ndarray, float]:
+        t = time.perf_counter()
+        moved = self.space._move_vpns(vpns, target, cause)
+        return moved, time.perf_counter() - t
+
+
+class PolicyContext:
+    """What a policy may look at (read-only by convention): logical time, placement, per-page
+    history and hints, capacities.  Page arrays are indexed by virtual page number (vpn)."""
+
+    def __init__(self, mgr: "MigrationManager"):
+        self._m = mgr
+        self.epoch = 0                 #: epochs stepped so far (logical time)
+        self.now = 0.0                 #: modeled seconds so far (logical time)
+        self.page_size = mgr.placement.page_size
+        self.profile: Profile = mgr.clock.profile
+        self.tunables = mgr.tunables
+
+    # -- placement & capacity --------------------------------------------------------------------
+    @property
+    def node(self) -> np.ndarray:
+        """Node of every page (-1: not allocated)."""
+        return self._m.placement.node
+
+    @property
+    def npages(self) -> int:
+        return len(self._m.placement.node)
+
+    def free(self, node: int) -> int:
+        return self._m.placement.free_frames(node)
+
+    def allocated_pages(self) -> np.ndarray:
+        return np.flatnonzero(self.node >= 0)
+
+    @property
+    def pages_per_region(self) -> int:
+        return self._m.pages_per_region
+
+    def region_pages(self, first: np.ndarray, npages: np.ndarray) -> np.ndarray:
+        """The allocated pages of regions given by first vpn and page count."""
+        first = np.asarray(first, np.int64)
+        npages = np.asarray(npages, np.int64)
+        if len(first) == 0:
+            return np.zeros(0, np.int64)
+        rep = np.repeat(first, npages)
+        off = np.arange(len(rep)) - np.repeat(np.cumsum(npages) - npages, npages)
+        v = sorted_unique(rep + off)
+        v = v[v < self.npages]
+        return v[self.node[v] >= 0]
+
+    def dense_regions(self, pages: np.ndarray, density: float) -> np.ndarray:
+        """Allocated pages of the regions in which at least ``density`` of the allocated pages
+        are among ``pages``."""
+        rp = self.pages_per_region
+        regions, _, hits = group_counts(np.asarray(pages, np.int64) // rp)
+        allp = self.region_pages(regions * rp, np.full(len(regions), rp))
+        r_all, inv, n_all = group_counts(allp // rp)
+        dense = hits >= density * n_all[np.searchsorted(r_all, regions)]
+        is_dense = np.zeros(len(r_all), bool)
+        is_dense[np.searchsorted(r_all, regions[dense])] = True
+        return allp[is_dense[inv]]
+
+    # -- history ------------------------------------------------------------------------------------
+    def heat(self, vpns: np.ndarray) -> np.ndarray:
+        """Decayed sectors per page and processor (``[k, 2]``; half-life
+        ``tunables.heat_halflife_epochs``)."""
+        m = self._m
+        v = as_index(np.asarray(vpns, np.int64))
+        age = self.epoch - m.heat_epoch[v]
+        return m.heat_val[v] * decay(age, m.tunables.heat_halflife_epochs)[:, None]
+
+    @property
+    def last_touch(self) -> np.ndarray:
+        """Epoch each processor last touched each page (``[vpn, 2]``, -1 never)."""
+        return self._m.last_touch
+
+    @property
+    def recent_moves(self) -> np.ndarray:
+        """Moves of each page within the thrash window of each other (1 = a single move)."""
+        return self._m.recent_moves
+
+    @property
+    def last_move(self) -> np.ndarray:
+        return self._m.last_move
+
+    # -- hints ----------------------------------------------------------------------------------------
+    @property
+    def pinned(self) -> np.ndarray:
+        return (self._m.placement.flags() & ptf.PINNED) != 0
+
+    @property
+    def preferred(self) -> np.ndarray:
+        return self._m.placement.preferred()
+
+    @property
+    def accessed_by(self) -> np.ndarray:
+        return self._m.placement.accessed_by()
+
+    def evictable(self, exclude: np.ndarray) -> np.ndarray:
+        """Device pages that may be evicted: not pinned, not in ``exclude``; pages preferred on
+        the device come last."""
+        v = np.flatnonzero(self.node == DEVICE)
+        v = v[~self.pinned[v]]
+        if len(exclude):
+            v = v[~member(v, exclude)]
+        pref = self.preferred[v] == DEVICE
+        return np.concatenate((v[~pref], v[pref]))
+
+    # -- accounting hooks ------------------------------------------------------------------------------
+    def charge_faults(self, n: int, seconds_each: float) -> None:
+        """Add ``n`` faults of ``seconds_each`` modeled seconds to this epoch (e.g. hint faults)."""
+        self._m._extra_fault += n * seconds_each
+
+    def note_thrashing(self, vpns: np.ndarray) -> None:
+        """Report pages a policy found ping-ponging (counted in the results)."""
+        self._m.thrashing.update(np.asarray(vpns).tolist())
+
+
+@dataclass
+class StepResult:
+    """One epoch's modeled outcome."""
+    index: int
+    kernel: str
+    processor: int
+    access_s: float
+    migrate_s: float
+    fault_s: float
+    touched_bytes: int
+    remote_bytes: int
+    notifications: int
+    moved: dict = field(default_factory=dict)   # (cause, src, dst) -> pages
+    wall_s: float = float("nan")
+    migrate_wall_s: float = 0.0
+    device_pages: int = 0
+
+    @property
+    def total_s(self) -> float:
+        return self.access_s + self.migrate_s + self.fault_s
+
+
+class MigrationManager:
+    """Runs ``policy`` over epochs against ``placement`` (see the module docs)."""
+
+    def __init__(self, placement: Placement, policy: "str | Policy", profile: Profile,
+                 tunables: Any, **policy_params: Any):
+        self.placement = placement
+        self.policy = make_policy(policy, **policy_params)
+        self.clock = Clock(profile)
+        self.tunables = tunables
+        self.results: list[StepResult] = []
+        self.heat_val = np.zeros((0, 2))
+        self.heat_epoch = np.zeros(0, np.int64)
+        self.last_touch = np.zeros((0, 2), np.int64)
+        self.last_move = np.zeros(0, np.int64)
+        self.recent_moves = np.zeros(0, np.int32)
+        self.thrashing: set[int] = set()
+        self._acc = np.zeros((2, 0), np.int64)
+        self._rp = 0
+        self._extra_fault = 0.0
+        self._decide_s = 0.0
+        self._step_s = 0.0
+        #: keep the placement of every page after each epoch (for heatmaps); off by default
+        self.record_history = False
+        self._history: list[np.ndarray] = []
+        self.ctx = PolicyContext(self)
+        self.policy.setup(self.ctx)
+
+    @property
+    def pages_per_region(self) -> int:
+        return max(1, self.tunables.access_counter_granularity // self.placement.page_size)
+
+    def _ensure(self) -> None:
+        n = len(self.placement.node)
+        if len(self.heat_epoch) < n:
+            k = n - len(self.heat_epoch)
+            self.heat_val = np.vstack((self.heat_val, np.zeros((k, 2))))
+            self.heat_epoch = np.concatenate((self.heat_epoch, np.zeros(k, np.int64)))
+            self.last_touch = np.vstack((self.last_touch, np.full((k, 2), -1, np.int64)))
+            self.last_move = np.concatenate((self.last_move, np.full(k, -(1 << 40), np.int64)))
+            self.recent_moves = np.concatenate((self.recent_moves, np.zeros(k, np.int32)))
+        rp = self.pages_per_region
+        if rp != self._rp:
+            self._acc = np.zeros((2, 0), np.int64)
+            self._rp = rp
+        self._acc = notify.grow_accumulators(self._acc, -(-n // rp))
+
+    # -- executing decisions ---------------------------------------------------------------------
+    def _filter(self, m: Move) -> np.ndarray:
+        node = self.placement.node
+        v = sorted_unique(m.vpns)
+        v = v[(v >= 0) & (v < len(node))]
+        v = v[(node[v] >= 0) & (node[v] != m.target)]
+        v = v[(self.placement.flags()[v] & ptf.PINNED) == 0]
+        if not self.tunables.migration_enabled and m.cause != "evacuation":
+            return v[:0]
+        if m.cause in POLICY_CAUSES:
+            pref = self.placement.preferred()[v]
+            if m.target == DEVICE:
+                v = v[pref != HOST]
+            elif m.cause != "eviction":
+                v = v[pref != DEVICE]
+            if m.cause != "eviction":
+                v = v[(self.placement.accessed_by()[v] & (1 << DEVICE)) == 0]
+        return v
+
+    def _execute(self, v: np.ndarray, target: int, cause: str, res: StepResult) -> np.ndarray:
+        if len(v) == 0:
+            return v
+        src = self.placement.node[v].copy()
+        moved, wall = self.placement.move(v, target, cause)
+        mv, ms = v[moved], src[moved]
+        if len(mv) == 0:
+            return mv
+        res.migrate_s += self.clock.migration_seconds(ms, target, self.placement.page_size)
+        res.migrate_wall_s += wall
+        for s in np.unique(ms).tolist():
+            key = (cause, int(s), int(target))
+            res.moved[key] = res.moved.get(key, 0) + int(np.count_nonzero(ms == s))
+        e = self.ctx.epoch
+        close = (e - self.last_move[mv]) <= self.tunables.thrash_window_epochs
+        self.recent_moves[mv] = np.where(close, self.recent_moves[mv] + 1, 1)
+        self.last_move[mv] = e
+        notify.clear_regions(self._acc, mv, self._rp)
+        return mv
+
+    def _apply(self, moves: list[Move], res: StepResult) -> np.ndarray:
+        """Filter and execute moves, demotions first; returns the pages moved by cause fault."""
+        faulted = []
+        for m in sorted(moves, key=lambda m: m.target != HOST):
+            v = self._filter(m)
+            if len(v) == 0:
+                continue
+            if m.target != HOST:
+                if not self.placement.accepts(m.target):
+                    continue
+                short = len(v) - self.placement.free_frames(m.target)
+                if short > 0 and self.policy.evicts:
+                    victims = self.policy.victims(self.ctx, short, v)
+                    victims = self._filter(Move(victims, HOST, "eviction"))
+                    self._execute(victims, HOST, "eviction", res)
+                v = v[: max(0, self.placement.free_frames(m.target))]
+            mv = self._execute(v, m.target, m.cause, res)
+            if m.cause == "fault":
+                faulted.append(mv)
+        return np.concatenate(faulted) if faulted else np.zeros(0, np.int64)
+
+    # -- one epoch ---------------------------------------------------------------------------------------
+    def step(self, ep: Epoch) -> StepResult:
+        """Run the manager over one epoch (see the module docs for the order)."""
+        t0 = time.perf_counter()
+        self._ensure()
+        ctx = self.ctx
+        prof = self.clock.profile
+        res = StepResult(ep.index, ep.kernel, ep.processor, 0.0, 0.0, 0.0, 0, 0, 0,
+                         wall_s=ep.wall)
+        self._extra_fault = 0.0
+        v = ep.vpns
+        # (1) fault time
+        t_dec = time.perf_counter()
+        moves = list(self.policy.fault(ctx, ep))
+        if self.tunables.cpu_access == "migrate_on_cpu_fault":
+            cpu = v[ep.touched_by(CPU)]
+            moves.append(Move(cpu[self.placement.node[cpu] == DEVICE], HOST, "fault"))
+        faulted = self._apply(moves, res)
+        decide = time.perf_counter() - t_dec
+        n_regions = len(sorted_unique(faulted // self._rp)) if len(faulted) else 0
+        res.fault_s = n_regions * prof.fault + self._extra_fault
+        # (2) the accesses, under the placement they now see
+        node = self.placement.node[v]
+        res.access_s = self.clock.epoch_seconds(ep.sectors, node, launch=ep.launch)
+        by_proc = ep.by_proc                                   # [n, proc]
+        local = np.array([HOST, DEVICE])
+        remote = node[:, None] != local[None, :]
+        res.touched_bytes = int(by_proc.sum()) * 32
+        res.remote_bytes = int((by_proc * remote).sum()) * 32
+        # (3) counters: heat, recency, notifications
+        iv = as_index(v)
+        self.heat_val[iv] = ctx.heat(v) + by_proc
+        self.heat_epoch[iv] = ctx.epoch
+        lt = self.last_touch[iv]
+        lt[by_proc > 0] = ctx.epoch
+        self.last_touch[iv] = lt
+        notes = notify.raise_notifications(self._acc, v, node, ep.sectors, local, self._rp,
+                                           self.tunables.access_counter_threshold, ctx.epoch)
+        res.notifications = len(notes)
+        # (4) decisions from counters
+        t_dec = time.perf_counter()
+        self._apply(list(self.policy.epoch_end(ctx, ep, notes)), res)
+        decide += time.perf_counter() - t_dec
+        res.device_pages = self.placement.used_frames(DEVICE)
+        ctx.now += res.total_s
+        ctx.epoch += 1
+        self.results.append(res)
+        if self.record_history:
+            self._history.append(self.placement.node.copy())
+        self._decide_s += decide - res.migrate_wall_s      # the policy and the manager's say
+        self._step_s += time.perf_counter() - t0 - res.migrate_wall_s
+        return res
+
+    # -- results ----------------------------------------------------------------------------------------
+    def history_array(self) -> np.ndarray:
+        """``[epoch, vpn]`` node of every page after each epoch (-1: not allocated), when
+        ``record_history`` was on."""
+        if not self._history:
+            return np.zeros((0, 0), np.int8)
+        n = max(len(h) for h in self._history)
+        out = np.full((len(self._history), n), -1, np.int8)
+        for i, h in enumerate(self._history):
+            out[i, : len(h)] = h
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        """Totals over every epoch stepped (the row format of ``ccadgpu bench``)."""
+        return summarize(self.results, self.placement.page_size, self.policy.name,
+                         len(self.thrashing | set(np.flatnonzero(self.recent_moves >= 3).tolist())),
+                         (self._decide_s, self._step_s))
+
+
+def summarize(results: list[StepResult], page_size: int, policy: str, thrashing: int,
+              decide_s: tuple[float, float]) -> dict[str, Any]:
+    """``decide_s``: (seconds in policy decisions and the manager's filtering, seconds in the
+    whole manager step including counter upkeep), both without executing migrations."""
+    per = np.array([r.total_s for r in results]) if results else np.zeros(1)
+    modeled = float(per.sum())
+    touched = sum(r.touched_bytes for r in results)
+    moved: Counter = Counter()
+    for r in results:
+        moved.update(r.moved)
+    by_cause: Counter = Counter()
+    by_dir: Counter = Counter()
+    names = {HOST: "host", DEVICE: "device"}
+    for (cause, s, d), n in moved.items():
+        by_cause[cause] += n * page_size
+        by_dir[f"{names.get(s, s)}_to_{names.get(d, d)}"] += n * page_size
+    mig_bytes = sum(by_dir.values())
+    mig_s = sum(r.migrate_s for r in results)
+    mig_wall = sum(r.migrate_wall_s for r in results)
+    wall = float(np.nansum([r.wall_s for r in results])) if results else 0.0
+    return {
+        "policy": policy, "epochs": len(results), "modeled_s": modeled,
+        "wall_s": wall, "touched_bytes": touched,
+        "throughput_gbps": touched / modeled / 1e9 if modeled > 0 else 0.0,
+        "access_s": float(sum(r.access_s for r in results)),
+        "migrate_s": float(mig_s), "fault_s": float(sum(r.fault_s for r in results)),
+        "migrated_bytes": int(mig_bytes),
+        "migrated_bytes_by_direction": dict(by_dir),
+        "migrated_bytes_by_cause": dict(by_cause),
+        "migration_gbps_modeled": mig_bytes / mig_s / 1e9 if mig_s > 0 else 0.0,
+        "migration_gbps_wall": mig_bytes / mig_wall / 1e9 if mig_wall > 0 else 0.0,
+        "remote_fraction": (sum(r.remote_bytes for r in results) / touched) if touched else 0.0,
+        "thrashing_pages": int(thrashing),
+        "epoch_p50_s": float(np.percentile(per, 50)), "epoch_p99_s": float(np.percentile(per, 99)),
+        "device_peak_pages": int(max((r.device_pages for r in results), default=0)),
+        "notifications": int(sum(r.notifications for r in results)),
+        "decision_s": float(decide_s[0]), "manager_s": float(decide_s[1]),
+    }

@@ -1,0 +1,374 @@
+"""Device kernels for users: ``ccadgpu.ops.<name>(...)`` on managed arrays of one space.
+
+Each call is one launch on that space's device (see :mod:`ccadgpu.launch`): it is refused while
+the device is not online, it waits for in-flight migrations of the pages it writes, and it is
+counted (per page, local/remote), priced on the space's machine profile (modeled seconds) and
+traced.  ``space.device.last_launch`` is the :class:`~ccadgpu.launch.LaunchResult` of the latest
+launch.  Kernels run on the CPU stand-in with Numba (parallel, compiled once and cached).
+
+* ``copy(dst, src)``: ``dst[...] = src``
+* ``scale(dst, src, alpha)``: ``dst[...] = alpha * src``
+* ``axpy(alpha, x, y)``: ``y[...] = alpha * x + y``
+* ``triad(a, b, c, alpha)``: ``a[...] = b + alpha * c`` (STREAM triad)
+* ``sum(x)``: ``x.sum()``;  ``dot(x, y)``: ``(x * y).sum()``
+* ``stencil5(out, inp, center, neighbor)``: 2-D 5-point stencil, clamped edges (hotspot-like)
+* ``gather(out, src, idx)``: ``out[...] = src.flat[idx]``
+* ``scatter(dst, idx, src)``: ``dst.flat[idx] = src`` (duplicate indices: one of them wins)
+* ``spmv_csr(y, indptr, indices, data, x)``: ``y[...] = A @ x``, ``A`` in CSR form
+
+Arrays must be C-contiguous managed arrays of the same space, of one numeric dtype per kernel
+(signed integers or floats; index arrays signed integers).  Streaming kernels take any shape
+(elementwise); an output may be the very same array as an input but must not partly overlap it.
+Integer kernels and ``copy`` are exact; float reductions accumulate in float64 (so they agree
+with NumPy's to rounding, not bit for bit).  Bad input raises before anything runs.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .array import buffer_of
+from .counters import READ, WRITE, kernel_page_params
+from .errors import ForeignArrayError, InvalidArgumentError
+from .launch import Access, execute
+
+__all__ = ["copy", "scale", "axpy", "triad", "sum", "dot", "stencil5", "gather", "scatter",
+           "spmv_csr"]
+
+_K: Any = None
+
+
+def _kernels() -> Any:
+    """The Numba kernels (imported, and Numba with them, on first use)."""
+    global _K
+    if _K is None:
+        from .kernels import cpu
+        _K = cpu
+    return _K
+
+
+def _nthreads() -> int:
+    import numba
+    return int(numba.get_num_threads())
+
+
+# -- validation ---------------------------------------------------------------------------------
+def _space_of(op: str, **arrays: Any) -> Any:
+    sp = None
+    for name, a in arrays.items():
+        if not isinstance(a, np.ndarray):
+            raise InvalidArgumentError(f"ops.{op}: {name} must be an array, got "
+                                       f"{type(a).__name__}")
+        buf = buffer_of(a)
+        if buf is None:
+            raise ForeignArrayError(f"ops.{op}: {name} (shape {a.shape}, {a.dtype}) is not a "
+                                    "managed array; device kernels run on a space's memory "
+                                    "(space.asarray / space.empty)")
+        if sp is None:
+            sp = buf.space
+        elif buf.space is not sp:
+            raise ForeignArrayError(f"ops.{op}: {name} belongs to another space than "
+                                    f"{next(iter(arrays))}")
+        sp._resolve(a)     # freed / closed raise here
+        if not a.flags.c_contiguous:
+            raise InvalidArgumentError(f"ops.{op}: {name} must be C-contiguous (got strides "
+                                       f"{a.strides}); use a contiguous array or "
+                                       "space.device.launch with your own kernel")
+    return sp
+
+
+def _numeric(op: str, name: str, a: np.ndarray, kinds: str = "if") -> None:
+    if a.dtype.kind not in kinds or a.dtype.itemsize > 8:
+        want = {"if": "a signed integer or float", "i": "a signed integer",
+                "f": "a float"}.get(kinds, kinds)
+        raise InvalidArgumentError(f"ops.{op}: {name} has dtype {a.dtype}; expected {want} "
+                                   "dtype")
+
+
+def _same(op: str, what: str, **arrays: np.ndarray) -> None:
+    items = list(arrays.items())
+    n0, a0 = items[0]
+    for n, a in items[1:]:
+        if what == "dtype" and a.dtype != a0.dtype:
+            raise InvalidArgumentError(f"ops.{op}: {n} has dtype {a.dtype}, {n0} has {a0.dtype}; "
+                                       "they must match")
+        if what == "shape" and a.shape != a0.shape:
+            raise InvalidArgumentError(f"ops.{op}: {n} has shape {a.shape}, {n0} has {a0.shape}; "
+                                       "they must match")
+
+
+def _identical(a: np.ndarray, b: np.ndarray) -> bool:
+    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+            and a.shape == b.shape and a.strides == b.strides and a.dtype == b.dtype)
+
+
+def _no_overlap(op: str, out_name: str, out: np.ndarray, allow_same: bool,
+                **inputs: np.ndarray) -> None:
+    for n, a in inputs.items():
+        # plain views: NumPy functions on managed arrays would count as CPU reads
+        if np.may_share_memory(out.view(np.ndarray), a.view(np.ndarray)) and \
+                not (allow_same and _identical(out, a)):
+            raise InvalidArgumentError(f"ops.{op}: {out_name} overlaps {n}"
+                                       + (" (only the very same array is allowed)"
+                                          if allow_same else ""))
+
+
+def _scalar(op: str, alpha: Any, dtype: np.dtype) -> Any:
+    if isinstance(alpha, (bool, np.bool_)) or not isinstance(alpha, (int, float, np.number)):
+        raise InvalidArgumentError(f"ops.{op}: alpha must be a real number, got {alpha!r}")
+    if dtype.kind == "i":
+        if not float(alpha).is_integer():
+            raise InvalidArgumentError(f"ops.{op}: alpha {alpha!r} is not an integer, and the "
+                                       f"arrays are {dtype}")
+        return dtype.type(int(alpha))
+    if isinstance(alpha, (complex, np.complexfloating)):
+        raise InvalidArgumentError(f"ops.{op}: alpha must be real, got {alpha!r}")
+    return dtype.type(alpha)
+
+
+def _flat(a: np.ndarray) -> np.ndarray:
+    return a.view(np.ndarray).reshape(-1)
+
+
+def _shift(page: int) -> int:
+    """log2(page) for a power-of-two page size, else -1 (the kernels then divide)."""
+    return page.bit_length() - 1 if page & (page - 1) == 0 else -1
+
+
+def _check_index(op: str, name: str, idx: np.ndarray, n: int) -> None:
+    if idx.size == 0:
+        return
+    lo, hi = _kernels().minmax(_flat(idx), _nthreads())
+    if lo < 0 or hi >= n:
+        raise InvalidArgumentError(f"ops.{op}: {name} out of range: values {lo}..{hi}, valid "
+                                   f"0..{n - 1}")
+
+
+def _dense(*pairs: tuple[np.ndarray, int]) -> list[Access]:
+    """Dense accesses, each distinct (array, rw) once."""
+    out: list[Access] = []
+    for a, rw in pairs:
+        if not any(x.rw == rw and x.kind == "dense" and _identical(x.array, a) for x in out):
+            out.append(Access(a, rw))
+    return out
+
+
+# -- streaming ----------------------------------------------------------------------------------------
+def copy(dst: np.ndarray, src: np.ndarray) -> np.ndarray:
+    """``dst[...] = src`` on the device.  Returns ``dst``."""
+    sp = _space_of("copy", dst=dst, src=src)
+    _numeric("copy", "dst", dst)
+    _same("copy", "dtype", dst=dst, src=src)
+    _same("copy", "shape", dst=dst, src=src)
+    _no_overlap("copy", "dst", dst, True, src=src)
+    K = _kernels()
+    d, s = _flat(dst), _flat(src)
+
+    def run(counting: bool) -> tuple[Any, list]:
+        K.copy(d, s)
+        return dst, []
+    return execute(sp, "copy", run, _dense((src, READ), (dst, WRITE))).value
+
+
+def scale(dst: np.ndarray, src: np.ndarray, alpha: float) -> np.ndarray:
+    """``dst[...] = alpha * src`` on the device.  Returns ``dst``."""
+    sp = _space_of("scale", dst=dst, src=src)
+    _numeric("scale", "dst", dst)
+    _same("scale", "dtype", dst=dst, src=src)
+    _same("scale", "shape", dst=dst, src=src)
+    _no_overlap("scale", "dst", dst, True, src=src)
+    a = _scalar("scale", alpha, dst.dtype)
+    K = _kernels()
+    d, s = _flat(dst), _flat(src)
+
+    def run(counting: bool) -> tuple[Any, list]:
+        K.scale(d, s, a)
+        return dst, []
+    return execute(sp, "scale", run, _dense((src, READ), (dst, WRITE))).value
+
+
+def axpy(alpha: float, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``y[...] = alpha * x + y`` on the device (BLAS argument order).  Returns ``y``."""
+    sp = _space_of("axpy", x=x, y=y)
+    _numeric("axpy", "y", y)
+    _same("axpy", "dtype", y=y, x=x)
+    _same("axpy", "shape", y=y, x=x)
+    _no_overlap("axpy", "y", y, True, x=x)
+    a = _scalar("axpy", alpha, y.dtype)
+    K = _kernels()
+    yy, xx = _flat(y), _flat(x)
+
+    def run(counting: bool) -> tuple[Any, list]:
+        K.axpy(yy, a, xx)
+        return y, []
+    return execute(sp, "axpy", run, _dense((x, READ), (y, READ), (y, WRITE))).value
+
+
+def triad(a: np.ndarray, b: np.ndarray, c: np.ndarray, alpha: float) -> np.ndarray:
+    """``a[...] = b + alpha * c`` on the device (STREAM triad).  Returns ``a``."""
+    sp = _space_of("triad", a=a, b=b, c=c)
+    _numeric("triad", "a", a)
+    _same("triad", "dtype", a=a, b=b, c=c)
+    _same("triad", "shape", a=a, b=b, c=c)
+    _no_overlap("triad", "a", a, True, b=b, c=c)
+    s = _scalar("triad", alpha, a.dtype)
+    K = _kernels()
+    aa, bb, cc = _flat(a), _flat(b), _flat(c)
+
+    def run(counting: bool) -> tuple[Any, list]:
+        K.triad(aa, bb, cc, s)
+        return a, []
+    return execute(sp, "triad", run, _dense((b, READ), (c, READ), (a, WRITE))).value
+
+
+# -- reductions -------------------------------------------------------------------------------------------
+def sum(x: np.ndarray) -> Any:  # noqa: A001 - mirrors np.sum
+    """Sum of every element of ``x`` on the device: a NumPy scalar (float64 accumulation for
+    floats, returned in ``x``'s dtype; int64 for integers)."""
+    sp = _space_of("sum", x=x)
+    _numeric("sum", "x", x)
+    K = _kernels()
+    xx = _flat(x)
+    fn = K.sum_float if x.dtype.kind == "f" else K.sum_int
+    out_t = x.dtype.type if x.dtype.kind == "f" else np.int64
+
+    def run(counting: bool) -> tuple[Any, list]:
+        return out_t(fn(xx)), []
+    return execute(sp, "sum", run, _dense((x, READ))).value
+
+
+def dot(x: np.ndarray, y: np.ndarray) -> Any:
+    """``(x * y).sum()`` on the device (same shapes and dtype), as :func:`sum` returns it."""
+    sp = _space_of("dot", x=x, y=y)
+    _numeric("dot", "x", x)
+    _same("dot", "dtype", x=x, y=y)
+    _same("dot", "shape", x=x, y=y)
+    K = _kernels()
+    xx, yy = _flat(x), _flat(y)
+    fn = K.dot_float if x.dtype.kind == "f" else K.dot_int
+    out_t = x.dtype.type if x.dtype.kind == "f" else np.int64
+
+    def run(counting: bool) -> tuple[Any, list]:
+        return out_t(fn(xx, yy)), []
+    return execute(sp, "dot", run, _dense((x, READ), (y, READ))).value
+
+
+# -- stencil ------------------------------------------------------------------------------------------------
+def stencil5(out: np.ndarray, inp: np.ndarray, center: float = 0.5,
+             neighbor: float = 0.125) -> np.ndarray:
+    """2-D 5-point stencil with clamped edges (a hotspot-like diffusion step)::
+
+        out[i, j] = center * inp[i, j] + neighbor * (inp[i-1, j] + inp[i+1, j]
+                                                     + inp[i, j-1] + inp[i, j+1])
+
+    where an index past an edge reads the edge element.  ``out`` and ``inp``: same 2-D shape
+    (non-empty) and float dtype, not overlapping.  Returns ``out``."""
+    sp = _space_of("stencil5", out=out, inp=inp)
+    _numeric("stencil5", "out", out, "f")
+    _same("stencil5", "dtype", out=out, inp=inp)
+    _same("stencil5", "shape", out=out, inp=inp)
+    if out.ndim != 2 or out.size == 0:
+        raise InvalidArgumentError(f"ops.stencil5: needs non-empty 2-D arrays, got shape "
+                                   f"{out.shape}")
+    _no_overlap("stencil5", "out", out, False, inp=inp)
+    cc = _scalar("stencil5", center, out.dtype)
+    cn = _scalar("stencil5", neighbor, out.dtype)
+    K = _kernels()
+    o, i = out.view(np.ndarray), inp.view(np.ndarray)
+
+    def run(counting: bool) -> tuple[Any, list]:
+        K.stencil5(o, i, cc, cn)
+        return out, []
+    return execute(sp, "stencil5", run, _dense((inp, READ), (out, WRITE))).value
+
+
+# -- indexed --------------------------------------------------------------------------------------------------
+def gather(out: np.ndarray, src: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """``out[...] = src.flat[idx]`` on the device (``out`` and ``idx`` of one shape; indices
+    into the flattened ``src``, ``0 <= idx < src.size``).  The ``src`` accesses are counted per
+    page by a histogram built inside the kernel.  Returns ``out``."""
+    sp = _space_of("gather", out=out, src=src, idx=idx)
+    _numeric("gather", "out", out)
+    _numeric("gather", "idx", idx, "i")
+    _same("gather", "dtype", out=out, src=src)
+    _same("gather", "shape", out=out, idx=idx)
+    _no_overlap("gather", "out", out, False, src=src, idx=idx)
+    _check_index("gather", "idx", idx, src.size)
+    K = _kernels()
+    o, s, ix = _flat(out), _flat(src), _flat(idx)
+    off0, isz, page, npages = kernel_page_params(sp, src)
+    shift = _shift(page)
+    nch = _nthreads()
+
+    def run(counting: bool) -> tuple[Any, list]:
+        h = K.gather(o, s, ix, counting, off0, isz, page, shift, npages, nch)
+        return out, ([h.sum(axis=0)] if counting else [])
+    acc = _dense((idx, READ), (out, WRITE)) + [Access(src, READ, "kernel")]
+    return execute(sp, "gather", run, acc).value
+
+
+def scatter(dst: np.ndarray, idx: np.ndarray, src: np.ndarray) -> np.ndarray:
+    """``dst.flat[idx] = src`` on the device (``idx`` and ``src`` of one shape, indices into the
+    flattened ``dst``).  With duplicate indices one of the values lands, unspecified which (as
+    on a GPU); NumPy keeps the last.  The ``dst`` accesses are counted per page by an in-kernel
+    histogram.  Returns ``dst``."""
+    sp = _space_of("scatter", dst=dst, idx=idx, src=src)
+    _numeric("scatter", "dst", dst)
+    _numeric("scatter", "idx", idx, "i")
+    _same("scatter", "dtype", dst=dst, src=src)
+    _same("scatter", "shape", idx=idx, src=src)
+    _no_overlap("scatter", "dst", dst, False, src=src, idx=idx)
+    _check_index("scatter", "idx", idx, dst.size)
+    K = _kernels()
+    d, s, ix = _flat(dst), _flat(src), _flat(idx)
+    off0, isz, page, npages = kernel_page_params(sp, dst)
+    shift = _shift(page)
+    nch = _nthreads()
+
+    def run(counting: bool) -> tuple[Any, list]:
+        h = K.scatter(d, ix, s, counting, off0, isz, page, shift, npages, nch)
+        return dst, ([h.sum(axis=0)] if counting else [])
+    acc = _dense((idx, READ), (src, READ)) + [Access(dst, WRITE, "kernel")]
+    return execute(sp, "scatter", run, acc).value
+
+
+def spmv_csr(y: np.ndarray, indptr: np.ndarray, indices: np.ndarray, data: np.ndarray,
+             x: np.ndarray) -> np.ndarray:
+    """``y[...] = A @ x`` on the device, ``A`` (``len(y)`` x ``len(x)``) in CSR form: row ``r``'s
+    nonzeros are ``data[indptr[r]:indptr[r+1]]`` in columns ``indices[...]`` (SciPy's layout).
+    ``y``, ``data``, ``x``: 1-D, one float dtype; ``indptr``, ``indices``: 1-D signed integers.
+    The ``x`` accesses (one per nonzero) are counted by an in-kernel histogram.  Returns ``y``."""
+    sp = _space_of("spmv_csr", y=y, indptr=indptr, indices=indices, data=data, x=x)
+    for n, a in (("y", y), ("indptr", indptr), ("indices", indices), ("data", data), ("x", x)):
+        if a.ndim != 1:
+            raise InvalidArgumentError(f"ops.spmv_csr: {n} must be 1-D, got shape {a.shape}")
+    _numeric("spmv_csr", "y", y, "f")
+    _numeric("spmv_csr", "indptr", indptr, "i")
+    _numeric("spmv_csr", "indices", indices, "i")
+    _same("spmv_csr", "dtype", y=y, data=data, x=x)
+    if len(indptr) != len(y) + 1:
+        raise InvalidArgumentError(f"ops.spmv_csr: indptr has {len(indptr)} entries, expected "
+                                   f"len(y) + 1 = {len(y) + 1}")
+    if len(indices) != len(data):
+        raise InvalidArgumentError(f"ops.spmv_csr: indices ({len(indices)}) and data "
+                                   f"({len(data)}) differ in length")
+    ip = indptr.view(np.ndarray)
+    if ip[0] != 0 or ip[-1] != len(indices) or (len(ip) > 1 and (np.diff(ip) < 0).any()):
+        raise InvalidArgumentError("ops.spmv_csr: indptr must start at 0, never decrease and "
+                                   f"end at nnz = {len(indices)}")
+    _no_overlap("spmv_csr", "y", y, False, indptr=indptr, indices=indices, data=data, x=x)
+    _check_index("spmv_csr", "indices", indices, len(x))
+    K = _kernels()
+    yy, ii, dd, xx = (a.view(np.ndarray) for a in (y, indices, data, x))
+    off0, isz, page, npages = kernel_page_params(sp, x)
+    shift = _shift(page)
+    nch = _nthreads()
+
+    def run(counting: bool) -> tuple[Any, list]:
+        h = K.spmv_csr(yy, ip, ii, dd, xx, counting, off0, isz, page, shift, npages, nch)
+        return y, ([h.sum(axis=0)] if counting else [])
+    acc = _dense((indptr, READ), (indices, READ), (data, READ), (y, WRITE)) + \
+        [Access(x, READ, "kernel")]
+    return execute(sp, "spmv_csr", run, acc).value
+

@@ -1,0 +1,97 @@
+"""What a placement policy is: a small class that looks at counters, hints and history and
+returns page moves.  It never copies memory (that is :mod:`ccadgpu.migrate`), and it never has
+the last word (that is :class:`ccadgpu.manager.MigrationManager`, which enforces pins, hints,
+the migration switch and capacity before anything moves).
+
+Writing one takes a few lines: subclass :class:`Policy`, give it a ``name``, and override
+:meth:`Policy.fault` (decisions taken *before* an epoch's accesses are priced, i.e. at page-fault
+time) and/or :meth:`Policy.epoch_end` (decisions taken after, from counters and notifications).
+See ``examples/custom_policy.py``.  Time inside a policy is logical: ``ctx.epoch`` (launch count)
+and ``ctx.now`` (modeled seconds), so runs are deterministic and independent of machine speed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from ..manager import Epoch, PolicyContext
+
+HOST, DEVICE = 0, 1
+CPU, DEV = 0, 1       # processors
+
+
+_DECAY: dict[float, np.ndarray] = {}
+
+
+def decay(age: np.ndarray, halflife: float) -> np.ndarray:
+    """``0.5 ** (age / halflife)`` for integer ages >= 0, through a table (pow is slow)."""
+    t = _DECAY.get(halflife)
+    if t is None:
+        t = 0.5 ** (np.arange(4096) / halflife)
+        _DECAY[halflife] = t
+    return t[np.minimum(age, len(t) - 1)]
+
+
+def as_index(v: np.ndarray) -> "slice | np.ndarray":
+    """A slice when the sorted page list ``v`` is one contiguous range (dense sweeps, the common
+    case): slicing is several times faster than fancy indexing on the per-page tables."""
+    if len(v) and int(v[-1]) - int(v[0]) + 1 == len(v) and len(v) > 1 and v[1] == v[0] + 1:
+        return slice(int(v[0]), int(v[-1]) + 1)
+    return v
+
+
+@dataclass
+class Move:
+    """Move pages ``vpns`` to node ``target``; ``cause`` is one of
+    :data:`ccadgpu.telemetry.CAUSES` and ends up in ``space.stats()``."""
+    vpns: np.ndarray
+    target: int
+    cause: str
+
+    def __post_init__(self) -> None:
+        self.vpns = np.asarray(self.vpns, np.int64).reshape(-1)
+
+
+class Policy:
+    """Base class: never moves anything (which is exactly the ``static`` policy)."""
+
+    name: ClassVar[str] = "base"
+    #: whether the policy may demote (evict) device pages to make room for its promotions
+    evicts: ClassVar[bool] = True
+
+    def __init__(self, **params: Any) -> None:
+        if params:
+            raise TypeError(f"policy {self.name!r} takes no parameters {sorted(params)}")
+
+    def setup(self, ctx: "PolicyContext") -> None:
+        """Called once, before the first epoch."""
+
+    def fault(self, ctx: "PolicyContext", ep: "Epoch") -> list[Move]:
+        """Moves that happen when the epoch's accesses fault, before they are priced."""
+        return []
+
+    def epoch_end(self, ctx: "PolicyContext", ep: "Epoch", notes: np.ndarray) -> list[Move]:
+        """Moves decided after the epoch from counters (``ctx``) and the access-counter
+        notifications it raised (``notes``, a :data:`ccadgpu.counters.NOTIFICATION_DTYPE`
+        array)."""
+        return []
+
+    def victims(self, ctx: "PolicyContext", need: int, exclude: np.ndarray) -> np.ndarray:
+        """Device pages to evict so that ``need`` more pages fit: by default the coldest by
+        decayed device heat (then least recently touched), never ``exclude``d ones."""
+        cand = ctx.evictable(exclude)
+        if len(cand) == 0 or need <= 0:
+            return cand[:0]
+        heat = ctx.heat(cand)[:, DEV] + ctx.heat(cand)[:, CPU]
+        order = np.lexsort((ctx.last_touch[cand].max(axis=1), heat))
+        return cand[order[:need]]
+
+    def params(self) -> dict[str, Any]:
+        """The policy's parameters (reported with results)."""
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.params()})"

@@ -1,0 +1,354 @@
+"""The access trace: one record per epoch, self-contained enough to replay without kernels.
+
+An **epoch** is one device kernel launch, or the run of CPU accesses between two launches (a
+``"host"`` epoch, closed when the next launch starts, or by :meth:`Trace.flush`).  Each
+:class:`EpochRecord` holds the epoch's sparse per-page counts (the touched pages' vpns, bytes
+``[cpu/device x read/write x local/remote]`` and 32-byte sectors ``[cpu/device x read/write]``),
+the placement the local/remote split was made with, the pages' allocation ids, and the wall and
+modeled seconds.  The trace header carries what a replay needs besides: page size, nodes and
+their capacities, the machine profile (name and numbers), the counter settings, and every
+allocation the records mention (id, first vpn, pages, bytes, shape, dtype, name).  A replay
+under another placement re-splits local/remote from ``counts.sum(axis=-1)`` and the pages' new
+nodes.
+
+``space.trace`` records while the tunable ``trace`` is on (default) and access counting is on;
+it keeps the last ``trace_max_epochs`` records (older ones are dropped and counted in
+``dropped``).  :meth:`Trace.save` writes one ``.npz`` file (``np.savez_compressed``, no pickle):
+a JSON header plus the records' arrays concatenated; :meth:`Trace.load` reads it back and checks
+the format name and version.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import math
+import os
+import tempfile
+import time
+from typing import TYPE_CHECKING, Any, Iterator
+
+import numpy as np
+
+from .errors import TraceFormatError
+from .tunables import Knob, register
+
+if TYPE_CHECKING:
+    from .counters import Tally
+    from .space import Space
+
+FORMAT = "ccadgpu-trace"
+VERSION = 1
+
+register(Knob("trace", bool, True,
+              "Record an epoch per kernel launch (and per run of host accesses) in space.trace."))
+register(Knob("trace_max_epochs", int, 10000,
+              "Epoch records space.trace keeps; older ones are dropped (and counted).",
+              lambda v: v >= 1, ">= 1"))
+
+
+class EpochRecord:
+    """One epoch's sparse per-page counts (see the module docs).
+
+    ``counts[i, proc, rw, loc]`` are bytes for page ``vpns[i]`` (proc: 0 cpu, 1 device; rw: 0
+    read, 1 write; loc: 0 local, 1 remote, relative to ``node[i]``); ``sectors[i, proc, rw]`` are
+    32-byte sectors; ``alloc[i]`` the page's allocation id.  ``wall_seconds`` is NaN for host
+    epochs (CPU work between launches is not timed).  ``counts`` and ``sectors`` may be built
+    lazily from the launch's :class:`~ccadgpu.counters.Tally` (pass it as ``counts``)."""
+
+    def __init__(self, epoch: int, kernel: str, processor: str, vpns: np.ndarray,
+                 counts: "np.ndarray | Tally", sectors: np.ndarray | None, node: np.ndarray,
+                 alloc: np.ndarray, wall_seconds: float, modeled_seconds: float,
+                 t_start: float = 0.0, notifications: int = 0):
+        from .counters import Tally
+        self.epoch = epoch
+        self.kernel = kernel
+        self.processor = processor
+        self.vpns = vpns
+        self._tally = counts if isinstance(counts, Tally) else Tally(vpns, node, counts, sectors)
+        self.node = node
+        self.alloc = alloc
+        self.wall_seconds = wall_seconds
+        self.modeled_seconds = modeled_seconds
+        self.t_start = t_start
+        self.notifications = notifications
+
+    @property
+    def counts(self) -> np.ndarray:
+        """``int64[n, proc, rw, loc]`` bytes."""
+        return self._tally.counts
+
+    @property
+    def sectors(self) -> np.ndarray:
+        """``int64[n, proc, rw]`` 32-byte sectors."""
+        return self._tally.sectors
+
+    @property
+    def nbytes(self) -> int:
+        """Total bytes counted in this epoch."""
+        return self._tally.nbytes
+
+    def bytes_by(self) -> dict[str, int]:
+        """Totals by ``"<proc>_<read|write>_<local|remote>"``."""
+        from .counters import LOC_NAMES, PROC_NAMES, RW_NAMES
+        c = self._tally.get_totals()
+        return {f"{PROC_NAMES[p]}_{RW_NAMES[r]}_{LOC_NAMES[lc]}": int(c[p, r, lc])
+                for p in range(2) for r in range(2) for lc in range(2)}
+
+    def __repr__(self) -> str:
+        wall = "-" if math.isnan(self.wall_seconds) else f"{self.wall_seconds:.3g}s"
+        return (f"EpochRecord(epoch={self.epoch}, kernel={self.kernel!r}, pages={len(self.vpns)}, "
+                f"bytes={self.nbytes}, wall={wall}, modeled={self.modeled_seconds:.3g}s)")
+
+
+def _alloc_meta(a: Any) -> dict[str, Any]:
+    return {"id": int(a.id), "vstart": int(a.vstart), "npages": int(a.npages),
+            "nbytes": int(a.nbytes), "shape": [int(s) for s in a.shape], "dtype": a.dtype.str,
+            "name": a.name, "placement": a.placement}
+
+
+class Trace:
+    """A sequence of :class:`EpochRecord` with a header (see the module docs).
+
+    ``space.trace`` is attached to its space and records; :meth:`load` returns a detached one.
+    Iterate it, index it, ``len()`` it."""
+
+    def __init__(self, header: dict[str, Any], records: list[EpochRecord] | None = None,
+                 maxlen: int | None = None):
+        self.header = header
+        self.records: collections.deque[EpochRecord] = collections.deque(records or [],
+                                                                         maxlen=maxlen)
+        self.dropped = int(header.get("dropped", 0))
+        self.allocations: dict[int, dict[str, Any]] = {
+            int(a["id"]): a for a in header.get("allocations", [])}
+        self._space: "Space | None" = None
+        self._t0 = time.perf_counter()
+        self._host: list["Tally"] = []
+        self._host_modeled = 0.0
+        self._host_t = math.nan
+
+    # -- construction ------------------------------------------------------------------------------
+    @classmethod
+    def for_space(cls, space: "Space") -> "Trace":
+        from . import __version__
+        header = {
+            "format": FORMAT, "version": VERSION, "ccadgpu": __version__,
+            "created": time.time(), "page_size": space.page_size,
+            "nodes": [{"id": n.id, "name": n.name, "kind": n.kind, "capacity": n.capacity,
+                       "frames": n.frames} for n in space.nodes],
+            "distance": space.distance.tolist(),
+            "processors": ["cpu", "device"], "local_node": [0, space.device.id],
+            "profile": space.profile.as_dict(),
+            "rw": ["read", "write"], "loc": ["local", "remote"], "sector_bytes": 32,
+            "tunables": space.tunables.as_dict(),
+        }
+        t = cls(header, maxlen=space.tunables.trace_max_epochs)
+        t._space = space
+        return t
+
+    # -- recording (space lock held) -----------------------------------------------------------------
+    def _recording(self) -> bool:
+        sp = self._space
+        return sp is not None and bool(sp.tunables.trace) and bool(sp.tunables.access_counters)
+
+    def _add_host(self, t: "Tally", modeled: float) -> None:
+        if not self._recording():
+            return
+        if not self._host:
+            self._host_t = time.perf_counter() - self._t0
+        self._host.append(t)
+        self._host_modeled += modeled
+        if len(self._host) >= 64:      # keep the pending host epoch compact
+            from .counters import merge_tallies
+            self._host = [merge_tallies(self._host)]
+
+    def _close_host(self, epoch: int) -> EpochRecord | None:
+        if not self._host:
+            return None
+        from .counters import merge_tallies
+        t = merge_tallies(self._host)
+        rec = self._record(epoch, "host", "cpu", t, math.nan, self._host_modeled, self._host_t, 0)
+        self._host = []
+        self._host_modeled = 0.0
+        self._append(rec)
+        return rec
+
+    def _record(self, epoch: int, kernel: str, processor: str, t: "Tally", wall: float,
+                modeled: float, t_start: float | None = None, notifications: int = 0
+                ) -> EpochRecord:
+        sp = self._space
+        assert sp is not None
+        alloc = sp.pt.alloc[t.vpns].copy() if len(t.vpns) else np.zeros(0, np.int32)
+        if t_start is None:
+            t_start = time.perf_counter() - self._t0 - (wall if math.isfinite(wall) else 0.0)
+        return EpochRecord(epoch, kernel, processor, t.vpns, t, None, t.node, alloc, wall,
+                           modeled, t_start, notifications)
+
+    def _append(self, rec: EpochRecord) -> None:
+        sp = self._space
+        if sp is not None:
+            mx = sp.tunables.trace_max_epochs
+            if self.records.maxlen != mx:
+                self.records = collections.deque(self.records, maxlen=mx)
+            a = rec.alloc                     # runs along the sorted vpns
+            starts = np.flatnonzero(np.concatenate(([True], a[1:] != a[:-1]))) if len(a) \
+                else np.zeros(0, np.int64)
+            for aid in set(a[starts].tolist()):
+                if aid >= 0 and aid not in self.allocations and aid in sp._allocs:
+                    self.allocations[aid] = _alloc_meta(sp._allocs[aid])
+        if self.records.maxlen is not None and len(self.records) == self.records.maxlen:
+            self.dropped += 1
+        self.records.append(rec)
+
+    def flush(self) -> EpochRecord | None:
+        """Close the open host epoch (CPU accesses since the last launch) into a record."""
+        sp = self._space
+        if sp is None:
+            return None
+        with sp._cond:
+            return sp.counters._close_host_epoch()
+
+    def clear(self) -> None:
+        """Forget every record (the header and allocation table stay)."""
+        sp = self._space
+        if sp is not None:
+            with sp._cond:
+                self.records.clear()
+                self._host = []
+                self._host_modeled = 0.0
+                self.dropped = 0
+        else:
+            self.records.clear()
+
+    # -- access ------------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __iter__(self) -> Iterator[EpochRecord]:
+        return iter(list(self.records))
+
+    def __getitem__(self, i: int) -> EpochRecord:
+        return list(self.records)[i] if isinstance(i, slice) else self.records[i]
+
+    @property
+    def page_size(self) -> int:
+        return int(self.header["page_size"])
+
+    @property
+    def profile_name(self) -> str:
+        return str(self.header["profile"]["name"])
+
+    def summary(self) -> dict[str, float]:
+        """Epochs, bytes, wall and modeled seconds over the records kept."""
+        recs = list(self.records)
+        return {"epochs": len(recs), "dropped": self.dropped,
+                "bytes": sum(r.nbytes for r in recs),
+                "wall_seconds": float(np.nansum([r.wall_seconds for r in recs])),
+                "modeled_seconds": float(sum(r.modeled_seconds for r in recs
+                                             if math.isfinite(r.modeled_seconds)))}
+
+    def __repr__(self) -> str:
+        return (f"<Trace {len(self.records)} epochs (+{self.dropped} dropped), page_size="
+                f"{self.header.get('page_size')}, profile={self.header['profile']['name']!r}>")
+
+    # -- files ---------------------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike[str]) -> str:
+        """Write the trace to ``path`` (one compressed ``.npz``; written atomically).  An
+        attached trace first closes its open host epoch.  Returns the path."""
+        header = dict(self.header)
+        if self._space is not None:
+            self.flush()
+            with self._space._cond:
+                recs = list(self.records)
+                allocs = dict(self.allocations)
+                dropped = self.dropped
+            header["tunables"] = self._space.tunables.as_dict()   # counter settings among them
+        else:
+            recs, allocs, dropped = list(self.records), dict(self.allocations), self.dropped
+        header.update({
+            "allocations": [allocs[k] for k in sorted(allocs)], "dropped": dropped,
+            "epochs": len(recs), "kernels": [r.kernel for r in recs],
+            "processors_by_epoch": [r.processor for r in recs],
+            "saved": time.time()})
+        offs = np.zeros(len(recs) + 1, np.int64)
+        offs[1:] = np.cumsum([len(r.vpns) for r in recs])
+
+        def cat(name: str, dtype: Any, tail: tuple) -> np.ndarray:
+            parts = [np.asarray(getattr(r, name), dtype).reshape((-1,) + tail) for r in recs]
+            return np.concatenate(parts) if parts else np.zeros((0,) + tail, dtype)
+
+        arrays = {
+            "header": np.frombuffer(json.dumps(header).encode(), np.uint8),
+            "epoch": np.array([r.epoch for r in recs], np.int64),
+            "wall_seconds": np.array([r.wall_seconds for r in recs], np.float64),
+            "modeled_seconds": np.array([r.modeled_seconds for r in recs], np.float64),
+            "t_start": np.array([r.t_start for r in recs], np.float64),
+            "notifications": np.array([r.notifications for r in recs], np.int64),
+            "offsets": offs,
+            "vpn": cat("vpns", np.int64, ()),
+            "counts": cat("counts", np.int64, (2, 2, 2)),
+            "sectors": cat("sectors", np.int64, (2, 2)),
+            "node": cat("node", np.int8, ()),
+            "alloc": cat("alloc", np.int32, ()),
+        }
+        path = os.fspath(path)
+        d = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(prefix=".trace-", suffix=".npz", dir=d)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez_compressed(f, **arrays)
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> "Trace":
+        """Read a trace written by :meth:`save`.  Raises :class:`TraceFormatError` for anything
+        that is not a readable ccadgpu trace of a supported version."""
+        try:
+            z = np.load(os.fspath(path), allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise TraceFormatError(f"{path}: not a ccadgpu trace ({exc})") from exc
+        with z:
+            try:
+                header = json.loads(z["header"].tobytes().decode())
+            except (KeyError, ValueError, UnicodeDecodeError) as exc:
+                raise TraceFormatError(f"{path}: no readable trace header ({exc})") from exc
+            if not isinstance(header, dict) or header.get("format") != FORMAT:
+                raise TraceFormatError(f"{path}: not a ccadgpu trace (format "
+                                       f"{header.get('format') if isinstance(header, dict) else None!r})")
+            if header.get("version") != VERSION:
+                raise TraceFormatError(f"{path}: trace version {header.get('version')!r}; this "
+                                       f"ccadgpu reads version {VERSION}")
+            try:
+                a = {k: z[k] for k in ("epoch", "wall_seconds", "modeled_seconds", "t_start",
+                                       "notifications", "offsets", "vpn", "counts", "sectors",
+                                       "node", "alloc")}
+            except KeyError as exc:
+                raise TraceFormatError(f"{path}: missing array {exc}") from exc
+        E = len(a["epoch"])
+        N = len(a["vpn"])
+        kernels = header.get("kernels", [])
+        procs = header.get("processors_by_epoch", [])
+        offs = a["offsets"]
+        if (len(offs) != E + 1 or offs[0] != 0 or offs[-1] != N or (np.diff(offs) < 0).any()
+                or len(kernels) != E or len(procs) != E
+                or a["counts"].shape != (N, 2, 2, 2) or a["sectors"].shape != (N, 2, 2)
+                or len(a["node"]) != N or len(a["alloc"]) != N
+                or any(len(a[k]) != E for k in ("wall_seconds", "modeled_seconds", "t_start",
+                                                 "notifications"))):
+            raise TraceFormatError(f"{path}: inconsistent trace arrays (corrupt file?)")
+        recs = []
+        for i in range(E):
+            s = slice(int(offs[i]), int(offs[i + 1]))
+            recs.append(EpochRecord(int(a["epoch"][i]), str(kernels[i]), str(procs[i]),
+                                    a["vpn"][s], a["counts"][s], a["sectors"][s], a["node"][s],
+                                    a["alloc"][s], float(a["wall_seconds"][i]),
+                                    float(a["modeled_seconds"][i]), float(a["t_start"][i]),
+                                    int(a["notifications"][i])))
+        return cls(header, recs)
+

@@ -1,0 +1,183 @@
+// A CPU emulation of the small subset of CUDA that ccadgpu's kernels use, so that their
+// logic (results, per-page counts, warp aggregation, the shared-memory page table) can be
+// tested on machines without a GPU.  Test-only: not shipped, not fast.
+//
+// Model: blocks run one after another; the threads of a block are real std::threads, so
+// __syncthreads() and the warp collectives (__match_any_sync, __shfl_down_sync) are real
+// rendezvous.  A collective that not all 32 lanes reach (a divergence bug in a kernel) or a
+// barrier that not all threads reach times out, marks the launch broken, and the launch
+// returns -1 instead of hanging.  __shared__ becomes a function-local static, which is block
+// shared because blocks do not overlap.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+struct uint3 {
+    unsigned x, y, z;
+};
+struct dim3 {
+    unsigned x, y, z;
+    dim3(unsigned a = 1, unsigned b = 1, unsigned c = 1) : x(a), y(b), z(c) {}
+};
+
+namespace emu {
+
+inline std::atomic<bool> broken{false};
+inline std::atomic<bool> bad_mask{false};
+
+class Barrier {
+  public:
+    explicit Barrier(int n) : n_(n) {}
+    void wait() {
+        std::unique_lock<std::mutex> lock(m_);
+        const unsigned long gen = gen_;
+        if (++count_ == n_) {
+            count_ = 0;
+            ++gen_;
+            cv_.notify_all();
+            return;
+        }
+        if (!cv_.wait_for(lock, std::chrono::seconds(10),
+                          [&] { return gen_ != gen || broken.load(); })) {
+            broken = true;
+            cv_.notify_all();
+        }
+    }
+
+  private:
+    std::mutex m_;
+    std::condition_variable cv_;
+    int n_;
+    int count_ = 0;
+    unsigned long gen_ = 0;
+};
+
+struct Warp {
+    Barrier bar{32};
+    unsigned long long slot[32];
+};
+
+struct Block {
+    explicit Block(int nthreads) : bar(nthreads), warps((nthreads + 31) / 32) {}
+    Barrier bar;
+    std::vector<Warp> warps;
+};
+
+inline thread_local uint3 tl_thread{0, 0, 0};
+inline thread_local Block* tl_block = nullptr;
+inline thread_local unsigned tl_lane = 0, tl_warp = 0;
+inline uint3 g_block{0, 0, 0};
+inline uint3 g_bdim{1, 1, 1};
+inline uint3 g_gdim{1, 1, 1};
+
+// Run fn on a grid of blocks; 0 on success, -1 if a barrier or collective timed out (the
+// kernel deadlocked: some lanes or threads never reached it), -2 for a partial warp mask.
+inline int launch(dim3 grid, dim3 block, const std::function<void()>& fn) {
+    broken = false;
+    bad_mask = false;
+    const int nthreads = (int)(block.x * block.y * block.z);
+    if (nthreads % 32 != 0) return -3;  // our kernels require whole warps
+    g_bdim = {block.x, block.y, block.z};
+    g_gdim = {grid.x, grid.y, grid.z};
+    for (unsigned bz = 0; bz < grid.z; ++bz)
+        for (unsigned by = 0; by < grid.y; ++by)
+            for (unsigned bx = 0; bx < grid.x; ++bx) {
+                g_block = {bx, by, bz};
+                Block blk(nthreads);
+                std::vector<std::thread> threads;
+                threads.reserve(nthreads);
+                for (int t = 0; t < nthreads; ++t) {
+                    threads.emplace_back([&, t] {
+                        tl_thread = {t % block.x, (t / block.x) % block.y,
+                                     t / (block.x * block.y)};
+                        tl_block = &blk;
+                        tl_lane = (unsigned)t & 31u;
+                        tl_warp = (unsigned)t >> 5;
+                        fn();
+                    });
+                }
+                for (auto& th : threads) th.join();
+                if (broken) return -1;
+            }
+    return bad_mask ? -2 : 0;
+}
+
+}  // namespace emu
+
+#define threadIdx (emu::tl_thread)
+#define blockIdx (emu::g_block)
+#define blockDim (emu::g_bdim)
+#define gridDim (emu::g_gdim)
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __restrict__ __restrict
+#define __shared__ static
+
+inline void __syncthreads() { emu::tl_block->bar.wait(); }
+
+inline unsigned __match_any_sync(unsigned mask, unsigned long long value) {
+    if (mask != 0xffffffffu) emu::bad_mask = true;
+    emu::Warp& w = emu::tl_block->warps[emu::tl_warp];
+    w.slot[emu::tl_lane] = value;
+    w.bar.wait();
+    unsigned m = 0;
+    for (int i = 0; i < 32; ++i)
+        if (w.slot[i] == value) m |= 1u << i;
+    w.bar.wait();  // nobody overwrites a slot before everyone has read
+    return m;
+}
+
+template <typename T>
+inline T __shfl_down_sync(unsigned mask, T var, int delta) {
+    static_assert(sizeof(T) <= 8, "shuffle of at most 8 bytes");
+    if (mask != 0xffffffffu) emu::bad_mask = true;
+    emu::Warp& w = emu::tl_block->warps[emu::tl_warp];
+    unsigned long long bits = 0;
+    std::memcpy(&bits, &var, sizeof(T));
+    w.slot[emu::tl_lane] = bits;
+    w.bar.wait();
+    T out = var;
+    const unsigned src = emu::tl_lane + (unsigned)delta;
+    if (src < 32) std::memcpy(&out, &w.slot[src], sizeof(T));
+    w.bar.wait();
+    return out;
+}
+
+inline int __ffs(unsigned x) { return __builtin_ffs((int)x); }
+inline int __popc(unsigned x) { return __builtin_popcount(x); }
+
+inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) {
+    return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST);
+}
+
+inline unsigned long long atomicCAS(unsigned long long* p, unsigned long long cmp,
+                                    unsigned long long val) {
+    __atomic_compare_exchange_n(p, &cmp, val, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+    return cmp;  // the old value either way
+}
+
+inline double atomicAdd(double* p, double v) {
+    unsigned long long* q = reinterpret_cast<unsigned long long*>(p);
+    unsigned long long old = __atomic_load_n(q, __ATOMIC_SEQ_CST), want;
+    do {
+        double d;
+        std::memcpy(&d, &old, 8);
+        d += v;
+        std::memcpy(&want, &d, 8);
+    } while (!__atomic_compare_exchange_n(q, &old, want, false, __ATOMIC_SEQ_CST,
+                                          __ATOMIC_SEQ_CST));
+    double prev;
+    std::memcpy(&prev, &old, 8);
+    return prev;
+}
