@@ -17,7 +17,8 @@ BAR = 24
 
 def _console():
     from rich.console import Console
-    return Console(highlight=False)
+    # piped output (logs, CI, files) gets a width tables fit in instead of rich's 80
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 150)
 
 
 def _writable(path: str, what: str) -> str:

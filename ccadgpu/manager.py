@@ -451,6 +451,13 @@ class MigrationManager:
         # (1) fault time
         t_dec = time.perf_counter()
         moves = list(self.policy.fault(ctx, ep))
+        if self.policy.name != "static":
+            # a preferred location is where a page goes when its processor touches it
+            pref = self.placement.preferred()[v]
+            mine = DEVICE if ep.processor == DEV else HOST
+            want = v[(pref == mine) & (self.placement.node[v] != mine) & ep.touched_by(ep.processor)]
+            if len(want):
+                moves.insert(0, Move(want, mine, "hint"))     # hints first: they win
         if self.tunables.cpu_access == "migrate_on_cpu_fault":
             cpu = v[ep.touched_by(CPU)]
             moves.append(Move(cpu[self.placement.node[cpu] == DEVICE], HOST, "fault"))

@@ -48,6 +48,9 @@ def bench_figure(runs: Sequence["Run"], path: str) -> str:
                      fontsize=8)
         ax.set_xlabel("epoch")
         ax.set_ylabel("page")
+    if nh:
+        fig.suptitle("placement per page and epoch: yellow = device, dark = host, "
+                     "white = not allocated", fontsize=9)
     ax = fig.add_subplot(gs[rows_h, :])
     keys = sorted({(r.row["workload"], r.row["profile"]) for r in runs})
     pols = list(dict.fromkeys(r.row["policy"] for r in runs))

@@ -1,0 +1,198 @@
+"""The migration manager on a live space: real kernels, real moves, hints, integrity."""
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import ccadgpu
+from ccadgpu import errors as E
+from ccadgpu import ops
+from ccadgpu.workloads import WORKLOADS
+
+PS = 64 << 10
+F = PS // 8
+
+
+def triad_space(policy="access_counter", profile="h100-pcie", n_pages=8, **kw):
+    sp = ccadgpu.Space(device_memory=8 * n_pages * PS, host_memory=64 * n_pages * PS,
+                       page_size=PS, profile=profile, policy=policy, **kw)
+    rng = np.random.default_rng(0)
+    rb, rc = rng.standard_normal(n_pages * F), rng.standard_normal(n_pages * F)
+    return sp, sp.zeros(n_pages * F), sp.asarray(rb), sp.asarray(rc), rb, rc
+
+
+def test_access_counter_promotes_reused_pages_live():
+    sp, a, b, c, rb, rc = triad_space()
+    with sp:
+        for _ in range(8):
+            ops.triad(a, b, c, 0.5)
+        sp.sync()
+        assert (sp.placement(a) == 1).all() and (sp.placement(b) == 1).all()
+        st_ = sp.stats()
+        assert st_["pgmigrate_pages_cause_access_counter"] == 24
+        assert np.allclose(a, rb + 0.5 * rc)
+        s = sp.manager.summary()
+        assert s["epochs"] >= 8 and s["migrated_bytes"] == 24 * PS
+
+
+@pytest.mark.parametrize("name", list(WORKLOADS))
+def test_static_never_moves_a_page_live(name):
+    wl = WORKLOADS[name]
+    size = 2 << 20
+    with ccadgpu.Space(device_memory=wl.device_bytes(size, PS), page_size=PS,
+                       policy="static") as sp:
+        assert wl.run(sp, size, np.random.default_rng(1))
+        sp.sync()
+        assert sp.stats()["pgmigrate_success"] == 0
+        assert sp.manager.summary()["epochs"] > 0
+
+
+def test_preferred_host_wins_over_counters():
+    sp, a, b, c, rb, rc = triad_space()
+    with sp:
+        sp.advise(b, preferred_location="host")
+        for _ in range(8):
+            ops.triad(a, b, c, 0.5)
+        sp.sync()
+        assert (sp.placement(b) == 0).all()            # stayed, mapped remotely
+        assert (sp.placement(c) == 1).all()            # the others moved
+        assert sp.hints(b)["preferred"].tolist() == [0] * 8
+
+
+def test_preferred_device_moves_on_touch_and_is_not_demoted():
+    sp, a, b, c, rb, rc = triad_space(policy="first_touch")
+    with sp:
+        sp.advise(c, preferred_location="device")
+        ops.triad(a, b, c, 0.5)
+        sp.sync()
+        assert (sp.placement(c) == 1).all()
+        assert sp.stats()["pgmigrate_pages_cause_hint"] == 8
+        for _ in range(3):
+            float(np.sum(c))                            # CPU reads it remotely ...
+        sp.sync()
+        assert (sp.placement(c) == 1).all()             # ... and it stays
+
+
+def test_accessed_by_is_never_migrated_by_counters():
+    sp, a, b, c, rb, rc = triad_space()
+    with sp:
+        sp.advise(b, accessed_by="device")
+        for _ in range(8):
+            ops.triad(a, b, c, 0.5)
+        sp.sync()
+        assert (sp.placement(b) == 0).all() and (sp.placement(c) == 1).all()
+        sp.advise(b, accessed_by=())
+        assert sp.hints(b)["accessed_by"].tolist() == [0] * 8
+
+
+def test_read_mostly_duplicates_and_writes_collapse():
+    sp, a, b, c, rb, rc = triad_space(policy="static")
+    with sp:
+        sp.advise(b, read_mostly=True)
+        used = sp.nodes[1].used_frames
+        r = sp.prefetch(b, "device")
+        h = sp.hints(b)
+        assert h["duplicated"].all() and h["read_mostly"].all()
+        assert (sp.placement(b) == 0).all()                   # the page itself stays put
+        assert sp.nodes[1].used_frames == used + 8
+        vp = sp.allocation_of(b).vstart
+        dup = int(sp.pt.dup[vp])
+        assert np.array_equal(sp.nodes[1].frame_bytes(dup), sp.nodes[0].frame_bytes(
+            int(sp.pt.frame[vp])))                            # a real copy
+        ops.triad(a, b, c, 0.5)
+        rec = sp.device.last_launch
+        assert rec.bytes_remote < 3 * 8 * PS                  # b's reads were local
+        b[0] = 42.0                                           # a CPU write collapses
+        assert not sp.hints(b)["duplicated"][0]
+        assert not sp.hints(b)["duplicated"].any()            # the whole array's span
+        assert sp.nodes[1].used_frames == used
+        sp.prefetch(b, "device")                              # duplicated again, new data
+        dup = int(sp.pt.dup[vp])
+        assert sp.nodes[1].frame_bytes(dup).view(np.float64)[0] == 42.0
+        ops.scale(b, b, 1.0)                                  # a device write collapses too
+        assert not sp.hints(b)["duplicated"].any()
+        assert r.requested == 0
+        sp.prefetch(b, "device")
+        rep = sp.device.offline()                             # duplicates are dropped, not moved
+        assert rep.pages == 0 and sp.nodes[1].used_frames == 0
+
+
+def test_prefetch_is_a_hint_and_advise_validates():
+    sp, a, b, c, rb, rc = triad_space(policy="static")
+    with sp:
+        sp.device.offline()
+        r = sp.prefetch(a, "device")                          # no raise: pages stay
+        assert r.errors() == {"ENODEV": 8}
+        sp.device.online()
+        assert sp.prefetch(a, 1).ok and sp.stats()["pgmigrate_pages_cause_prefetch"] == 8
+        with pytest.raises(E.UnknownNodeError):
+            sp.advise(a, preferred_location="gpu7")
+        with pytest.raises(E.InvalidArgumentError):
+            sp.advise(a, read_mostly="yes")
+        with pytest.raises(E.UnknownNodeError):
+            sp.prefetch(a, 9)
+        assert sp.hints(a)["preferred"].tolist() == [-1] * 8   # unchanged
+
+
+def test_migration_switch_live():
+    sp, a, b, c, rb, rc = triad_space(migration_enabled=False)
+    with sp:
+        for _ in range(8):
+            ops.triad(a, b, c, 0.5)
+        sp.sync()
+        assert sp.stats()["pgmigrate_success"] == 0
+
+
+def test_unknown_policy_in_space():
+    with pytest.raises(E.InvalidArgumentError, match="available"):
+        ccadgpu.Space(device_memory="1MiB", host_memory="8MiB", policy="best")
+
+
+POLICIES = ["static", "first_touch", "on_demand", "access_counter", "autonuma"]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(policy=st.sampled_from(POLICIES),
+       profile=st.sampled_from(["gh200", "h100-pcie", "cxl-type2"]),
+       cpu_access=st.sampled_from(["coherent", "migrate_on_cpu_fault"]),
+       steps=st.lists(st.tuples(st.integers(0, 6), st.integers(0, 2), st.integers(0, 999)),
+                      min_size=1, max_size=25))
+def test_data_integrity_under_every_policy(policy, profile, cpu_access, steps):
+    """Random device kernels, CPU updates, resets and explicit moves under a policy: every
+    array equals its NumPy reference after every step."""
+    n = 3 * F
+    with ccadgpu.Space(device_memory=4 * PS, host_memory=64 * PS, page_size=PS,
+                       profile=profile, policy=policy, cpu_access=cpu_access) as sp:
+        rng = np.random.default_rng(7)
+        refs = [rng.standard_normal(n) for _ in range(3)]
+        arrs = [sp.asarray(r) for r in refs]
+        idx = sp.asarray(rng.integers(0, n, n // 4))
+        for op, k, seed in steps:
+            x, y = arrs[k], arrs[(k + 1) % 3]
+            rx, ry = refs[k], refs[(k + 1) % 3]
+            if op == 0:
+                ops.triad(x, y, arrs[(k + 2) % 3], 0.5)
+                rx[:] = ry + 0.5 * refs[(k + 2) % 3]
+            elif op == 1:
+                ops.scale(x, x, 0.5)
+                rx *= 0.5
+            elif op == 2:
+                g = sp.zeros(n // 4)
+                ops.gather(g, y, idx)
+                assert np.array_equal(np.asarray(g), ry[np.asarray(idx)])
+                sp.free(g)
+            elif op == 3:
+                x[seed % n] = float(seed)
+                rx[seed % n] = float(seed)
+            elif op == 4:
+                x += 1.0
+                rx += 1.0
+            elif op == 5:
+                sp.device.reset()
+            else:
+                sp.move_pages(x, seed % 2, pages=[seed % 3])
+            for a, r in zip(arrs, refs):
+                assert np.array_equal(np.asarray(a), r)
+        sp.sync()
+        assert sp.nodes[1].used_frames == sum(int((sp.placement(a) == 1).sum())
+                                              for a in arrs + [idx])
