@@ -8,17 +8,20 @@ from __future__ import annotations
 
 from . import errors
 from .array import ManagedArray
-from .migrate import MigrationReport
-from .space import Allocation, Space
-from .units import format_bytes, parse_size
 from .clock import Profile, available_profiles, load_profile
+from .migrate import MigrationReport
+from .policies import Move, Policy, available_policies, register_policy
+from .replay import replay
+from .space import Allocation, Space
 from .trace import EpochRecord, Trace
+from .units import format_bytes, parse_size
 
 __version__ = "0.1.0"
 
 __all__ = ["Space", "ManagedArray", "MigrationReport", "Allocation", "errors", "parse_size",
            "format_bytes", "__version__", "Profile", "available_profiles", "load_profile",
-           "Trace", "EpochRecord", "ops"]
+           "Trace", "EpochRecord", "ops", "Policy", "Move", "register_policy",
+           "available_policies", "replay"]
 
 
 def __getattr__(name: str) -> object:

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from .clock import SECTOR
+from .notify import NOTIFICATION_DTYPE, raise_notifications
 from .errors import InvalidArgumentError
 from .tunables import Knob, register
 
@@ -59,11 +60,6 @@ PROC_NAMES = ("cpu", "device")
 RW_NAMES = ("read", "write")
 LOC_NAMES = ("local", "remote")
 
-#: One notification: the epoch it was raised in, the processor whose remote accesses crossed the
-#: threshold, the region (``vpn // pages_per_region``), its first vpn and page count, and the
-#: remote sectors accumulated since the region was last cleared or notified.
-NOTIFICATION_DTYPE = np.dtype([("epoch", np.int64), ("processor", np.int8), ("region", np.int64),
-                               ("vpn", np.int64), ("npages", np.int32), ("sectors", np.int64)])
 
 
 def _pow2_at_least_4k(v: int) -> bool:
@@ -632,34 +628,10 @@ class AccessCounters:
             f"access_bytes_{PROC_NAMES[p]}_{RW_NAMES[r]}_{LOC_NAMES[lc]}": int(tot[p, r, lc])
             for p in range(2) for r in range(2) for lc in range(2) if tot[p, r, lc]})
         rsec = t.get_remote_sectors(self.local_nodes())
-        rp = self._region_pages
-        thr = sp.tunables.access_counter_threshold
-        found = []
-        regions = vp // rp                               # sorted, like vp
-        starts = np.flatnonzero(np.concatenate(([True], regions[1:] != regions[:-1])))
-        reg = regions[starts]
-        for p in range(2):
-            rs = rsec[p]
-            if not rs.any():
-                continue
-            sums = np.add.reduceat(rs, starts)
-            nz = sums > 0
-            rg = reg[nz]
-            self._acc[p, rg] += sums[nz]
-            hit = rg[self._acc[p, rg] >= thr]
-            if len(hit):
-                rec = np.zeros(len(hit), NOTIFICATION_DTYPE)
-                rec["epoch"] = epoch
-                rec["processor"] = p
-                rec["region"] = hit
-                rec["vpn"] = hit * rp
-                rec["npages"] = rp
-                rec["sectors"] = self._acc[p, hit]
-                self._acc[p, hit] = 0
-                found.append(rec)
-        if not found:
+        new = raise_notifications(self._acc, vp, rsec, self._region_pages,
+                                  sp.tunables.access_counter_threshold, epoch)
+        if not len(new):
             return 0
-        new = np.concatenate(found)
         cap = sp.tunables.access_counter_buffer
         with self._nlock:
             room = max(0, cap - self._npending)

@@ -480,8 +480,10 @@ class MigrationManager:
         lt = self.last_touch[iv]
         lt[by_proc > 0] = ctx.epoch
         self.last_touch[iv] = lt
-        notes = notify.raise_notifications(self._acc, v, node, ep.sectors, local, self._rp,
-                                           self.tunables.access_counter_threshold, ctx.epoch)
+        notes = notify.raise_notifications(self._acc, v, notify.remote_sectors(node, ep.sectors,
+                                                                              local),
+                                           self._rp, self.tunables.access_counter_threshold,
+                                           ctx.epoch)
         res.notifications = len(notes)
         # (4) decisions from counters
         t_dec = time.perf_counter()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .runs import group_counts, sorted_unique
+from .runs import sorted_unique
 
 #: One notification: the epoch it was raised in, the processor whose remote accesses crossed the
 #: threshold, the region (``vpn // pages_per_region``), its first vpn and page count, and the
@@ -23,26 +23,36 @@ def grow_accumulators(acc: np.ndarray, nregions: int) -> np.ndarray:
     return out
 
 
-def raise_notifications(acc: np.ndarray, vpns: np.ndarray, node: np.ndarray,
-                        sectors: np.ndarray, local: np.ndarray, pages_per_region: int,
-                        threshold: int, epoch: int) -> np.ndarray:
-    """Add one update's remote sectors to the per-region accumulators ``acc`` (in place) and
-    return the notifications it raises (regions whose accumulator reached ``threshold``; those
-    accumulators restart from zero).
+def remote_sectors(node: np.ndarray, sectors: np.ndarray, local: np.ndarray) -> np.ndarray:
+    """``[processor, page]`` sectors each processor moved to pages on a node not local to it,
+    from ``sectors[page, processor, rw]`` and where each page lived (``node``)."""
+    by_proc = sectors[:, :, 0] + sectors[:, :, 1]
+    return np.stack([np.where(node != local[p], by_proc[:, p], 0)
+                     for p in range(sectors.shape[1])])
 
-    ``vpns`` unique pages, ``node`` where each lived during the access, ``sectors[page,
-    processor, rw]``, ``local[processor]`` the processor's local node.  Vectorised."""
-    found = []
+
+def raise_notifications(acc: np.ndarray, vpns: np.ndarray, remote: np.ndarray,
+                        pages_per_region: int, threshold: int, epoch: int) -> np.ndarray:
+    """Add one update's remote sectors (``remote[processor, page]`` for the sorted, unique
+    ``vpns``) to the per-region accumulators ``acc`` (in place) and return the notifications it
+    raises: regions whose accumulator reached ``threshold`` (they restart from zero).
+    Vectorised: one ``reduceat`` per processor over the runs of pages sharing a region."""
     rp = pages_per_region
+    if len(vpns) == 0:
+        return np.zeros(0, NOTIFICATION_DTYPE)
+    regions = vpns // rp
+    starts = np.flatnonzero(np.concatenate(([True], regions[1:] != regions[:-1])))
+    reg = regions[starts]
+    found = []
     for p in range(acc.shape[0]):
-        remote = node != local[p]
-        rs = np.where(remote, sectors[:, p, :].sum(axis=1), 0)
-        nz = rs > 0
-        if not nz.any():
+        rs = remote[p]
+        if not rs.any():
             continue
-        regions, inv, _ = group_counts(vpns[nz] // rp)
-        acc[p, regions] += np.bincount(inv, weights=rs[nz]).astype(np.int64)
-        hit = regions[acc[p, regions] >= threshold]
+        sums = np.add.reduceat(rs, starts)
+        nz = sums > 0
+        rg = reg[nz]
+        acc[p, rg] += sums[nz]
+        hit = rg[acc[p, rg] >= threshold]
         if len(hit):
             rec = np.zeros(len(hit), NOTIFICATION_DTYPE)
             rec["epoch"] = epoch
