@@ -15,6 +15,9 @@ For each kernel, at ``--size`` per main array (>= 256 MiB for the recorded table
 * **off**: ``ccadgpu.ops.<kernel>`` on managed arrays with ``access_counters=False`` (validation,
   device fence, writer registration, launch bookkeeping, but no counting);
 * **on**: the same with counting (per-page counts, notifications, modeled time, trace record);
+* **on, no manager**: ``on`` with the migration manager's per-epoch step detached (the space
+  hands every epoch to the manager, which runs its policy, ``static`` by default, after each
+  launch): the cost of counting alone;
 * **off, staggered**: ``off`` on managed arrays whose data start at different offsets modulo
   64 KiB (views 4160 bytes apart).  Every managed allocation starts on a page boundary, so
   several arrays streamed together alias in the caches' sets; NumPy's arrays start at
@@ -22,8 +25,9 @@ For each kernel, at ``--size`` per main array (>= 256 MiB for the recorded table
 
 Every variant runs ``--repeat`` times, interleaved round-robin so that drift on a noisy machine
 hits all of them alike; the table shows medians.  Ratios: ``off / plain`` (the issue's target:
-<= 1.05), ``off / raw`` (what the library adds on the same memory), and ``on / off`` (the cost of
-counting; targets: <= 1.10 streaming, <= 1.5 gathers).  ``modeled`` is the launch's modeled time on the gh200 profile (arrays on the host, so
+<= 1.05), ``off / raw`` (what the library adds on the same memory), ``off stag. / plain``,
+``on no mgr / off`` (the cost of counting; targets: <= 1.10 streaming, <= 1.5 gathers) and
+``on / off`` (counting plus the manager's step, as a user gets it).  ``modeled`` is the launch's modeled time on the gh200 profile (arrays on the host, so
 the device streams them over NVLink-C2C).
 """
 from __future__ import annotations
@@ -154,13 +158,21 @@ def bench_kernel(kernel: str, n: int, page: int, repeat: int, rng: np.random.Gen
                  "plain4k": plain_call(kernel, plain4k, K, nch),
                  "raw": plain_call(kernel, raw, K, nch),
                  "off": ops_call(kernel, managed), "on": ops_call(kernel, managed),
-                 "stag": ops_call(kernel, stag)}
+                 "onnm": ops_call(kernel, managed), "stag": ops_call(kernel, stag)}
 
         def run(name: str) -> float:
-            sp.tunables.access_counters = name == "on"
-            t = time.perf_counter()
-            calls[name]()
-            return time.perf_counter() - t
+            sp.tunables.access_counters = name in ("on", "onnm")
+            detach = name == "onnm" and hasattr(sp, "_run_manager")
+            if detach:      # the manager's hooks in Space; restored right after
+                sp._run_manager = lambda: None
+                sp._queue_epoch = lambda *a, **k: None
+            try:
+                t = time.perf_counter()
+                calls[name]()
+                return time.perf_counter() - t
+            finally:
+                if detach:
+                    del sp._run_manager, sp._queue_epoch
 
         for name in calls:                 # warm up: compile / load, first-touch faults
             run(name)
@@ -173,12 +185,12 @@ def bench_kernel(kernel: str, n: int, page: int, repeat: int, rng: np.random.Gen
         modeled = sp.device.last_launch.modeled_seconds
         sp.trace.clear()
     med = {k: statistics.median(v) for k, v in times.items()}
-    return [kernel, ccadgpu.format_bytes(nbytes), f"{med['plain'] * 1e3:.1f}",
-            f"{med['plain4k'] * 1e3:.1f}", f"{med['raw'] * 1e3:.1f}", f"{med['off'] * 1e3:.1f}",
-            f"{med['on'] * 1e3:.1f}", f"{med['stag'] * 1e3:.1f}",
+    ms = lambda k: f"{med[k] * 1e3:.1f}"  # noqa: E731
+    return [kernel, ccadgpu.format_bytes(nbytes), ms("plain"), ms("plain4k"), ms("raw"),
+            ms("off"), ms("stag"), ms("on"), ms("onnm"),
             f"{med['off'] / med['plain']:.2f}", f"{med['off'] / med['raw']:.2f}",
-            f"{med['stag'] / med['plain']:.2f}", f"{med['on'] / med['off']:.2f}",
-            f"{modeled * 1e3:.2f}"]
+            f"{med['stag'] / med['plain']:.2f}", f"{med['onnm'] / med['off']:.2f}",
+            f"{med['on'] / med['off']:.2f}", f"{modeled * 1e3:.2f}"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,9 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     for k in kernels:
         rows.append(bench_kernel(k, size // 8, page, args.repeat, rng, K, nch))
         print(f"  {k} done", file=sys.stderr, flush=True)
-    print(table(["kernel", "data", "plain ms", "plain 4K ms", "raw ms", "off ms", "on ms",
-                 "off stag. ms", "off/plain", "off/raw", "off stag./plain", "on/off",
-                 "modeled ms (gh200)"], rows))
+    print(table(["kernel", "data", "plain", "plain 4K", "raw", "off", "off stag.", "on",
+                 "on no mgr", "off/plain", "off/raw", "off stag./plain", "on no mgr/off",
+                 "on/off", "modeled (gh200)"], rows))
+    print("\n(times in ms, medians)")
     print(f"\nthreading layer: {numba.threading_layer()}")
     return 0
 

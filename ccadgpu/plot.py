@@ -27,11 +27,19 @@ def require_matplotlib() -> Any:
     return plt
 
 
+MAX_HEATMAPS = 12
+
+
 def bench_figure(runs: Sequence["Run"], path: str) -> str:
     """One heatmap per run with a history (page on the y axis, epoch on the x axis, device pages
     bright) and a bar chart of modeled throughput per policy, per workload and profile."""
     plt = require_matplotlib()
     with_hist = [r for r in runs if r.history is not None and r.history.size]
+    if len(with_hist) > MAX_HEATMAPS:
+        # one heatmap per policy, for the first workload and profile; the bars cover every run
+        first = (with_hist[0].row["workload"], with_hist[0].row["profile"])
+        with_hist = [r for r in with_hist
+                     if (r.row["workload"], r.row["profile"]) == first][:MAX_HEATMAPS]
     nh = len(with_hist)
     cols = min(4, max(nh, 1))
     rows_h = -(-nh // cols) if nh else 0

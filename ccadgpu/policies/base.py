@@ -85,7 +85,12 @@ class Policy:
         cand = ctx.evictable(exclude)
         if len(cand) == 0 or need <= 0:
             return cand[:0]
-        heat = ctx.heat(cand)[:, DEV] + ctx.heat(cand)[:, CPU]
+        h = ctx.heat(cand)
+        # pages preferred on the device go last: they leave only under real capacity pressure
+        heat = h[:, DEV] + h[:, CPU] + np.where(ctx.preferred[cand] == DEVICE, 1e30, 0.0)
+        if need < len(cand):           # only the coldest `need` need ordering
+            part = np.argpartition(heat, need - 1)[:need]
+            cand, heat = cand[part], heat[part]
         order = np.lexsort((ctx.last_touch[cand].max(axis=1), heat))
         return cand[order[:need]]
 
