@@ -190,9 +190,12 @@ def test_oracle_bounds_every_policy(epochs, dev, profile):
     tr = make_trace(epochs, 12, dev, profile=profile)
     o = replay(tr, "oracle")
     eps = 1e-12 + 1e-9 * o["modeled_s"]
+    # the schedule is optimal for traffic and migrations; an epoch that it splits over both
+    # nodes may pay one more per-node latency than a policy that keeps them on one
+    lat = load_profile(profile).latency.max() * len(epochs)
     for pol in ("static", "first_touch", "on_demand", "access_counter", "autonuma"):
         r = replay(tr, pol)
         assert o["lower_bound_s"] <= r["modeled_s"] + eps
         if dev >= 12:
-            assert o["modeled_s"] <= r["modeled_s"] + eps, pol
+            assert o["modeled_s"] <= r["modeled_s"] + lat + eps, pol
     assert o["lower_bound_s"] <= o["modeled_s"] + eps

@@ -11,8 +11,9 @@ as ``lower_bound``: **no placement policy, online or offline, can beat it** unde
 bounded below by one smallest latency per active processor).  With the device's capacity, the oracle adds a price
 ``lambda`` per device page per epoch (Lagrangian relaxation; ``lambda`` by bisection, the
 smallest that respects the capacity) and, if an epoch still overflows, sends the pages with the
-least benefit in that epoch to the host.  The resulting schedule is **feasible and exactly
-optimal when capacity does not bind**; under capacity pressure it is a heuristic whose gap is
+least benefit in that epoch to the host.  The resulting schedule is **feasible and, when capacity does
+not bind, optimal for the traffic and migration terms** (an epoch it splits over both nodes may
+pay one more per-node latency, a few hundred ns, than the best single-node choice); under capacity pressure it is a heuristic whose gap is
 bounded by ``cost - lower_bound``, which the results report.  Moves happen before the epoch as
 prefetches (no fault cost), the way a perfect prefetcher would issue them.
 """
