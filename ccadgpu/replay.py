@@ -90,7 +90,6 @@ def replay(trace: Trace, policy: "str | Policy", profile: "str | Profile | None"
 
 
 def _recorded_profile(trace: Trace) -> Profile:
-    from .clock import parse_profile
     name = trace.profile_name
     try:
         return load_profile(name)
@@ -98,4 +97,3 @@ def _recorded_profile(trace: Trace) -> Profile:
         raw = trace.header["profile"]
         raise InvalidArgumentError(f"trace profile {name!r} is not installed here; pass "
                                    f"profile=... ({raw.get('description', '')})") from None
-    _ = parse_profile

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import errno
 import os
 import threading
 import weakref
@@ -25,7 +24,7 @@ from . import pagetable as ptf
 from .array import ManagedArray, _Buffer, buffer_of
 from .clock import Clock, Profile, load_profile
 from .counters import AccessCounters
-from .errors import (CapacityError, DeviceOfflineError, ForeignArrayError, FreedArrayError,
+from .errors import (DeviceOfflineError, ForeignArrayError, FreedArrayError,
                      InvalidArgumentError, MigrationError,
                      PinnedError, SpaceClosedError, UnknownNodeError, UnsupportedPlatformError)
 from .migrate import MigrationReport, Migrator
@@ -693,5 +692,3 @@ def _check_pages(pages: Any, n: int) -> np.ndarray:
         raise InvalidArgumentError("pages has duplicate indices")
     return p
 
-
-_ = (CapacityError, errno)

@@ -1,5 +1,4 @@
 """Device offline / online / reset (R1): evacuate everything, refuse rather than lose."""
-import errno
 import threading
 import time
 

@@ -6,7 +6,6 @@ import time
 import numpy as np
 import pytest
 
-import ccadgpu
 from ccadgpu import errors as E
 
 PS = 64 << 10
@@ -119,7 +118,6 @@ def test_copy_failure_leaves_everything_in_place(space):
 
 def test_remap_failure_part_way_is_all_or_nothing_per_page(space):
     a, ref = filled(space, 8, placement="interleave")   # many runs
-    state = {"n": 0}
 
     def hook(stage, k):
         if stage == "remap" and k == 2:
@@ -135,7 +133,6 @@ def test_remap_failure_part_way_is_all_or_nothing_per_page(space):
     assert used == (p == 1).sum()
     space.migrator.fault_hook = None
     assert space.move_pages(a, "device").ok and np.array_equal(a, ref)
-    _ = state
 
 
 def test_map_count_budget_refuses_before_moving(space, monkeypatch):
