@@ -58,7 +58,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     except Exception as exc:  # noqa: BLE001 - info must always print something
         con.print(f"backend: cpu (backend probe failed: {exc})")
     con.print("the CPU stand-in is what Space uses today; the CUDA backend's pieces exist but "
-              "are not wired into Space (see README, Status)")
+              "are not wired into Space and have never run on a GPU (README: GPU backend)")
     try:
         from ccadgpu.backends.nvml import gpu_info
         g = gpu_info()
