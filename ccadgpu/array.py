@@ -185,6 +185,19 @@ class ManagedArray(np.ndarray):
         with _host_accesses([], [self]):
             np.ndarray.fill(self.view(np.ndarray), value)
 
+    # In-place methods write through the writer protocol too (they bypass __setitem__).
+    def sort(self, *args: Any, **kwargs: Any) -> None:
+        with _host_accesses([self], [self]):
+            np.ndarray.sort(self.view(np.ndarray), *args, **kwargs)
+
+    def partition(self, *args: Any, **kwargs: Any) -> None:
+        with _host_accesses([self], [self]):
+            np.ndarray.partition(self.view(np.ndarray), *args, **kwargs)
+
+    def put(self, indices: Any, values: Any, mode: str = "raise") -> None:
+        with _host_accesses([], [self]):
+            np.ndarray.put(self.view(np.ndarray), indices, plain(values), mode)
+
     def copy(self, order: str = "C") -> np.ndarray:  # type: ignore[override]
         """A plain (unmanaged) copy: the copy's memory is not the space's."""
         with _host_accesses([self], []):

@@ -23,12 +23,29 @@ def _console():
 
 def _writable(path: str, what: str) -> str:
     from .errors import InvalidArgumentError
+    if os.path.isdir(path):
+        raise InvalidArgumentError(f"{what} {path!r} is a directory; give a file name")
     d = os.path.dirname(os.path.abspath(path)) or "."
     if not os.path.isdir(d):
         raise InvalidArgumentError(f"{what} {path!r}: directory {d!r} does not exist")
     if not os.access(d, os.W_OK):
         raise InvalidArgumentError(f"{what} {path!r}: directory {d!r} is not writable")
     return path
+
+
+def _common(args: argparse.Namespace) -> None:
+    """Validate the options several subcommands share, before anything runs."""
+    import ccadgpu
+    from .errors import InvalidArgumentError
+    if getattr(args, "seed", 0) < 0:
+        raise InvalidArgumentError(f"--seed must be >= 0, got {args.seed}")
+    if getattr(args, "iters", 1) < 1:
+        raise InvalidArgumentError(f"--iters must be >= 1, got {args.iters}")
+    if hasattr(args, "page_size"):
+        ps = ccadgpu.parse_size(args.page_size, "--page-size")
+        if ps <= 0 or ps % 4096:
+            raise InvalidArgumentError(f"--page-size {args.page_size!r} must be a positive "
+                                       "multiple of 4 KiB")
 
 
 def _names(value: str, valid: list[str], what: str) -> list[str]:
@@ -357,8 +374,13 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import CcadError
     args = build_parser().parse_args(argv)
     try:
+        if args.func is not cmd_calibrate:
+            _common(args)
         return int(args.func(args))
     except CcadError as exc:
+        print(f"ccadgpu: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:            # unwritable output, a full disk, a vanished file
         print(f"ccadgpu: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

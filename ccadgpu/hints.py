@@ -90,7 +90,9 @@ def duplicate(space: "Space", vpns: np.ndarray) -> np.ndarray:
     device has room for).  Returns the pages duplicated.  Space lock held by the caller."""
     pt = space.pt
     v = np.asarray(vpns, np.int64)
-    v = v[(pt.node[v] == HOST) & (pt.dup[v] < 0) & ((pt.flags[v] & ptf.READ_MOSTLY) != 0)]
+    v = v[(pt.node[v] == HOST) & (pt.dup[v] < 0) & ((pt.flags[v] & ptf.READ_MOSTLY) != 0)
+          & ((pt.flags[v] & ptf.MIGRATING) == 0)]
+    v = v[~space._writer_mask(v)]       # a page being written now would be copied mid-write
     if len(v) == 0 or not space.device.accepts_pages():
         return v[:0]
     dev = space.nodes[DEVICE]

@@ -78,6 +78,13 @@ class Epoch:
     sectors: np.ndarray
     launch: bool
     wall: float = float("nan")
+    #: pages whose allocation went away before the manager saw the epoch: priced with the node
+    #: they had (``gone_node``), otherwise ignored (no heat, no moves)
+    gone_sectors: np.ndarray | None = None
+    gone_node: np.ndarray | None = None
+    #: (live) each page's allocation id and node when the epoch was queued
+    alloc_ids: np.ndarray | None = None
+    rec_node: np.ndarray | None = None
 
     def touched_by(self, proc: int) -> np.ndarray:
         return self.by_proc[:, proc] > 0
@@ -93,9 +100,10 @@ class Epoch:
 
     @classmethod
     def from_record(cls, rec: "EpochRecord", index: int) -> "Epoch":
-        return cls(index, rec.epoch, rec.kernel, DEV if rec.processor == "device" else CPU,
+        dev = rec.processor == "device"
+        return cls(index, rec.epoch, rec.kernel, DEV if dev else CPU,
                    np.asarray(rec.vpns, np.int64), np.asarray(rec.sectors, np.int64),
-                   rec.kernel != "host", rec.wall_seconds)
+                   dev, rec.wall_seconds)
 
 
 class Placement(Protocol):
@@ -107,6 +115,8 @@ class Placement(Protocol):
     def free_frames(self, node: int) -> int: ...
     def used_frames(self, node: int) -> int: ...
     def flags(self) -> np.ndarray: ...
+    def seen_by(self, proc: int, v: np.ndarray) -> np.ndarray: ...
+    def duplicated(self, v: np.ndarray) -> np.ndarray: ...
     def preferred(self) -> np.ndarray: ...
     def accessed_by(self) -> np.ndarray: ...
     def accepts(self, node: int) -> bool: ...
@@ -140,6 +150,12 @@ class SimPlacement:
 
     def flags(self) -> np.ndarray:
         return self._flags
+
+    def seen_by(self, proc: int, v: np.ndarray) -> np.ndarray:
+        return self._node[v]
+
+    def duplicated(self, v: np.ndarray) -> np.ndarray:
+        return np.zeros(len(v), bool)
 
     def preferred(self) -> np.ndarray:
         return self._pref
@@ -181,6 +197,17 @@ class LivePlacement:
 
     def flags(self) -> np.ndarray:
         return self.space.pt.flags
+
+    def seen_by(self, proc: int, v: np.ndarray) -> np.ndarray:
+        """Node of pages ``v`` as processor ``proc`` sees them: a read-mostly duplicate makes a
+        host page local to the device."""
+        node = self.space.pt.node[v]
+        if proc == DEV:
+            node = np.where(self.space.pt.dup[v] >= 0, DEVICE, node).astype(node.dtype)
+        return node
+
+    def duplicated(self, v: np.ndarray) -> np.ndarray:
+        return self.space.pt.dup[v] >= 0
 
     def preferred(self) -> np.ndarray:
         return self.space.pt.preferred
@@ -379,27 +406,39 @@ class MigrationManager:
 
     # -- executing decisions ---------------------------------------------------------------------
     def _filter(self, m: Move) -> np.ndarray:
+        """The manager's say over one move: returns the pages that may go, in the policy's
+        order (so that a cut for capacity keeps what the policy ranked first)."""
         node = self.placement.node
-        v = sorted_unique(m.vpns)
+        v = np.asarray(m.vpns, np.int64)
+        if len(v) > 1:
+            _, first = np.unique(v, return_index=True)      # de-duplicate, keep the order
+            if len(first) < len(v):
+                v = v[np.sort(first)]
         v = v[(v >= 0) & (v < len(node))]
         v = v[(node[v] >= 0) & (node[v] != m.target)]
         v = v[(self.placement.flags()[v] & ptf.PINNED) == 0]
         if not self.tunables.migration_enabled and m.cause != "evacuation":
             return v[:0]
-        if m.cause in POLICY_CAUSES:
+        if m.cause in POLICY_CAUSES and not m.mandatory:
             pref = self.placement.preferred()[v]
             if m.target == DEVICE:
                 v = v[pref != HOST]
             elif m.cause != "eviction":
                 v = v[pref != DEVICE]
             if m.cause != "eviction":
-                v = v[(self.placement.accessed_by()[v] & (1 << DEVICE)) == 0]
+                # the target's processor maps these pages remotely: it never pulls them over
+                v = v[(self.placement.accessed_by()[v] & (1 << m.target)) == 0]
+        if m.target == DEVICE:
+            v = v[~self.placement.duplicated(v)]     # already local to the device for reads
         return v
 
     def _execute(self, v: np.ndarray, target: int, cause: str, res: StepResult) -> np.ndarray:
         if len(v) == 0:
             return v
         src = self.placement.node[v].copy()
+        v, src = v[src >= 0], src[src >= 0]          # freed meanwhile: nothing to move
+        if len(v) == 0:
+            return v
         moved, wall = self.placement.move(v, target, cause)
         mv, ms = v[moved], src[moved]
         if len(mv) == 0:
@@ -460,19 +499,29 @@ class MigrationManager:
                 moves.insert(0, Move(want, mine, "hint"))     # hints first: they win
         if self.tunables.cpu_access == "migrate_on_cpu_fault":
             cpu = v[ep.touched_by(CPU)]
-            moves.append(Move(cpu[self.placement.node[cpu] == DEVICE], HOST, "fault"))
+            moves.append(Move(cpu[self.placement.node[cpu] == DEVICE], HOST, "fault",
+                              mandatory=True))
         faulted = self._apply(moves, res)
         decide = time.perf_counter() - t_dec
         n_regions = len(sorted_unique(faulted // self._rp)) if len(faulted) else 0
         res.fault_s = n_regions * prof.fault + self._extra_fault
         # (2) the accesses, under the placement they now see
-        node = self.placement.node[v]
-        res.access_s = self.clock.epoch_seconds(ep.sectors, node, launch=ep.launch)
+        node = self.placement.seen_by(ep.processor, v)
+        if ep.gone_sectors is not None and len(ep.gone_sectors):
+            res.access_s = self.clock.epoch_seconds(
+                np.concatenate((ep.sectors, ep.gone_sectors)),
+                np.concatenate((node, ep.gone_node)), launch=ep.launch)
+        else:
+            res.access_s = self.clock.epoch_seconds(ep.sectors, node, launch=ep.launch)
         by_proc = ep.by_proc                                   # [n, proc]
         local = np.array([HOST, DEVICE])
         remote = node[:, None] != local[None, :]
         res.touched_bytes = int(by_proc.sum()) * 32
         res.remote_bytes = int((by_proc * remote).sum()) * 32
+        if ep.gone_sectors is not None and len(ep.gone_sectors):
+            gp = ep.gone_sectors.sum(axis=2)
+            res.touched_bytes += int(gp.sum()) * 32
+            res.remote_bytes += int((gp * (ep.gone_node[:, None] != local[None, :])).sum()) * 32
         # (3) counters: heat, recency, notifications
         iv = as_index(v)
         self.heat_val[iv] = ctx.heat(v) + by_proc
@@ -498,6 +547,17 @@ class MigrationManager:
         self._decide_s += decide - res.migrate_wall_s      # the policy and the manager's say
         self._step_s += time.perf_counter() - t0 - res.migrate_wall_s
         return res
+
+    def forget(self, lo: int, hi: int) -> None:
+        """Pages ``[lo, hi)`` were freed: their history must not follow whatever reuses them."""
+        n = len(self.heat_epoch)
+        lo, hi = min(lo, n), min(hi, n)
+        self.heat_val[lo:hi] = 0.0
+        self.last_touch[lo:hi] = -1
+        self.last_move[lo:hi] = -(1 << 40)
+        self.recent_moves[lo:hi] = 0
+        self.thrashing.difference_update(range(lo, hi))
+        self.policy.forget(lo, hi)
 
     # -- results ----------------------------------------------------------------------------------------
     def history_array(self) -> np.ndarray:

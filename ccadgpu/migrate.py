@@ -286,6 +286,11 @@ class Migrator:
         for n in np.unique(b.src_nodes[moved]).tolist():
             sp.nodes[n].give(b.src_frames[moved][b.src_nodes[moved] == n])
         sp.nodes[target].give(b.dst_frames[~moved])
+        if target != 0 and len(mv):
+            d = pt.dup[mv]              # the page itself is on the device now: no duplicate
+            if (d >= 0).any():
+                sp.nodes[target].give(d[d >= 0])
+                pt.dup[mv] = -1
         if len(mv):
             for fn in sp.migrate_listeners:
                 fn(mv, b.src_nodes[moved], target)

@@ -12,6 +12,7 @@ import collections
 import contextlib
 import os
 import threading
+import warnings
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
@@ -24,8 +25,8 @@ from . import pagetable as ptf
 from .array import ManagedArray, _Buffer, buffer_of
 from .clock import Clock, Profile, load_profile
 from .counters import AccessCounters
-from .errors import (DeviceOfflineError, ForeignArrayError, FreedArrayError,
-                     InvalidArgumentError, MigrationError,
+from .errors import (CcadError, DeviceOfflineError, ForeignArrayError, FreedArrayError,
+                     InvalidArgumentError,
                      PinnedError, SpaceClosedError, UnknownNodeError, UnsupportedPlatformError)
 from .migrate import MigrationReport, Migrator
 from .nodes import Node, NodeInfo, default_distances
@@ -156,6 +157,7 @@ class Space:
         self._mq: list[Any] = []                 # epochs waiting for the manager
         self._host_tallies: list[Any] = []       # CPU accesses of the open host epoch
         self._mlock = threading.Lock()
+        self._forget_q: list[tuple[int, int]] = []   # freed ranges the manager must forget
         self.manager = MigrationManager(LivePlacement(self), policy, self.profile,
                                         self.tunables, **(policy_params or {}))
 
@@ -338,6 +340,7 @@ class Space:
                 self.nodes[n].give(frame[node == n], release=(n == HOST))
         _hints.collapse(self, lo, hi)
         self.pt.clear(lo, hi)
+        self._forget_q.append((lo, hi))
         self.counters.forget(lo, hi)
         MAP_BUDGET.charge(-alloc.vmas, "free")
         alloc.vmas = 0
@@ -559,11 +562,17 @@ class Space:
     def _queue_epoch(self, epoch: int, kernel: str, processor: int, tally: Any,
                      wall: float) -> None:
         """Hand a finished epoch to the manager (space lock held); it runs in
-        :meth:`_run_manager`, outside every lock and writer section."""
+        :meth:`_run_manager`, outside every lock and writer section.  Each page's allocation
+        and node are captured now, so that pages freed (and perhaps reused) before the manager
+        gets to the epoch are recognised."""
         from .manager import Epoch
         if len(tally.vpns):
-            self._mq.append(Epoch(0, epoch, kernel, processor, np.asarray(tally.vpns, np.int64),
-                                  np.asarray(tally.sectors, np.int64), kernel != "host", wall))
+            v = np.asarray(tally.vpns, np.int64)
+            ep = Epoch(0, epoch, kernel, processor, v, np.asarray(tally.sectors, np.int64),
+                       processor == DEVICE, wall)
+            ep.alloc_ids = self.pt.alloc[v].copy()
+            ep.rec_node = np.asarray(tally.node, np.int8)
+            self._mq.append(ep)
 
     def _device_view(self, lo: int, hi: int) -> np.ndarray:
         """Node of pages ``[lo, hi)`` as the device sees them: a read-mostly page with a device
@@ -573,38 +582,73 @@ class Space:
         return node
 
     def _note_host_tally(self, tally: Any) -> None:
-        self._host_tallies.append(tally)
+        # the pages' allocations now: they may be freed and reused before the epoch closes
+        self._host_tallies.append((tally, self.pt.alloc[np.asarray(tally.vpns, np.int64)].copy()))
 
     def _queue_host_epoch(self, epoch: int) -> None:
-        if self._host_tallies:
-            from .counters import merge_tallies
-            t = merge_tallies(self._host_tallies)
-            self._host_tallies = []
-            self._queue_epoch(epoch, "host", 0, t, float("nan"))
-
-    def _run_manager(self) -> None:
-        """Step the manager over the queued epochs (one thread at a time; another caller's
-        epochs are picked up by the thread already stepping)."""
-        if not self._mq or not self._mlock.acquire(blocking=False):
+        if not self._host_tallies:
             return
-        try:
-            while True:
-                with self._cond:
-                    if not self._mq or self.closed:
-                        return
-                    ep = self._mq.pop(0)
-                ep.index = self.manager.ctx.epoch
-                self.manager.step(ep)
-        finally:
-            self._mlock.release()
+        from .counters import merge_tallies
+        parts, self._host_tallies = self._host_tallies, []
+        t = merge_tallies([p[0] for p in parts])
+        self._queue_epoch(epoch, "host", 0, t, float("nan"))
+        # a page counts as the same page only if one allocation held it throughout
+        v = np.concatenate([np.asarray(p[0].vpns, np.int64) for p in parts])
+        ids = np.concatenate([p[1] for p in parts]).astype(np.int64)
+        idx = np.searchsorted(t.vpns, v)
+        lo = np.full(len(t.vpns), np.iinfo(np.int64).max)
+        hi = np.full(len(t.vpns), np.iinfo(np.int64).min)
+        np.minimum.at(lo, idx, ids)
+        np.maximum.at(hi, idx, ids)
+        if self._mq and self._mq[-1].kernel == "host":
+            self._mq[-1].alloc_ids = np.where(lo == hi, lo, -2)
+
+    def _run_manager(self, wait: bool = False) -> None:
+        """Step the manager over the queued epochs, one thread at a time (``wait``: block until
+        this thread may; otherwise a thread already stepping picks the epochs up)."""
+        while self._mq and not self.closed:
+            if not self._mlock.acquire(blocking=wait):
+                return
+            try:
+                while True:
+                    with self._cond:
+                        if not self._mq or self.closed:
+                            break
+                        ep = self._fresh(self._mq.pop(0))
+                        forget, self._forget_q = self._forget_q, []
+                    for lo, hi in forget:
+                        self.manager.forget(lo, hi)
+                    ep.index = self.manager.ctx.epoch
+                    try:
+                        self.manager.step(ep)
+                    except Exception as exc:  # noqa: BLE001 - a policy must not break a launch
+                        self.vmstat.add(manager_errors=1)
+                        warnings.warn(f"migration manager failed on epoch {ep.epoch} "
+                                      f"({ep.kernel}): {exc!r}", RuntimeWarning, stacklevel=2)
+            finally:
+                self._mlock.release()
+
+    def _fresh(self, ep: Any) -> Any:
+        """Split off the pages of an epoch whose allocation has gone since it was queued (space
+        lock held): they are priced where they were, and otherwise ignored."""
+        ids = getattr(ep, "alloc_ids", None)
+        if ids is None:
+            return ep
+        ok = self.pt.alloc[ep.vpns] == ids
+        if not ok.all():
+            ep.gone_sectors, ep.gone_node = ep.sectors[~ok], ep.rec_node[~ok]
+            ep.vpns, ep.sectors = ep.vpns[ok], ep.sectors[ok]
+            ep.__dict__.pop("_by_proc", None)
+        return ep
 
     def sync(self) -> None:
-        """Close the open host epoch and let the manager act on everything so far (call it at
-        the end of a run; every launch does it for the epochs before it)."""
+        """Close the open host epoch and let the manager act on everything so far; returns
+        once every epoch queued before the call has been stepped (call it at the end of a run;
+        every launch does it for the epochs before it)."""
         with self._cond:
             self._check_open()
             self.counters._close_host_epoch()
-        self._run_manager()
+        self._run_manager(wait=True)
 
     def _move_vpns(self, vpns: np.ndarray, target: int, cause: str) -> np.ndarray:
         """Mechanism for the manager: move pages given by vpn (any allocations).  Returns a
@@ -626,8 +670,11 @@ class Space:
                 continue
             try:
                 r = self.migrator.move(alloc, vpns[sel] - alloc.vstart, target, cause)
-            except (FreedArrayError, MigrationError):
-                continue                  # counted in pgmigrate_fail; the space is consistent
+            except CcadError:
+                # freed meanwhile, a failed copy (MigrationError) or no mapping budget left
+                # (MapCountError): the pages stay where they are, the space is consistent
+                self.vmstat.add(manager_move_errors=1)
+                continue
             moved[sel] = r.status == target
         return moved
 

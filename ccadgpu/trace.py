@@ -106,6 +106,31 @@ def _alloc_meta(a: Any) -> dict[str, Any]:
             "name": a.name, "placement": a.placement}
 
 
+def _check_header(h: dict[str, Any], path: Any) -> None:
+    """The header fields a replay relies on, with their types and ranges."""
+    def bad(what: str) -> TraceFormatError:
+        return TraceFormatError(f"{path}: trace header: {what}")
+    ps = h.get("page_size")
+    if not isinstance(ps, int) or isinstance(ps, bool) or ps <= 0:
+        raise bad(f"page_size must be a positive integer, got {ps!r}")
+    nodes = h.get("nodes")
+    if not isinstance(nodes, list) or len(nodes) < 2 or not all(
+            isinstance(n, dict) and isinstance(n.get("frames"), int) and n["frames"] >= 0
+            for n in nodes):
+        raise bad("nodes must list at least host and device, each with integer frames >= 0")
+    for key in ("kernels", "processors_by_epoch"):
+        v = h.get(key, [])
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise bad(f"{key} must be a list of strings")
+    if not isinstance(h.get("profile"), dict) or not isinstance(h["profile"].get("name"), str):
+        raise bad("profile must be a table with a name")
+    allocs = h.get("allocations", [])
+    if not isinstance(allocs, list) or not all(
+            isinstance(a, dict) and all(isinstance(a.get(k), int) and a[k] >= 0
+                                        for k in ("id", "vstart", "npages")) for a in allocs):
+        raise bad("allocations must be tables with integer id, vstart, npages >= 0")
+
+
 class Trace:
     """A sequence of :class:`EpochRecord` with a header (see the module docs).
 
@@ -334,6 +359,9 @@ class Trace:
         N = len(a["vpn"])
         kernels = header.get("kernels", [])
         procs = header.get("processors_by_epoch", [])
+        _check_header(header, path)
+        if N and int(a["vpn"].min()) < 0:
+            raise TraceFormatError(f"{path}: negative page numbers (corrupt file?)")
         offs = a["offsets"]
         if (len(offs) != E + 1 or offs[0] != 0 or offs[-1] != N or (np.diff(offs) < 0).any()
                 or len(kernels) != E or len(procs) != E

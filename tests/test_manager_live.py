@@ -196,3 +196,78 @@ def test_data_integrity_under_every_policy(policy, profile, cpu_access, steps):
         sp.sync()
         assert sp.nodes[1].used_frames == sum(int((sp.placement(a) == 1).sum())
                                               for a in arrs + [idx])
+
+
+def test_freed_and_reused_pages_are_not_acted_on():
+    """An epoch queued over an array that is freed (and whose range is reused) before the
+    manager sees it must not move the new array's pages."""
+    import gc
+    with ccadgpu.Space(device_memory=16 * PS, page_size=PS, policy="on_demand") as sp:
+        a = sp.asarray(np.ones(4 * F))
+        a.sum()                                      # a host epoch over a's pages, still open
+        va = sp.allocation_of(a).vstart
+        sp.free(a)
+        del a
+        gc.collect()
+        b = sp.asarray(np.full(4 * F, 2.0), placement="device")
+        assert sp.allocation_of(b).vstart == va      # the same pages
+        sp.sync()
+        assert (sp.placement(b) == 1).all() and sp.stats().get("pgmigrate_pages_cause_fault", 0) == 0
+        assert sp.manager.results[-1].touched_bytes > 0   # the work is still priced
+
+
+def test_read_mostly_duplicates_are_not_promoted_or_made_room_for():
+    with ccadgpu.Space(device_memory=8 * PS, host_memory=64 * PS, page_size=PS,
+                       profile="h100-pcie", policy="access_counter",
+                       policy_params={"min_epochs": 1}) as sp:
+        a = sp.asarray(np.arange(4 * F, dtype=np.float64))
+        sp.advise(a, read_mostly=True)
+        sp.prefetch(a, "device")
+        b = sp.asarray(np.ones(4 * F), placement="device")
+        for _ in range(6):
+            ops.sum(a)
+        sp.sync()
+        assert (sp.placement(b) == 1).all() and sp.manager.summary()["migrated_bytes"] == 0
+        assert sp.manager.results[-1].remote_bytes == 0          # priced as the device sees it
+
+
+def test_no_duplicate_of_a_page_being_written_and_moves_collapse_duplicates():
+    with ccadgpu.Space(device_memory=16 * PS, host_memory=64 * PS, page_size=PS) as sp:
+        a = sp.asarray(np.zeros(4 * F))
+        sp.advise(a, read_mostly=True)
+        with sp.host_access(a[:F], "w") as v:
+            sp.prefetch(a, "device")
+            v[:3] = 5.0
+        assert sp.hints(a)["duplicated"].tolist() == [False, True, True, True]
+        used = sp.nodes[1].used_frames
+        assert sp.move_pages(a, "device").ok                     # the page itself moves in
+        assert not sp.hints(a)["duplicated"].any() and sp.nodes[1].used_frames == 4
+        assert used == 3
+
+
+def test_inplace_methods_are_writes():
+    with ccadgpu.Space(device_memory=16 * PS, host_memory=64 * PS, page_size=PS) as sp:
+        a = sp.asarray(np.random.default_rng(0).standard_normal(2 * F))
+        sp.advise(a, read_mostly=True)
+        for op in (lambda: a.sort(), lambda: a.put([0], [1.0]), lambda: a.partition(3)):
+            sp.prefetch(a, "device")
+            assert sp.hints(a)["duplicated"].all()
+            op()
+            assert not sp.hints(a)["duplicated"].any()          # collapsed: it was a write
+
+
+def test_a_failing_move_does_not_escape_the_launch():
+    from ccadgpu.vaspace import MAP_BUDGET
+    with ccadgpu.Space(device_memory="4MiB", page_size=4096, policy="on_demand",
+                       policy_params={"prefetch_density": 0.0}) as sp:
+        x = sp.asarray(np.arange(256 * 512, dtype=np.float64))
+        idx = sp.asarray(np.arange(0, 256 * 512, 1024, dtype=np.int64))
+        out = sp.zeros(len(idx))
+        old = MAP_BUDGET._limit
+        MAP_BUDGET._limit = MAP_BUDGET.used + 20          # a nearly full vm.max_map_count
+        try:
+            ops.gather(out, x, idx)                        # the manager's moves fail ...
+        finally:
+            MAP_BUDGET._limit = old
+        assert np.array_equal(np.asarray(out), np.asarray(x)[np.asarray(idx)])  # ... quietly
+        assert sp.stats()["manager_move_errors"] >= 1 and len(sp.manager.results) >= 1

@@ -122,9 +122,21 @@ class AccessCounter(Policy):
         self._acc_at[i] = ctx.epoch
         self._moved[i] = lm
 
+    def forget(self, lo: int, hi: int) -> None:
+        hi = min(hi, len(self._until))
+        if lo < hi:
+            self._acc[lo:hi] = 0.0
+            self._touches[lo:hi] = 0
+            self._until[lo:hi] = 0
+            self._caught[lo:hi] = 0
+
     def _filter_thrash(self, ctx: "PolicyContext", pages: np.ndarray) -> np.ndarray:
         pages = pages[self._until[pages] <= ctx.epoch]
-        hot = ctx.recent_moves[pages] >= self.thrash_moves
+        # ping-pong: moved thrash_moves times, the last one recently (a back-off served, or a
+        # quiet spell longer than the thrash window, lets the page move again)
+        recent = (ctx.epoch - ctx.last_move[pages]) <= ctx.tunables.thrash_window_epochs
+        hot = (ctx.recent_moves[pages] >= self.thrash_moves) & recent & \
+            (self._until[pages] <= ctx.last_move[pages])
         caught = pages[hot]
         if len(caught):
             k = np.minimum(self._caught[caught], 10).astype(np.int64)
@@ -149,6 +161,10 @@ class AccessCounter(Policy):
             return np.zeros(0, np.int64)
         pages = ctx.region_pages(sel["vpn"], sel["npages"])
         pages = pages[ctx.node[pages] == frm]
+        # what the manager would refuse anyway must not use up the rate limit
+        to = DEVICE if proc == DEV else HOST
+        pages = pages[~ctx.pinned[pages] & (ctx.preferred[pages] != frm) &
+                      ((ctx.accessed_by[pages] & (1 << to)) == 0)]
         gain = self.net_gain(ctx, pages, proc)
         keep = (gain >= factor * self.break_even * self._price[proc]) & \
             (self._touches[pages, proc] >= self.min_epochs)

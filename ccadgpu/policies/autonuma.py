@@ -53,6 +53,11 @@ class AutoNuma(Policy):
             self._marked = np.concatenate((self._marked, np.full(k, np.nan)))
             self._last = np.concatenate((self._last, np.full(k, -1, np.int8)))
 
+    def forget(self, lo: int, hi: int) -> None:
+        hi = min(hi, len(self._marked))
+        self._marked[lo:hi] = np.nan
+        self._last[lo:hi] = -1
+
     def fault(self, ctx: "PolicyContext", ep: "Epoch") -> list[Move]:
         self._grow(ctx.npages)
         v = ep.vpns

@@ -50,6 +50,8 @@ class Move:
     vpns: np.ndarray
     target: int
     cause: str
+    #: semantics, not a decision (an HMM CPU fault must bring the page back): hints do not veto
+    mandatory: bool = False
 
     def __post_init__(self) -> None:
         self.vpns = np.asarray(self.vpns, np.int64).reshape(-1)
@@ -78,6 +80,9 @@ class Policy:
         notifications it raised (``notes``, a :data:`ccadgpu.counters.NOTIFICATION_DTYPE`
         array)."""
         return []
+
+    def forget(self, lo: int, hi: int) -> None:
+        """Pages ``[lo, hi)`` were freed: drop any per-page state (they may be reused)."""
 
     def victims(self, ctx: "PolicyContext", need: int, exclude: np.ndarray) -> np.ndarray:
         """Device pages to evict so that ``need`` more pages fit: by default the coldest by

@@ -39,7 +39,8 @@ class OracleSchedule:
     vpns: np.ndarray
     on_device: np.ndarray
     lower_bound: float         # seconds: the uncapacitated optimum (access + migration)
-    planned_cost: float        # seconds: the schedule's own access + migration cost
+    planned_cost: float        # seconds: the schedule's traffic + migration cost, plus the
+    #                            same placement-independent terms as lower_bound
     lam: float                 # the capacity price used
 
 

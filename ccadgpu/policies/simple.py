@@ -28,6 +28,9 @@ class FirstTouch(Policy):
     def setup(self, ctx: "PolicyContext") -> None:
         self._seen = np.zeros(0, bool)
 
+    def forget(self, lo: int, hi: int) -> None:
+        self._seen[lo:min(hi, len(self._seen))] = False
+
     def fault(self, ctx: "PolicyContext", ep: "Epoch") -> list[Move]:
         if len(self._seen) < ctx.npages:
             self._seen = np.concatenate((self._seen, np.zeros(ctx.npages - len(self._seen), bool)))
@@ -81,5 +84,6 @@ class OnDemand(Policy):
         cand = ctx.evictable(exclude)
         if len(cand) == 0 or need <= 0:
             return cand[:0]
-        order = np.argsort(ctx.last_touch[cand].max(axis=1), kind="stable")   # LRU
+        # least recently used first; pages preferred on the device last
+        order = np.lexsort((ctx.last_touch[cand].max(axis=1), ctx.preferred[cand] == DEVICE))
         return cand[order[:need]]
