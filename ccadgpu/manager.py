@@ -319,10 +319,13 @@ class PolicyContext:
     def evictable(self, exclude: np.ndarray) -> np.ndarray:
         """Device pages that may be evicted: not pinned, not in ``exclude``; pages preferred on
         the device come last."""
-        v = np.flatnonzero(self.node == DEVICE)
+        node = self.node
+        v = np.flatnonzero(node == DEVICE)
         v = v[~self.pinned[v]]
         if len(exclude):
-            v = v[~member(v, exclude)]
+            out = np.zeros(len(node), bool)         # a mask: cheaper than sorting `exclude`
+            out[np.asarray(exclude, np.int64)] = True
+            v = v[~out[v]]
         pref = self.preferred[v] == DEVICE
         return np.concatenate((v[~pref], v[pref]))
 
@@ -410,11 +413,13 @@ class MigrationManager:
         order (so that a cut for capacity keeps what the policy ranked first)."""
         node = self.placement.node
         v = np.asarray(m.vpns, np.int64)
-        if len(v) > 1:
-            _, first = np.unique(v, return_index=True)      # de-duplicate, keep the order
-            if len(first) < len(v):
-                v = v[np.sort(first)]
         v = v[(v >= 0) & (v < len(node))]
+        if len(v) > 1:
+            seen = np.zeros(len(node), bool)
+            seen[v] = True
+            if int(np.count_nonzero(seen)) < len(v):       # duplicates: keep the first of each
+                _, first = np.unique(v, return_index=True)
+                v = v[np.sort(first)]
         v = v[(node[v] >= 0) & (node[v] != m.target)]
         v = v[(self.placement.flags()[v] & ptf.PINNED) == 0]
         if not self.tunables.migration_enabled and m.cause != "evacuation":
@@ -534,6 +539,7 @@ class MigrationManager:
                                            self._rp, self.tunables.access_counter_threshold,
                                            ctx.epoch)
         res.notifications = len(notes)
+        self.policy.observe(ctx, ep)
         # (4) decisions from counters
         t_dec = time.perf_counter()
         self._apply(list(self.policy.epoch_end(ctx, ep, notes)), res)

@@ -171,9 +171,11 @@ class AccessCounter(Policy):
         pages, gain = pages[keep], gain[keep]
         return pages[np.argsort(-gain, kind="stable")]          # the biggest gain first
 
-    def epoch_end(self, ctx: "PolicyContext", ep: "Epoch", notes: np.ndarray) -> list[Move]:
+    def observe(self, ctx: "PolicyContext", ep: "Epoch") -> None:
         self._grow(ctx.npages)
         self._count(ctx, ep)
+
+    def epoch_end(self, ctx: "PolicyContext", ep: "Epoch", notes: np.ndarray) -> list[Move]:
         moves = []
         up = self._filter_thrash(ctx, self._candidates(ctx, notes, DEV, HOST, 1.0))
         up = self._rate_limit(ctx, up)

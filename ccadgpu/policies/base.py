@@ -75,6 +75,10 @@ class Policy:
         """Moves that happen when the epoch's accesses fault, before they are priced."""
         return []
 
+    def observe(self, ctx: "PolicyContext", ep: "Epoch") -> None:
+        """Update the policy's own per-page counters from the epoch (called before
+        :meth:`epoch_end`; accounted as counter upkeep, not as decision time)."""
+
     def epoch_end(self, ctx: "PolicyContext", ep: "Epoch", notes: np.ndarray) -> list[Move]:
         """Moves decided after the epoch from counters (``ctx``) and the access-counter
         notifications it raised (``notes``, a :data:`ccadgpu.counters.NOTIFICATION_DTYPE`
