@@ -5,7 +5,8 @@ the migration switch and capacity before anything moves).
 
 Writing one takes a few lines: subclass :class:`Policy`, give it a ``name``, and override
 :meth:`Policy.fault` (decisions taken *before* an epoch's accesses are priced, i.e. at page-fault
-time) and/or :meth:`Policy.epoch_end` (decisions taken after, from counters and notifications).
+time) and/or :meth:`Policy.epoch_end` (decisions taken after, from counters and notifications);
+:meth:`Policy.observe` is where a policy keeps counts of its own.
 See ``examples/custom_policy.py``.  Time inside a policy is logical: ``ctx.epoch`` (launch count)
 and ``ctx.now`` (modeled seconds), so runs are deterministic and independent of machine speed.
 """
