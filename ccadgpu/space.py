@@ -83,7 +83,9 @@ class Space:
         memory mappings (``vm.max_map_count``) and migrate faster; smaller ones track access
         more finely.
     backend:
-        ``"cpu"``: the CPU stand-in (memfd arenas remapped in place).
+        ``"cpu"``: the CPU stand-in (memfd arenas remapped in place); ``"auto"`` probes for a
+        GPU and says so in ``backend_reason``, then takes the stand-in too (the CUDA backend is
+        not wired into Space yet; ``"cuda"`` raises saying so).
     profile:
         Machine profile for modeled time (:mod:`ccadgpu.clock`): a name (``"gh200"``,
         ``"h100-pcie"``, ``"capi-power8"``, ``"cxl-type2"``, or one of yours), a path to a
@@ -106,8 +108,7 @@ class Space:
             raise UnsupportedPlatformError(
                 "ccadgpu's CPU stand-in needs Linux (memfd_create and mmap(MAP_FIXED)); "
                 f"this is {os.sys.platform}")
-        if backend != "cpu":
-            raise InvalidArgumentError(f"backend {backend!r} is not available; use 'cpu'")
+        backend, self.backend_reason = _resolve_backend(backend)
         ps = parse_size(page_size, "page_size")
         if ps <= 0 or ps % _sys.OS_PAGE:
             raise InvalidArgumentError(
@@ -682,6 +683,28 @@ class Space:
         self._check_open()
         if alloc.freed:
             raise FreedArrayError(f"allocation {alloc.id} was freed")
+
+
+def _resolve_backend(requested: Any) -> tuple[str, str]:
+    """The backend a Space runs on, and why.  Only the CPU stand-in drives a Space today:
+    ``"auto"`` says what it found and takes the stand-in; ``"cuda"`` is refused with the
+    reason (the CUDA pieces in :mod:`ccadgpu.backends` have not been wired in or run on a GPU)."""
+    if requested == "cpu":
+        return "cpu", "requested"
+    if requested not in ("auto", "cuda"):
+        raise InvalidArgumentError(f"backend {requested!r} is not one of 'cpu', 'auto', 'cuda'")
+    from .backends import select_backend
+    try:
+        choice = select_backend(requested)
+    except CcadError as exc:
+        raise InvalidArgumentError(f"backend {requested!r}: {exc}") from exc
+    if choice.name == "cuda":
+        if requested == "cuda":
+            raise InvalidArgumentError(
+                "backend 'cuda': a GPU is usable, but Space cannot run on the CUDA backend yet "
+                "(its pieces in ccadgpu.backends are unwired and unverified); use 'cpu'")
+        return "cpu", f"auto: {choice.reason}, but Space runs only on the CPU stand-in so far"
+    return "cpu", f"auto: {choice.reason}"
 
 
 def _check_dtype(dtype: Any) -> np.dtype:

@@ -238,6 +238,14 @@ def test_errno_report_helpers(space):
     assert "moved=3" in repr(r)
 
 
+def test_backend_choice(monkeypatch):
+    monkeypatch.delenv("CCADGPU_BACKEND", raising=False)
+    with ccadgpu.Space(device_memory="1MiB", host_memory="4MiB", backend="auto") as sp:
+        assert sp.backend == "cpu" and sp.backend_reason.startswith("auto:")
+    with pytest.raises(E.InvalidArgumentError, match="cuda"):
+        ccadgpu.Space(device_memory="1MiB", host_memory="4MiB", backend="cuda")
+
+
 def test_unsupported_platform(monkeypatch):
     from ccadgpu import _sys
     monkeypatch.setattr(_sys, "SUPPORTED", False)
