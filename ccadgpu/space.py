@@ -237,7 +237,11 @@ class Space:
         dt = _check_dtype(dtype)
         shp = _check_shape(shape)
         nbytes = int(np.prod(shp, dtype=np.int64)) * dt.itemsize
-        npages = max(1, -(-nbytes // self.page_size))
+        # Cache colouring: page-aligned arrays swept together would all start at the same offset
+        # modulo the page and fight over the same cache sets; start each one a little later.
+        colour = ((self._next_id * 4160) % self.page_size) // 64 * 64 \
+            if self.tunables.cache_colouring else 0
+        npages = max(1, -(-(colour + nbytes) // self.page_size))
         pl = parse_placement(placement, {n.name: n.id for n in self.nodes}, len(self.nodes))
         if pinned and pl.kind == "bind" and pl.node != HOST \
                 and not self.tunables.allow_pinned_on_device:
@@ -290,7 +294,7 @@ class Space:
             alloc.buffer = weakref.ref(buf)
             self._live_buffers += 1
             weakref.finalize(buf, Space._buffer_died, weakref.ref(self), alloc)
-        raw = np.asarray(buf)[:nbytes]
+        raw = np.asarray(buf)[colour: colour + nbytes]
         return raw.view(dt).reshape(shp).view(ManagedArray)
 
     def zeros(self, shape: int | Sequence[int], dtype: Any = np.float64,

@@ -38,6 +38,11 @@ register(Knob("migration_enabled", bool, True,
 register(Knob("evacuate_verify", bool, True,
               "Device offline checks every evacuated page against its device copy before the "
               "device frame is released (a mismatch keeps the device copy and fails)."))
+register(Knob("cache_colouring", bool, False,
+              "Start each new allocation's data at a different offset inside its first page "
+              "(steps of 4160 bytes), so that arrays swept together do not compete for the same "
+              "cache sets (measured: streaming kernels on managed arrays from 1.02-1.26x to "
+              "0.96-1.07x of plain NumPy).  An array may then span one page more."))
 register(Knob("allow_pinned_on_device", bool, True,
               "Allow explicit placement='device' with pinned=True and pin() of device pages. "
               "Such pages block device offline until unpinned."))

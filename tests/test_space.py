@@ -251,3 +251,15 @@ def test_unsupported_platform(monkeypatch):
     monkeypatch.setattr(_sys, "SUPPORTED", False)
     with pytest.raises(E.UnsupportedPlatformError, match="Linux"):
         ccadgpu.Space()
+
+
+def test_cache_colouring_staggers_starts_and_keeps_everything_else():
+    with ccadgpu.Space(device_memory="4MiB", host_memory="16MiB", page_size="64KiB",
+                       cache_colouring=True) as sp:
+        arrs = [sp.asarray(np.arange(4 * PS // 8, dtype=np.float64) + i) for i in range(3)]
+        offs = [a.__array_interface__["data"][0] % PS for a in arrs]
+        assert len(set(offs)) == 3 and all(o % 64 == 0 for o in offs)
+        assert [len(sp.placement(a)) for a in arrs] == [4, 5, 5]   # the first starts at 0
+        assert sp.move_pages(arrs[1], "device").ok
+        for i, a in enumerate(arrs):
+            assert np.array_equal(a, np.arange(4 * PS // 8) + i)
