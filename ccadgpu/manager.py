@@ -38,7 +38,7 @@ from . import pagetable as ptf
 from .clock import Clock, Profile
 from .policies import Move, Policy, make_policy
 from .policies.base import as_index, decay
-from .runs import group_counts, member, sorted_unique
+from .runs import group_counts, sorted_unique
 from .tunables import Knob, register
 
 if TYPE_CHECKING:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import operator
 import os
 import threading
 import warnings
@@ -122,6 +123,8 @@ class Space:
                                        f"({ps} bytes)")
         self.tunables = Tunables(**tunables)
         self.profile: Profile = load_profile(profile)
+        from .policies import make_policy
+        policy = make_policy(policy, **(policy_params or {}))   # bad names raise before any mmap
         self.page_size = ps
         self.backend = backend
         self.vmstat = VmStat()
@@ -160,7 +163,7 @@ class Space:
         self._mlock = threading.Lock()
         self._forget_q: list[tuple[int, int]] = []   # freed ranges the manager must forget
         self.manager = MigrationManager(LivePlacement(self), policy, self.profile,
-                                        self.tunables, **(policy_params or {}))
+                                        self.tunables)
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def __enter__(self) -> "Space":
@@ -728,20 +731,15 @@ def _check_shape(shape: Any) -> tuple[int, ...]:
     if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
         shape = (int(shape),)
     try:
-        shp = tuple(int(operator_index(s)) for s in shape)
+        if any(isinstance(s, (bool, np.bool_)) for s in shape):
+            raise TypeError("bool is not a size")
+        shp = tuple(operator.index(s) for s in shape)
     except TypeError as exc:
         raise InvalidArgumentError(f"shape must be an int or a sequence of ints, got "
                                    f"{shape!r}") from exc
     if any(s < 0 for s in shp):
         raise InvalidArgumentError(f"shape {shp} has a negative dimension")
     return shp
-
-
-def operator_index(x: Any) -> int:
-    import operator
-    if isinstance(x, bool):
-        raise TypeError("bool is not a size")
-    return operator.index(x)
 
 
 def _check_pages(pages: Any, n: int) -> np.ndarray:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .base import CPU, DEV, DEVICE, HOST, Move, Policy, as_index, decay
+from .base import CPU, DEV, DEVICE, HOST, Move, Policy, RateLimit, as_index, decay
 
 if TYPE_CHECKING:
     from ..manager import Epoch, PolicyContext
@@ -80,8 +80,7 @@ class AccessCounter(Policy):
         self._until = np.zeros(0, np.int64)      # back-off: no move before this epoch
         self._caught = np.zeros(0, np.int16)     # times caught thrashing (doubles the back-off)
         self._moved = np.zeros(0, np.int64)      # ctx.last_move seen, to restart the count
-        self._win_start = 0.0
-        self._win_bytes = 0
+        self._rate = RateLimit(self.rate_limit_mbps)
 
     def _grow(self, n: int) -> None:
         k = n - len(self._until)
@@ -145,15 +144,6 @@ class AccessCounter(Policy):
             ctx.note_thrashing(caught)
         return pages[~hot]
 
-    def _rate_limit(self, ctx: "PolicyContext", pages: np.ndarray) -> np.ndarray:
-        if ctx.now - self._win_start >= 1.0:
-            self._win_start = ctx.now - (ctx.now - self._win_start) % 1.0
-            self._win_bytes = 0
-        room = int((self.rate_limit_mbps * 1e6 - self._win_bytes) // ctx.page_size)
-        pages = pages[: max(room, 0)]
-        self._win_bytes += len(pages) * ctx.page_size
-        return pages
-
     def _candidates(self, ctx: "PolicyContext", notes: np.ndarray, proc: int, frm: int,
                     factor: float) -> np.ndarray:
         sel = notes[notes["processor"] == proc]
@@ -178,7 +168,7 @@ class AccessCounter(Policy):
     def epoch_end(self, ctx: "PolicyContext", ep: "Epoch", notes: np.ndarray) -> list[Move]:
         moves = []
         up = self._filter_thrash(ctx, self._candidates(ctx, notes, DEV, HOST, 1.0))
-        up = self._rate_limit(ctx, up)
+        up = self._rate.admit(ctx.now, up, ctx.page_size)
         if len(up):
             moves.append(Move(up, DEVICE, "access_counter"))
         if self.demote:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .base import DEV, DEVICE, HOST, Move, Policy
+from .base import DEV, DEVICE, HOST, Move, Policy, RateLimit
 
 if TYPE_CHECKING:
     from ..manager import Epoch, PolicyContext
@@ -44,8 +44,7 @@ class AutoNuma(Policy):
         self._marked = np.zeros(0, np.float64)     # modeled time unmapped, NaN = mapped
         self._last = np.zeros(0, np.int8)          # processor of the previous hint fault
         self._cursor = 0
-        self._win_start = 0.0
-        self._win_bytes = 0
+        self._rate = RateLimit(self.rate_limit_mbps)
 
     def _grow(self, n: int) -> None:
         if len(self._marked) < n:
@@ -73,11 +72,7 @@ class AutoNuma(Policy):
         self._marked[f] = np.nan                     # the fault maps the page again
         cand = f[hot & ok & (ctx.node[f] != target)]
         if target == DEVICE and len(cand):
-            if ctx.now - self._win_start >= 1.0:
-                self._win_start, self._win_bytes = ctx.now, 0
-            room = int((self.rate_limit_mbps * 1e6 - self._win_bytes) // ctx.page_size)
-            cand = cand[: max(room, 0)]
-            self._win_bytes += len(cand) * ctx.page_size
+            cand = self._rate.admit(ctx.now, cand, ctx.page_size)
         return [Move(cand, target, "fault")] if len(cand) else []
 
     def epoch_end(self, ctx: "PolicyContext", ep: "Epoch", notes: np.ndarray) -> list[Move]:

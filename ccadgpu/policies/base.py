@@ -44,6 +44,25 @@ def as_index(v: np.ndarray) -> "slice | np.ndarray":
     return v
 
 
+class RateLimit:
+    """Bytes per 1-second window of modeled time (Linux's promote rate limit, in MB/s)."""
+
+    def __init__(self, mbps: float):
+        self.mbps = float(mbps)
+        self.start = 0.0
+        self.used = 0
+
+    def admit(self, now: float, pages: np.ndarray, page_size: int) -> np.ndarray:
+        """The leading pages of ``pages`` that still fit in the current window."""
+        if now - self.start >= 1.0:
+            self.start = now - (now - self.start) % 1.0
+            self.used = 0
+        room = int((self.mbps * 1e6 - self.used) // page_size)
+        pages = pages[: max(room, 0)]
+        self.used += len(pages) * page_size
+        return pages
+
+
 @dataclass
 class Move:
     """Move pages ``vpns`` to node ``target``; ``cause`` is one of

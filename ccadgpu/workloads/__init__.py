@@ -85,14 +85,18 @@ def stream_once(sp: "Space", size: int, rng: np.random.Generator) -> bool:
     return _close(b, 2.0 * ref)
 
 
-@_workload("stream_reuse", "STREAM triad a = b + 0.5 c over the same arrays, 16 times")
-def stream_reuse(sp: "Space", size: int, rng: np.random.Generator) -> bool:
+def _triad(sp: "Space", size: int, rng: np.random.Generator, times: int) -> bool:
     n = _n(size, 3)
     rb, rc = rng.standard_normal(n), rng.standard_normal(n)
     a, b, c = sp.zeros(n, name="a"), sp.asarray(rb, name="b"), sp.asarray(rc, name="c")
-    for _ in range(16):
+    for _ in range(times):
         ops.triad(a, b, c, 0.5)
     return _close(a, rb + 0.5 * rc)
+
+
+@_workload("stream_reuse", "STREAM triad a = b + 0.5 c over the same arrays, 16 times")
+def stream_reuse(sp: "Space", size: int, rng: np.random.Generator) -> bool:
+    return _triad(sp, size, rng, 16)
 
 
 @_workload("hot_cold", "10% of an array summed every epoch, all of it every 8th epoch")
@@ -156,12 +160,7 @@ def pingpong(sp: "Space", size: int, rng: np.random.Generator) -> bool:
 @_workload("oversubscribe", "STREAM triad over a working set 1.5x the device, 8 times",
            device_ratio=1 / 1.5)
 def oversubscribe(sp: "Space", size: int, rng: np.random.Generator) -> bool:
-    n = _n(size, 3)
-    rb, rc = rng.standard_normal(n), rng.standard_normal(n)
-    a, b, c = sp.zeros(n, name="a"), sp.asarray(rb, name="b"), sp.asarray(rc, name="c")
-    for _ in range(8):
-        ops.triad(a, b, c, 0.5)
-    return _close(a, rb + 0.5 * rc)
+    return _triad(sp, size, rng, 8)
 
 
 def _laplacian(g: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
