@@ -191,6 +191,14 @@ def main(argv: list[str] | None = None) -> int:
     data["nvml"] = info
     print(f"GPU: {b.name} (cc {b.compute_capability}), {format_bytes(total)} total, "
           f"{format_bytes(free)} free; using at most {format_bytes(cap)}")
+    import cupy
+    props = cupy.cuda.runtime.getDeviceProperties(b.device)
+    coherence = {k: props.get(k) for k in ("concurrentManagedAccess", "pageableMemoryAccess",
+                                            "pageableMemoryAccessUsesHostPageTables",
+                                            "directManagedMemAccessFromHost")}
+    data["coherence"] = coherence
+    print(f"CuPy {cupy.__version__}, CUDA runtime {cupy.cuda.runtime.runtimeGetVersion()}; "
+          f"{coherence}")
     if info:
         print(f"NVML: driver {info.get('driver_version')}, PCIe gen {info.get('pcie_link_gen')} "
               f"x{info.get('pcie_link_width')}, util {info.get('utilization_gpu')}%")

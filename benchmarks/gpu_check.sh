@@ -25,7 +25,10 @@ command -v nvidia-smi >/dev/null 2>&1 && \
   || { echo "gpu_check: CuPy does not import" >&2; exit 2; }
 
 echo "== GPU tests (pytest -m gpu) =="
-timeout 150 "$PY" -m pytest -q -m gpu -p no:cacheprovider -rs tests/ 2>&1 | tee "$LOG"
+TIMEOUT_ARGS=()
+"$PY" -c "import pytest_timeout" 2>/dev/null && TIMEOUT_ARGS=(--timeout 60)
+timeout 150 "$PY" -m pytest -q -m gpu -p no:cacheprovider -rs --durations=5 --tb=short \
+  ${TIMEOUT_ARGS[@]+"${TIMEOUT_ARGS[@]}"} tests/ 2>&1 | tee "$LOG"
 rc_tests=${PIPESTATUS[0]}
 [ "$rc_tests" -eq 5 ] && { echo "gpu_check: no GPU tests were collected" >&2; rc_tests=1; }
 

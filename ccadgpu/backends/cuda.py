@@ -660,8 +660,10 @@ class CudaKernels:
     ``backend.synchronize()`` before the CPU reads an output.  Ops return their output
     (sum/dot: a Python number, after a synchronisation)."""
 
-    #: compile options: nothing but what the sources need (NVRTC's default dialect is C++17)
-    OPTIONS: tuple[str, ...] = ()
+    #: compile options.  No fused multiply-add: the ops are memory-bound, so FMA buys nothing,
+    #: and without it axpy/triad round exactly as NumPy and the CPU backend do (same test
+    #: vectors, same bits), instead of differing in the last place where terms cancel.
+    OPTIONS: tuple[str, ...] = ("--fmad=false",)
 
     def __init__(self, backend: CudaBackend):
         self.b = backend

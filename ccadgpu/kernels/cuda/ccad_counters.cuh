@@ -181,6 +181,27 @@ __device__ __forceinline__ void ccad_count_range_block(const CcadCounters& c, cc
     }
 }
 
+// The whole grid counts the byte range [lo, hi) of a dense operand swept once per launch:
+// global thread t takes the t-th page, one atomic per page in all.  For kernels whose work
+// items do not map to contiguous tiles (rows of a stencil, rows of a CSR matrix), counting per
+// item would make every warp of a block hammer the same page's slot; counting the whole range
+// up front gives the same totals (each byte once per launch) at no per-item cost.
+__device__ __forceinline__ void ccad_count_range_grid(const CcadCounters& c, ccad_u64* g,
+                                                      ccad_u64 lo, ccad_u64 hi) {
+    if (!ccad_clip(c, lo, hi)) return;
+    const ccad_u64 nthreads = ccad_nthreads();
+    const ccad_u64 block =
+        blockIdx.x + (ccad_u64)gridDim.x * (blockIdx.y + (ccad_u64)gridDim.y * blockIdx.z);
+    const ccad_u64 stride = nthreads * gridDim.x * gridDim.y * gridDim.z;
+    const ccad_u64 first = (lo - c.base) >> c.shift;
+    const ccad_u64 last = (hi - 1 - c.base) >> c.shift;
+    for (ccad_u64 p = first + block * nthreads + ccad_tid(); p <= last; p += stride) {
+        ccad_u64 ps = c.base + (p << c.shift);
+        ccad_u64 pe = ps + (1ull << c.shift);
+        atomicAdd(&g[p], (hi < pe ? hi : pe) - (lo > ps ? lo : ps));
+    }
+}
+
 // Warp-aggregated count of one access of ``bytes`` at ``addr`` per lane (``valid`` false for
 // idle lanes).  Must be reached by all 32 lanes of the warp together.
 __device__ __forceinline__ void ccad_warp_count(const CcadCounters& c, ccad_u64* g, CcadHist* h,

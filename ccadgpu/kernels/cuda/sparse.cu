@@ -84,16 +84,22 @@ __device__ void ccad_scatter_impl(T* y, const I* idx, const T* x, ccad_i64 n, Cc
 }
 
 // One warp per row ("vector CSR"): lanes stride the row's nonzeros, a shuffle reduction sums
-// them, lane 0 stores.  Counts per row: indptr[r] (and indptr[nrows] on the last row), the
-// row's slice of indices and data, y[r] (dense: each byte once per launch), and one x element
-// per nonzero (indexed, warp-aggregated).
+// them, lane 0 stores.  Counts: indptr, the used slice [indptr[0], indptr[nrows]) of indices and
+// data, and y are dense (each byte once per launch; the grid counts them up front, see
+// ccad_count_range_grid), and one x element per nonzero (indexed, warp-aggregated).
 template <bool COUNT, typename T, typename I>
 __device__ void ccad_spmv_impl(T* y, const I* indptr, const I* indices, const T* data,
                                const T* x, ccad_i64 nrows, CcadCounters c) {
-    __shared__ CcadHist hr, hw;
+    __shared__ CcadHist hr;
     if (COUNT) {
+        if (ccad_dense(c) && nrows > 0) {
+            const ccad_i64 k0 = (ccad_i64)indptr[0], k1 = (ccad_i64)indptr[nrows];
+            ccad_count_range_grid(c, c.rd, ccad_addr(indptr), ccad_addr(indptr + nrows + 1));
+            ccad_count_range_grid(c, c.rd, ccad_addr(indices + k0), ccad_addr(indices + k1));
+            ccad_count_range_grid(c, c.rd, ccad_addr(data + k0), ccad_addr(data + k1));
+            ccad_count_range_grid(c, c.wr, ccad_addr(y), ccad_addr(y + nrows));
+        }
         ccad_hist_init(&hr);
-        ccad_hist_init(&hw);
         __syncthreads();
     }
     const unsigned lane = threadIdx.x & 31u;
@@ -116,22 +122,10 @@ __device__ void ccad_spmv_impl(T* y, const I* indptr, const I* indices, const T*
         }
         for (int o = 16; o > 0; o >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, o);
         if (lane == 0) y[r] = acc;
-        if (COUNT && ccad_dense(c)) {
-            if (lane == 0)
-                ccad_count_range(c, c.rd, &hr, ccad_addr(indptr + r),
-                                 ccad_addr(indptr + r + (r == nrows - 1 ? 2 : 1)));
-            else if (lane == 1)
-                ccad_count_range(c, c.rd, &hr, ccad_addr(indices + k0), ccad_addr(indices + k1));
-            else if (lane == 2)
-                ccad_count_range(c, c.rd, &hr, ccad_addr(data + k0), ccad_addr(data + k1));
-            else if (lane == 3)
-                ccad_count_range(c, c.wr, &hw, ccad_addr(y + r), ccad_addr(y + r + 1));
-        }
     }
     if (COUNT) {
         __syncthreads();
         ccad_hist_flush(&hr, c.rd);
-        ccad_hist_flush(&hw, c.wr);
     }
 }
 
