@@ -69,6 +69,34 @@ class Arena:
         return self.b.new_counters(self.region.ptr, self.region.nbytes, self.page)
 
 
+INDEXED_OPERAND = {"gather": 1, "scatter": 0, "spmv": 4}     # position in the op's arrays
+
+
+def indexed_row(b: Any, op: str, arrays: tuple, sc: dict, page: int, repeat: int,
+                t_plain: float, checks: list[tuple[str, bool]], data: dict[str, Any]
+                ) -> list[Any]:
+    """The op counted as a Space counts it: in-kernel counters over the pages of its indexed
+    operand only (dense operands are priced on the host, arithmetically)."""
+    k = b.kernels
+    a = arrays[INDEXED_OPERAND[op]]
+    lo = ck.array_address(a) & ~(page - 1)
+    hi = ck.array_address(a) + a.nbytes
+    cnt = b.new_counters(lo, hi - lo, page, "indexed")
+    counted = ck.plan(op, *arrays, counters=cnt, max_blocks=k.max_blocks, **sc)
+    t = b.median_time(lambda: k.launch(counted), repeat, 1)
+    b.clear_counters(cnt)
+    k.launch(counted)
+    rd, wr = b.read_counters(cnt)
+    ref_rd, ref_wr = expected_counts(op, *arrays, base=cnt.base, shift=cnt.shift,
+                                     npages=cnt.npages, mode="indexed")
+    ok = bool(np.array_equal(rd, ref_rd) and np.array_equal(wr, ref_wr))
+    checks.append((f"{op} (indexed operand's pages): counts == reference", ok))
+    data.setdefault("kernels_indexed", {})[op] = {"counted_s": t, "plain_s": t_plain,
+                                                  "pages": cnt.npages, "counts_ok": ok}
+    return [f"kernel {op}, counters on its indexed operand", f"{cnt.npages} pages",
+            _ms(t), _r(t / t_plain), f"as a Space counts; counts {'ok' if ok else 'WRONG'}"]
+
+
 def kernel_rows(b: Any, budget: int, repeat: int, checks: list[tuple[str, bool]],
                 data: dict[str, Any]) -> tuple[list[list[Any]], dict[str, float]]:
     """Instrumented vs plain for every op on device-resident pages."""
@@ -79,7 +107,7 @@ def kernel_rows(b: Any, budget: int, repeat: int, checks: list[tuple[str, bool]]
     n -= n % 1024
     rng = np.random.default_rng(0)
     (xh, x), (yh, y), (zh, z) = (ar.take(n, np.float64) for _ in range(3))
-    (ih, idx), (oh, out) = ar.take(n, np.int64), ar.take(1, np.float64)
+    (ih, idx), (_, out) = ar.take(n, np.int64), ar.take(1, np.float64)
     xh[:] = rng.standard_normal(n)
     yh[:] = rng.standard_normal(n)
     ih[:] = rng.integers(0, n, n)
@@ -120,6 +148,8 @@ def kernel_rows(b: Any, budget: int, repeat: int, checks: list[tuple[str, bool]]
         rows.append([f"kernel {op} (device pages)", f"{moved / t_plain / 1e9:.1f} GB/s plain",
                      f"{moved / t_cnt / 1e9:.1f} GB/s counted", _r(t_cnt / t_plain),
                      f"{_ms(t_plain)} vs {_ms(t_cnt)}; counts {'ok' if ok else 'WRONG'}"])
+        if op in INDEXED_OPERAND:
+            rows.append(indexed_row(b, op, arrays, sc, ar.page, repeat, t_plain, checks, data))
     # SpMV on its own matrix
     room = ar.region.nbytes - ar.cursor
     if nrows > 0 and room > (nrows * nnz_row * 16 + nrows * 16 + 4096):
@@ -154,6 +184,7 @@ def kernel_rows(b: Any, budget: int, repeat: int, checks: list[tuple[str, bool]]
         rows.append(["kernel spmv (device pages)", f"{moved / t_plain / 1e9:.1f} GB/s plain",
                      f"{moved / t_cnt / 1e9:.1f} GB/s counted", _r(t_cnt / t_plain),
                      f"{_ms(t_plain)} vs {_ms(t_cnt)}; counts {'ok' if ok else 'WRONG'}"])
+        rows.append(indexed_row(b, "spmv", arrays, {}, ar.page, repeat, t_plain, checks, data))
     # results of the last runs against NumPy (a cheap end-to-end check of two ops)
     k.triad(z, x, y, 3.0)
     b.synchronize()
@@ -165,6 +196,120 @@ def kernel_rows(b: Any, budget: int, repeat: int, checks: list[tuple[str, bool]]
     times["_triad_bytes"] = float(3 * n * 8)
     b.free(ar.region)
     return rows, times
+
+
+def d2h_threads(b: Any, nbytes: int, repeat: int, data: dict[str, Any]) -> list[list[Any]]:
+    """Prefetch of ``nbytes`` to the CPU split over k host threads (one stream each): the
+    driver migrates towards the CPU in the calling thread, so parallel calls may scale."""
+    import threading
+
+    cp = b.cp
+    region = b.allocate(nbytes)
+    region.host_view()[:] = 1
+    rows = []
+    chunk_unit = 2 << 20
+    try:
+        for k in (1, 2, 4, 8):
+            streams = [cp.cuda.Stream(non_blocking=True) for _ in range(k)]
+            per = -(-nbytes // k // chunk_unit) * chunk_unit
+            parts = [(o, min(per, nbytes - o)) for o in range(0, nbytes, per)]
+            ts = []
+            for _ in range(repeat):
+                b.prefetch(region.ptr, nbytes, b.device)
+                b.synchronize()
+
+                def work(i: int) -> None:
+                    o, n = parts[i]
+                    with b._dev:
+                        b.prefetch(region.ptr + o, n, "cpu", stream=streams[i])
+                        streams[i].synchronize()
+                threads = [threading.Thread(target=work, args=(i,)) for i in range(len(parts))]
+                t0 = time.perf_counter()
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                ts.append(time.perf_counter() - t0)
+            g = nbytes / float(np.median(ts)) / 1e9
+            data.setdefault("d2h_threads_gbps", {})[k] = g
+            rows.append([f"migrate D2H, {k} host thread(s)", f"{g:.2f} GB/s", "", "",
+                         f"{format_bytes(nbytes)} in {len(parts)} chunk(s), wall clock"])
+    finally:
+        b.free(region)
+    return rows
+
+
+def space_rows(b: Any, nbytes: int, repeat: int, pinned: dict[str, float],
+               checks: list[tuple[str, bool]], data: dict[str, Any]) -> list[list[Any]]:
+    """The same through a Space on this GPU: move_pages (2 MiB pages) against the pinned
+    copy, and device ops (counted, synchronous launches) against the plain kernel."""
+    import ccadgpu
+    from ccadgpu import ops
+
+    rows = []
+    n = nbytes // 8
+    with ccadgpu.Space(backend=b, device_memory=4 * nbytes, host_memory=8 * nbytes,
+                       page_size="2MiB", profile=cal.base_profile_name(b.name)) as sp:
+        want = np.random.default_rng(0).standard_normal(n)
+        a = sp.asarray(want)
+        res: dict[str, list] = {"h2d": [], "d2h": [], "h2d_model": [], "d2h_model": []}
+        for _ in range(repeat):
+            r1 = sp.move_pages(a, "device")
+            r2 = sp.move_pages(a, "host")
+            ok = r1.ok and r2.ok
+            res["h2d"].append(r1.seconds)
+            res["d2h"].append(r2.seconds)
+            res["h2d_model"].append(r1.modeled_seconds)
+            res["d2h_model"].append(r2.modeled_seconds)
+        checks.append(("Space.move_pages both ways: every page moved", bool(ok)))
+        checks.append(("Space.move_pages: data intact", bool(np.array_equal(np.asarray(a),
+                                                                             want))))
+        for d, key in (("h2d", "pinned_h2d_gbps"), ("d2h", "pinned_d2h_gbps")):
+            t = float(np.median(res[d]))
+            g = nbytes / t / 1e9
+            data[f"space_{d}_gbps"] = g
+            rows.append([f"Space.move_pages {d.upper()} ({format_bytes(nbytes)}, 2 MiB pages)",
+                         f"{g:.2f} GB/s", f"{pinned[key]:.2f} GB/s pinned copy",
+                         _r(g / pinned[key]),
+                         f"modeled {_ms(float(np.median(res[d + '_model'])))} vs "
+                         f"{_ms(t)} measured"])
+        # device ops through the Space: counted, traced, synchronous
+        x = sp.asarray(want, placement="device")
+        y = sp.asarray(want[::-1].copy(), placement="device")
+        z = sp.zeros(n, placement="device")
+        idx = sp.asarray(np.random.default_rng(1).integers(0, n, n), placement="device")
+        k = b.kernels
+        for op, fn, plain in (
+                ("triad", lambda: ops.triad(z, x, y, 3.0), lambda: k.triad(z, x, y, 3.0)),
+                ("gather", lambda: ops.gather(z, x, idx),
+                 lambda: k.gather(z, x, idx, check=False))):
+            fn()
+            ts = []
+            for _ in range(repeat):
+                fn()
+                ts.append(sp.device.last_launch.wall_seconds)
+            t = float(np.median(ts))
+            base = b.median_time(plain, repeat, 1)
+            data.setdefault("space_ops", {})[op] = t
+            rows.append([f"ops.{op} in a Space ({format_bytes(nbytes)} operands)", _ms(t),
+                         f"{_ms(base)} plain kernel" if base else "",
+                         _r(t / base) if base else "n/a",
+                         "whole launch (checks, counting, sync; wall) vs the plain kernel "
+                         "on the same arrays (events)"])
+        checks.append(("ops.triad in a Space == NumPy",
+                       bool(np.allclose(np.asarray(ops.triad(z, x, y, 3.0)),
+                                        want + 3.0 * want[::-1]))))
+        checks.append(("ops.gather in a Space == NumPy",
+                       bool(np.array_equal(np.asarray(ops.gather(z, x, idx)),
+                                           want[np.asarray(idx)]))))
+        rep = sp.device.reset()
+        checks.append(("Space device reset: all pages back, data intact",
+                       bool(sp.stats()["nr_pages_device"] == 0 and
+                            np.array_equal(np.asarray(x), want))))
+        rows.append(["Space device reset (verified evacuation)",
+                     f"{rep.bytes / max(rep.seconds, 1e-9) / 1e9:.2f} GB/s", "", "",
+                     f"{rep.pages} pages in {_ms(rep.seconds)}"])
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -228,7 +373,19 @@ def main(argv: list[str] | None = None) -> int:
     krows, ktimes = kernel_rows(b, min(cap, 1 << 30), args.repeat, checks, data)
     rows += krows
 
-    # 3. modeled vs measured: shipped profile for this kind of card, and the calibrated one
+    # 3. D2H prefetch over several host threads; the Space on this GPU
+    for name, fn in (("d2h threads", lambda: d2h_threads(b, nb, args.repeat, data)),
+                     ("space", lambda: space_rows(b, min(cap // 8, 256 << 20), args.repeat,
+                                                  meas, checks, data))):
+        try:
+            rows += fn()
+        except Exception as exc:  # noqa: BLE001 - report and go on: one table either way
+            import traceback
+            traceback.print_exc()
+            checks.append((f"{name}: ran", False))
+            rows.append([name, "FAILED", repr(exc)[:60], "", ""])
+
+    # 4. modeled vs measured: shipped profile for this kind of card, and the calibrated one
     base_name = cal.base_profile_name(b.name)
     base = cal._load_doc(base_name)
     calibrated = tomllib.loads(cal.profile_text(meas, "calibrated", base))

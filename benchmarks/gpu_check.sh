@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One script for a lent GPU machine (no network; CuPy, Numba, nvidia-ml-py and pytest present):
 # runs the GPU tests, then benchmarks/gpu_check.py (one compact table: migration vs pinned copy,
-# device- vs host-resident kernel reads, instrumented vs plain kernels, modeled vs measured).
+# device- vs host-resident kernel reads, instrumented vs plain kernels, a Space on the GPU,
+# modeled vs measured), then `ccadgpu demo` and a small `ccadgpu bench` on the cuda backend.
 # Exit status non-zero if the GPU tests or any check fail.  Budget: under 5 minutes.
 #
 #   bash benchmarks/gpu_check.sh            # from anywhere; PYTHON=... to pick an interpreter
@@ -38,5 +39,13 @@ JSON_ARGS=()
 timeout 120 "$PY" benchmarks/gpu_check.py ${JSON_ARGS[@]+"${JSON_ARGS[@]}"}
 rc_bench=$?
 
-echo "gpu_check: tests rc=$rc_tests, measurements rc=$rc_bench"
-[ "$rc_tests" -eq 0 ] && [ "$rc_bench" -eq 0 ]
+echo "== end to end on the GPU: ccadgpu demo and bench with --backend cuda =="
+CLI=(-c "import sys; from ccadgpu.cli import main; sys.exit(main(sys.argv[1:]))")
+timeout 90 "$PY" "${CLI[@]}" demo --backend cuda --iters 12
+rc_demo=$?
+timeout 120 "$PY" "${CLI[@]}" bench --backend cuda --size 16MiB --profile h100-pcie \
+  --workload pingpong,krylov,oversubscribe --policy static,on_demand,access_counter
+rc_e2e=$(( rc_demo || $? ))
+
+echo "gpu_check: tests rc=$rc_tests, measurements rc=$rc_bench, end to end rc=$rc_e2e"
+[ "$rc_tests" -eq 0 ] && [ "$rc_bench" -eq 0 ] && [ "$rc_e2e" -eq 0 ]

@@ -7,6 +7,7 @@ CuPy and matplotlib load on first use.
 from __future__ import annotations
 
 from . import errors
+from . import interop  # noqa: F401 - registers its tunables before any Space exists
 from .array import ManagedArray
 from .clock import Profile, available_profiles, load_profile
 from .migrate import MigrationReport
@@ -25,8 +26,9 @@ __all__ = ["Space", "ManagedArray", "MigrationReport", "Allocation", "errors", "
 
 
 def __getattr__(name: str) -> object:
-    # ``ccadgpu.ops`` loads on first use (its kernels bring Numba in on their first call).
-    if name == "ops":
+    # ``ccadgpu.ops`` loads on first use (its kernels bring Numba in on their first call);
+    # ``ccadgpu.scipy`` too (it imports SciPy).
+    if name in ("ops", "scipy"):
         import importlib
-        return importlib.import_module(".ops", __name__)
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'ccadgpu' has no attribute {name!r}")

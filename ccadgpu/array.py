@@ -2,10 +2,12 @@
 
 A :class:`ManagedArray` is an ``ndarray`` subclass whose memory is pages of a :class:`Space`.
 ``np.asarray(a)`` is a zero-copy view, and the address never changes while pages migrate
-underneath.  The subclass exists for one reason: to see CPU-side work through the array
-protocols (``__array_ufunc__``, ``__array_function__``, ``__setitem__``), so that mediated writes
-wait for in-flight migrations and host traffic can be counted.  Results of computations are
-plain ``ndarray``s: only memory the space owns is ever a ``ManagedArray``.
+underneath.  The subclass exists to see CPU-side work through the array protocols
+(``__array_ufunc__``, ``__array_function__``, ``__setitem__``, copying methods), so that
+mediated writes wait for in-flight migrations, host traffic is counted, and results of
+computations stay in the space (:mod:`ccadgpu.interop`: new memory of at least
+``tunables.managed_results_min_bytes`` is allocated in the operand's space; scalars and small
+results are plain).  Only memory a space owns is ever a ``ManagedArray`` returned by the library.
 """
 from __future__ import annotations
 
@@ -68,10 +70,17 @@ def rewrap(result: Any) -> Any:
             return result.view(ManagedArray)
         return result
     if isinstance(result, tuple):
-        return tuple(rewrap(r) for r in result)
+        items = [rewrap(r) for r in result]
+        return type(result)(*items) if hasattr(result, "_fields") else tuple(items)
     if isinstance(result, list):
         return [rewrap(r) for r in result]
     return result
+
+
+def _interop() -> Any:
+    # imported on first use: interop imports this module
+    from . import interop
+    return interop
 
 
 def _managed_in(x: Any, out: list) -> None:
@@ -133,16 +142,22 @@ class ManagedArray(np.ndarray):
             writes.append(inputs[0])      # ufunc.at(a, indices, ...) reads and writes a[indices]
             if len(inputs) > 1 and not isinstance(inputs[1], ManagedArray):
                 key = inputs[1]
+        if not outs and method == "__call__":
+            # results stay in the space: an elementwise call writes straight into new managed
+            # outputs (None when the result should be plain, see ccadgpu.interop)
+            outs = _interop().ufunc_outputs(reads, ufunc, inputs, kwargs)
         if outs:
             _managed_in(outs, writes)
             kwargs["out"] = tuple(plain(o) for o in outs)
+        else:
+            kwargs.pop("out", None)
         with _host_accesses(reads, writes, key):
             result = getattr(ufunc, method)(*_plain_tree(inputs), **kwargs)
         if outs:
             if method == "at":
                 return None
             return outs[0] if len(outs) == 1 else outs
-        return rewrap(result)
+        return _interop().finish(result, reads, inputs)
 
     def __array_function__(self, func: Any, types: Any, args: tuple, kwargs: dict) -> Any:
         reads: list = []
@@ -154,11 +169,16 @@ class ManagedArray(np.ndarray):
         out = kwargs.get("out")
         if out is not None:
             _managed_in([out], writes)
+        if func is np.empty_like and not writes:
+            # nothing to compute or copy: allocate the result in the space directly
+            made = _empty_like(reads, args, kwargs)
+            if made is not None:
+                return made
         with _host_accesses(reads, writes):
             result = func(*_plain_tree(args), **{k: _plain_tree(v) for k, v in kwargs.items()})
         if out is not None and result is not None and isinstance(result, np.ndarray):
             return out if buffer_of(result) is not None else result
-        return rewrap(result)
+        return _interop().finish(result, reads, (args, kwargs))
 
     def __setitem__(self, key: Any, value: Any) -> None:
         reads: list = []
@@ -171,7 +191,7 @@ class ManagedArray(np.ndarray):
         # Basic indexing (views, single elements) is not counted: a view reads nothing, and
         # counting a single-element read would cost far more than the read.  Advanced indexing
         # copies the selected elements, a vectorised CPU read: counted, per page, and the copy
-        # is a plain ndarray (its memory is not the space's).
+        # stays in the space (ccadgpu.interop) unless it is small.
         if _is_basic_key(key) or buffer_of(self) is None:
             return np.ndarray.__getitem__(self, key)
         reads: list = []
@@ -179,7 +199,8 @@ class ManagedArray(np.ndarray):
         k = _plain_tree(key)
         ops = [(self, "r", k)] + [(r, "r", None) for r in reads]
         count_host(ops)
-        return np.ndarray.__getitem__(self.view(np.ndarray), k)
+        return _interop().finish(np.ndarray.__getitem__(self.view(np.ndarray), k),
+                                 [self], None)
 
     def fill(self, value: Any) -> None:
         with _host_accesses([], [self]):
@@ -198,16 +219,116 @@ class ManagedArray(np.ndarray):
         with _host_accesses([], [self]):
             np.ndarray.put(self.view(np.ndarray), indices, plain(values), mode)
 
+    # Methods that make new memory without passing through __array_function__: their results
+    # stay in the space too (views come back as views, uncounted).
     def copy(self, order: str = "C") -> np.ndarray:  # type: ignore[override]
-        """A plain (unmanaged) copy: the copy's memory is not the space's."""
-        with _host_accesses([self], []):
-            return np.ndarray.copy(self.view(np.ndarray), order=order)
+        """A copy, in the same space (a plain ndarray if small; see :mod:`ccadgpu.interop`)."""
+        return self._fresh(np.ndarray.copy, order=order)
+
+    def astype(self, *args: Any, **kwargs: Any) -> np.ndarray:  # type: ignore[override]
+        return self._fresh(np.ndarray.astype, *args, **kwargs)
+
+    def flatten(self, *args: Any, **kwargs: Any) -> np.ndarray:  # type: ignore[override]
+        return self._fresh(np.ndarray.flatten, *args, **kwargs)
+
+    def ravel(self, *args: Any, **kwargs: Any) -> np.ndarray:  # type: ignore[override]
+        return self._fresh(np.ndarray.ravel, *args, **kwargs)
+
+    def reshape(self, *args: Any, **kwargs: Any) -> np.ndarray:  # type: ignore[override]
+        return self._fresh(np.ndarray.reshape, *args, **kwargs)
+
+    def byteswap(self, inplace: bool = False) -> np.ndarray:  # type: ignore[override]
+        if inplace and buffer_of(self) is not None:
+            with _host_accesses([self], [self]):
+                np.ndarray.byteswap(self.view(np.ndarray), True)
+            return self
+        return self._fresh(np.ndarray.byteswap, inplace)
+
+    def __copy__(self) -> np.ndarray:
+        return self.copy()
+
+    def __deepcopy__(self, memo: Any) -> np.ndarray:
+        return self.copy()
+
+    def _fresh(self, method: Any, *args: Any, **kwargs: Any) -> Any:
+        if buffer_of(self) is None:
+            return method(self, *args, **kwargs)
+        res = method(self.view(np.ndarray), *args, **kwargs)
+        if isinstance(res, np.ndarray) and buffer_of(res) is not None:
+            return res.view(ManagedArray)            # a view: nothing was read
+        count_host([(self, "r", None)])
+        return _interop().finish(res, [self], None)
 
     def __reduce__(self) -> Any:
         # Pickling the address would be meaningless in another process: pickle the data.
-        return self.copy().__reduce__()
+        with _host_accesses([self], []):
+            return np.ndarray.copy(self.view(np.ndarray)).__reduce__()
+
+    # DLPack: host-resident data is exported as CPU memory, zero-copy; device pages are refused
+    # (ccadgpu.interop.dlpack_check says why and what to do), unless a copy is asked for.
+    def __dlpack_device__(self) -> tuple[int, int]:
+        _interop().dlpack_check(self)
+        return np.ndarray.__dlpack_device__(self.view(np.ndarray))
+
+    def __dlpack__(self, *, stream: Any = None, max_version: Any = None, dl_device: Any = None,
+                   copy: bool | None = None) -> Any:
+        kw = {k: v for k, v in (("max_version", max_version), ("dl_device", dl_device),
+                                ("copy", copy)) if v is not None}
+        if copy:
+            with _host_accesses([self], []):
+                snap = np.ndarray.copy(self.view(np.ndarray))
+            return snap.__dlpack__(stream=stream, **kw)
+        _interop().dlpack_check(self)
+        return np.ndarray.__dlpack__(self.view(np.ndarray), stream=stream, **kw)
 
     def __array_wrap__(self, obj: Any, context: Any = None, return_scalar: bool = False) -> Any:
         if return_scalar and isinstance(obj, np.ndarray) and obj.ndim == 0:
             return obj[()]
         return rewrap(obj.view(np.ndarray) if isinstance(obj, ManagedArray) else obj)
+
+
+def _empty_like(managed: list, args: tuple, kwargs: dict) -> Any:
+    """``np.empty_like`` of a managed prototype, allocated in its space (no copy needed: the
+    contents are undefined anyway); None to let NumPy do it."""
+    proto = args[0] if args else kwargs.get("prototype")
+    if not isinstance(proto, np.ndarray) or kwargs.get("subok") is False:
+        return None
+    try:
+        shape = kwargs.get("shape", args[3] if len(args) > 3 else None)
+        dtype = kwargs.get("dtype", args[1] if len(args) > 1 else None)
+        order = kwargs.get("order", args[2] if len(args) > 2 else "K")
+        shp = proto.shape if shape is None else \
+            ((int(shape),) if np.ndim(shape) == 0 else tuple(int(s) for s in shape))
+        dt = proto.dtype if dtype is None else np.dtype(dtype)
+    except (TypeError, ValueError):
+        return None
+    sp = _interop().result_space(managed)
+    if sp is None:
+        return None
+    fortran = order in ("F", "f") or (order in ("K", "k", "A", "a") and shp == proto.shape
+                                      and proto.ndim > 1 and proto.flags.f_contiguous
+                                      and not proto.flags.c_contiguous)
+    return _interop().allocate_result(sp, shp, dt, fortran, name="empty_like")
+
+
+def _via_function(fn: Any, name: str, swap: bool = False) -> Any:
+    def method(self: ManagedArray, *args: Any, **kwargs: Any) -> Any:
+        if swap:                       # ndarray.compress(condition, ...) vs np.compress(condition, a)
+            return fn(args[0], self, *args[1:], **kwargs)
+        return fn(self, *args, **kwargs)
+    method.__name__ = name
+    method.__qualname__ = f"ManagedArray.{name}"
+    method.__doc__ = (f"``np.{fn.__name__}`` of this array: counted, and a new result stays in "
+                      "the space (see :mod:`ccadgpu.interop`).")
+    return method
+
+
+# ndarray methods implemented in C that would otherwise make new, unmanaged memory typed as
+# ManagedArray: route them through the NumPy function, which dispatches __array_function__.
+for _name, _fn in (("take", np.take), ("repeat", np.repeat), ("choose", np.choose),
+                   ("searchsorted", np.searchsorted), ("nonzero", np.nonzero), ("dot", np.dot),
+                   ("argsort", np.argsort), ("argpartition", np.argpartition),
+                   ("round", np.round), ("trace", np.trace), ("argmax", np.argmax),
+                   ("argmin", np.argmin)):
+    setattr(ManagedArray, _name, _via_function(_fn, _name))
+setattr(ManagedArray, "compress", _via_function(np.compress, "compress", swap=True))

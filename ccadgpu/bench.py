@@ -55,7 +55,7 @@ class Run:
 def run_workload(workload: str, policy: str = "static", profile: str = "gh200",
                  size: "int | str" = "64MiB", seed: int = 0, page_size: "int | str" = "64KiB",
                  history: bool = False, keep_trace: bool = False, repeat: int = 0,
-                 **policy_params: Any) -> Run:
+                 backend: Any = "cpu", **policy_params: Any) -> Run:
     """Run ``workload`` live on a fresh space under ``policy``.  ``policy="oracle"`` first
     records the workload under ``static``, plans the offline schedule from that trace, then
     runs again following it."""
@@ -69,7 +69,8 @@ def run_workload(workload: str, policy: str = "static", profile: str = "gh200",
     extra: dict[str, Any] = {}
     pol: Any = policy
     if policy == "oracle":
-        rec = run_workload(workload, "static", profile, nbytes, seed, ps, keep_trace=True)
+        rec = run_workload(workload, "static", profile, nbytes, seed, ps, keep_trace=True,
+                           backend=backend)
         from .replay import initial_placement, trace_epochs
         eps = trace_epochs(rec.trace)
         init = initial_placement(rec.trace, eps)
@@ -80,7 +81,7 @@ def run_workload(workload: str, policy: str = "static", profile: str = "gh200",
         pol = make_policy("oracle", schedule=sched)
         extra["lower_bound_s"] = sched.lower_bound
     with Space(device_memory=wl.device_bytes(nbytes, ps), page_size=ps, profile=profile,
-               policy=pol, policy_params=policy_params or None) as sp:
+               policy=pol, policy_params=policy_params or None, backend=backend) as sp:
         sp.manager.record_history = history
         t0 = time.perf_counter()
         ok = wl.run(sp, nbytes, np.random.default_rng(seed))
@@ -90,7 +91,7 @@ def run_workload(workload: str, policy: str = "static", profile: str = "gh200",
         row.update(extra)
         row.update({"workload": workload, "policy": policy, "profile": profile,
                     "size": nbytes, "page_size": ps, "seed": seed, "repeat": repeat,
-                    "verified": bool(ok), "wall_s": wall})
+                    "verified": bool(ok), "wall_s": wall, "backend": sp.backend})
         hist = sp.manager.history_array() if history else None
         tr = None
         if keep_trace:

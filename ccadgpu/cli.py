@@ -74,8 +74,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         con.print(f"backend: [bold]{choice.name}[/] ({choice.reason})")
     except Exception as exc:  # noqa: BLE001 - info must always print something
         con.print(f"backend: cpu (backend probe failed: {exc})")
-    con.print("the CPU stand-in is what Space uses today; the CUDA backend's pieces exist but "
-              "are not wired into Space and have never run on a GPU (README: GPU backend)")
+    con.print("Space(backend='auto') takes this backend; the CLI commands run on the CPU "
+              "stand-in unless given --backend auto|cuda")
     try:
         from ccadgpu.backends.nvml import gpu_info
         g = gpu_info()
@@ -122,14 +122,14 @@ def _bar(frac: float) -> str:
 
 
 def _demo_run(con: Any, policy: str, profile: str, size: int, page: int, seed: int,
-              reset_at: int, iters: int, checks: list) -> dict:
+              reset_at: int, iters: int, checks: list, backend: str = "cpu") -> dict:
     import ccadgpu
     from ccadgpu import ops
     n = size // 3 // 8
     rng = np.random.default_rng(seed)
     rb, rc = rng.standard_normal(n), rng.standard_normal(n)
     with ccadgpu.Space(device_memory=2 * size, page_size=page, profile=profile,
-                       policy=policy) as sp:
+                       policy=policy, backend=backend) as sp:
         a, b, c = sp.zeros(n, name="a"), sp.asarray(rb, name="b"), sp.asarray(rc, name="c")
         arrays = (a, b, c)
         total = sum(len(sp.placement(x)) for x in arrays)
@@ -174,12 +174,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise InvalidArgumentError(f"--size {args.size!r} must hold at least 3 pages")
     checks: list[tuple[str, bool]] = []
     t0 = time.perf_counter()
-    with ccadgpu.Space(device_memory="1MiB", host_memory="16MiB") as warm:   # JIT the kernels
+    with ccadgpu.Space(device_memory="1MiB", host_memory="16MiB",
+                       backend=args.backend) as warm:                      # JIT the kernels
         x = warm.zeros(1024)
         ccadgpu.ops.triad(x, x, x, 0.5)
         warm.device.offline()
     rows = {p: _demo_run(con, p, args.profile, size, page, args.seed, args.iters // 2,
-                         args.iters, checks)
+                         args.iters, checks, args.backend)
             for p in ("static", "access_counter")}
     t = Table(title=f"throughput on {args.profile} (modeled) and here (wall)")
     for c in ("policy", "modeled ms", "GB/s", "migrated", "remote", "p99 us", "wall ms"):
@@ -234,7 +235,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         for w, p, f, r in jobs:
             prog.update(task, description=f"{w} / {p} / {f}")
             runs.append(run_workload(w, p, f, size, args.seed, args.page_size,
-                                     history=bool(args.plot), repeat=r))
+                                     history=bool(args.plot), repeat=r,
+                                     backend=args.backend))
             prog.advance(task)
     rows = [r.row for r in runs]
     t = Table(title=f"ccadgpu bench: {ccadgpu.format_bytes(size)}, seed {args.seed}")
@@ -332,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="h100-pcie")
     p.add_argument("--iters", type=int, default=24)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backend", default="cpu", choices=("cpu", "auto", "cuda"),
+                   help="cpu (default: the stand-in), auto (a GPU when usable) or cuda")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("bench", help="workloads x policies x profiles: table, JSON, plot")
@@ -344,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--json", metavar="PATH", help="write every row (schema ccadgpu-bench/1)")
     p.add_argument("--plot", metavar="PATH.png", help="placement heatmaps + throughput chart")
+    p.add_argument("--backend", default="cpu", choices=("cpu", "auto", "cuda"),
+                   help="cpu (default), auto or cuda: where the workloads' memory and kernels "
+                        "run (modeled times come from --profile either way)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("trace", help="record a workload's trace; replay it under policies")

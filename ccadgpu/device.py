@@ -145,14 +145,17 @@ class Device:
 
     def reset(self, timeout: float | None = None) -> EvacuationReport:
         """Offline (evacuate), wipe the device memory, online.  On the CPU stand-in the wipe
-        poisons every device frame with 0xDEADBEEF, so a stale mapping would show it.  Never
-        touches a physical GPU.  Callbacks from :meth:`on_reset` run afterwards."""
+        poisons every device frame with 0xDEADBEEF, so a stale mapping would show it; on the
+        cuda backend it releases the GPU-side scratch and the stream.  Never resets or
+        reconfigures a physical GPU.  Callbacks from :meth:`on_reset` run afterwards."""
         with self._lifecycle:
             rep = self.offline(timeout)
             with self._space._cond:
                 if self.node.used_frames:
                     raise AssertionError("device frames still in use after evacuation")
                 self.node.poison_all()
+                if self._space.gpu is not None:
+                    self._space.gpu.reset()
             self.resets += 1
             self._space.vmstat.add(device_reset=1)
             self.online()

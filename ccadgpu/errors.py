@@ -86,3 +86,8 @@ class ProfileError(InvalidArgumentError):
 
 class TraceFormatError(InvalidArgumentError):
     """A trace file that is not a ccadgpu trace, or of a version this library cannot read."""
+
+
+class DLPackExportError(CcadError, BufferError):
+    """A DLPack export that would not be honest: the array has pages on the device node, which
+    is not CPU memory (move them to the host first, or ask for ``copy=True``)."""

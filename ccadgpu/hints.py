@@ -98,9 +98,12 @@ def duplicate(space: "Space", vpns: np.ndarray) -> np.ndarray:
     dev = space.nodes[DEVICE]
     frames = dev.take(len(v), partial=True)
     v = v[: len(frames)]
-    src = space.nodes[HOST]
-    for f_dst, f_src in zip(frames.tolist(), pt.frame[v].tolist()):
-        np.copyto(dev.frame_bytes(f_dst), src.frame_bytes(f_src))
+    if space.gpu is not None:
+        space.gpu.read_mostly(v, True)      # the driver keeps the duplicate
+    else:
+        src = space.nodes[HOST]
+        for f_dst, f_src in zip(frames.tolist(), pt.frame[v].tolist()):
+            np.copyto(dev.frame_bytes(f_dst), src.frame_bytes(f_src))
     pt.dup[v] = frames
     space.vmstat.add(pgduplicate=len(v))
     return v
@@ -114,6 +117,8 @@ def collapse(space: "Space", lo: int, hi: int) -> int:
         return 0
     space.nodes[DEVICE].give(d[has])
     space.pt.dup[lo:hi] = np.where(has, -1, d)
+    if space.gpu is not None:
+        space.gpu.read_mostly(lo + np.flatnonzero(has), False)
     n = int(has.sum())
     space.vmstat.add(pgcollapse=n)
     return n

@@ -34,6 +34,11 @@ Declare every managed array the kernel touches: a plain array in ``reads``/``wri
 sweep of all its bytes; ``Indexed(arr, index)`` is one element access per entry of ``index``
 (flat C-order indices).  Managed arguments that are not declared are refused, so counts are never
 silently incomplete.  Plain NumPy arguments are allowed but not counted (no page to charge).
+
+On a cuda space the kernel receives the managed arguments as CuPy arrays over the same memory
+(zero copy), so it can be CuPy code, a ``cupy.RawKernel`` call or a Numba-CUDA kernel; the
+launch waits for the backend's stream afterwards.  Declared ``Indexed`` accesses are counted
+from the index array on the host, as on the stand-in.
 """
 from __future__ import annotations
 
@@ -241,9 +246,15 @@ def launch(space: "Space", kernel: Callable[..., Any], args: tuple, reads: Any =
                 raise InvalidArgumentError(
                     f"{kname}: managed argument {i} (shape {x.shape}, {x.dtype}) is not declared "
                     "in reads= or writes=; declare every managed array the kernel touches")
-        plain_args.append(x.view(np.ndarray) if isinstance(x, ManagedArray) else x)
+        if space.gpu is not None and isinstance(x, np.ndarray) and buffer_of(x) is not None:
+            plain_args.append(space.gpu.device_array(x))    # the GPU's view: a CuPy array
+        else:
+            plain_args.append(x.view(np.ndarray) if isinstance(x, ManagedArray) else x)
 
     def run(counting: bool) -> tuple[Any, list]:
-        return kernel(*plain_args), []
+        value = kernel(*plain_args)
+        if space.gpu is not None:
+            space.gpu.b.synchronize()
+        return value, []
 
     return execute(space, kname, run, acc)

@@ -37,7 +37,7 @@ from . import notify
 from . import pagetable as ptf
 from .clock import Clock, Profile
 from .policies import Move, Policy, make_policy
-from .policies.base import as_index, decay
+from .policies.base import as_index, decay, decay_table
 from .runs import group_counts, sorted_unique
 from .tunables import Knob, register
 
@@ -49,6 +49,7 @@ HOST, DEVICE = 0, 1
 CPU, DEV = 0, 1
 #: moves decided by a policy (the manager filters them by hints); "hint" and "api" are the user's
 POLICY_CAUSES = ("fault", "prefetch", "access_counter", "eviction")
+_NOWHERE = np.iinfo(np.int64).max
 
 register(Knob("cpu_access", str, "coherent",
               "What a CPU access to a device page does: 'coherent' (the CCAD model: a remote "
@@ -171,8 +172,8 @@ class SimPlacement:
         moved = np.zeros(len(vpns), bool)
         moved[:k] = True
         src = self._node[vpns[:k]]
-        for n in np.unique(src).tolist():
-            self.used[n] -= int(np.count_nonzero(src == n))
+        for n, c in enumerate(np.bincount(src, minlength=len(self.used)).tolist()):
+            self.used[n] -= c
         self.used[target] += k
         self._node[vpns[:k]] = target
         return moved, 0.0
@@ -289,6 +290,18 @@ class PolicyContext:
         age = self.epoch - m.heat_epoch[v]
         return m.heat_val[v] * decay(age, m.tunables.heat_halflife_epochs)[:, None]
 
+    def heat_tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The tables behind :meth:`heat`, for policies with loops of their own:
+        ``(value[vpn, processor], epoch[vpn], decay by age)``; the heat of page ``v`` is
+        ``value[v] * decay[min(ctx.epoch - epoch[v], len(decay) - 1)]``."""
+        m = self._m
+        return m.heat_val, m.heat_epoch, decay_table(m.tunables.heat_halflife_epochs)
+
+    @property
+    def flags(self) -> np.ndarray:
+        """Page-table flags of every page (``ccadgpu.pagetable``: PINNED, ...)."""
+        return self._m.placement.flags()
+
     @property
     def last_touch(self) -> np.ndarray:
         """Epoch each processor last touched each page (``[vpn, 2]``, -1 never)."""
@@ -308,6 +321,10 @@ class PolicyContext:
     def pinned(self) -> np.ndarray:
         return (self._m.placement.flags() & ptf.PINNED) != 0
 
+    def pinned_at(self, vpns: np.ndarray) -> np.ndarray:
+        """Whether pages ``vpns`` are pinned (O(len(vpns)), unlike ``pinned``)."""
+        return (self._m.placement.flags()[vpns] & ptf.PINNED) != 0
+
     @property
     def preferred(self) -> np.ndarray:
         return self._m.placement.preferred()
@@ -321,13 +338,14 @@ class PolicyContext:
         the device come last."""
         node = self.node
         v = np.flatnonzero(node == DEVICE)
-        v = v[~self.pinned[v]]
-        if len(exclude):
-            out = np.zeros(len(node), bool)         # a mask: cheaper than sorting `exclude`
-            out[np.asarray(exclude, np.int64)] = True
-            v = v[~out[v]]
+        v = v[~self.pinned_at(v)]
+        v = self._m._without(v, exclude)
         pref = self.preferred[v] == DEVICE
         return np.concatenate((v[~pref], v[pref]))
+
+    def without_mask(self, v: np.ndarray, exclude: np.ndarray) -> np.ndarray:
+        """Mask of the pages of ``v`` that are not in ``exclude``; O(len(v) + len(exclude))."""
+        return self._m._without_mask(v, exclude)
 
     # -- accounting hooks ------------------------------------------------------------------------------
     def charge_faults(self, n: int, seconds_each: float) -> None:
@@ -407,33 +425,67 @@ class MigrationManager:
             self._rp = rp
         self._acc = notify.grow_accumulators(self._acc, -(-n // rp))
 
+    # -- scratch tables (page-indexed, reused so that a decision costs O(its pages)) ------------
+    def _pos_table(self, n: int) -> np.ndarray:
+        t = self.__dict__.get("_pos")
+        if t is None or len(t) < n:
+            t = np.full(max(n, 1024), _NOWHERE, np.int64)
+            self._pos = t
+        return t
+
+    def _first_of_each(self, v: np.ndarray) -> np.ndarray:
+        """Mask of the first occurrence of each value of the page list ``v``; O(len(v))."""
+        pos = self._pos_table(int(v.max()) + 1)
+        at = np.arange(len(v), dtype=np.int64)
+        np.minimum.at(pos, v, at)
+        first = pos[v] == at
+        pos[v] = _NOWHERE
+        return first
+
+    def _without_mask(self, v: np.ndarray, exclude: np.ndarray) -> np.ndarray:
+        if len(v) == 0 or len(exclude) == 0:
+            return np.ones(len(v), bool)
+        ex = np.asarray(exclude, np.int64)
+        pos = self._pos_table(max(int(v.max()), int(ex.max())) + 1)
+        pos[ex] = 0
+        keep = pos[v] != 0
+        pos[ex] = _NOWHERE
+        return keep
+
+    def _without(self, v: np.ndarray, exclude: np.ndarray) -> np.ndarray:
+        """Pages ``v`` that are not in ``exclude``; O(len(v) + len(exclude))."""
+        if len(v) == 0 or len(exclude) == 0:
+            return v
+        return v[self._without_mask(v, exclude)]
+
     # -- executing decisions ---------------------------------------------------------------------
     def _filter(self, m: Move) -> np.ndarray:
         """The manager's say over one move: returns the pages that may go, in the policy's
         order (so that a cut for capacity keeps what the policy ranked first)."""
         node = self.placement.node
         v = np.asarray(m.vpns, np.int64)
-        v = v[(v >= 0) & (v < len(node))]
-        if len(v) > 1:
-            seen = np.zeros(len(node), bool)
-            seen[v] = True
-            if int(np.count_nonzero(seen)) < len(v):       # duplicates: keep the first of each
-                _, first = np.unique(v, return_index=True)
-                v = v[np.sort(first)]
-        v = v[(node[v] >= 0) & (node[v] != m.target)]
-        v = v[(self.placement.flags()[v] & ptf.PINNED) == 0]
+        if len(v) and (v.min() < 0 or v.max() >= len(node)):
+            v = v[(v >= 0) & (v < len(node))]
+        increasing = len(v) < 2 or bool((np.diff(v) > 0).all())
+        if not increasing:
+            v = v[self._first_of_each(v)]                  # duplicates: keep the first of each
         if not self.tunables.migration_enabled and m.cause != "evacuation":
             return v[:0]
+        # one mask, one compression: a decision costs a few passes over its own pages
+        i = as_index(v) if increasing else v
+        nd = node[i]
+        ok = (nd >= 0) & (nd != m.target) & ((self.placement.flags()[i] & ptf.PINNED) == 0)
         if m.cause in POLICY_CAUSES and not m.mandatory:
-            pref = self.placement.preferred()[v]
+            pref = self.placement.preferred()[i]
             if m.target == DEVICE:
-                v = v[pref != HOST]
+                ok &= pref != HOST
             elif m.cause != "eviction":
-                v = v[pref != DEVICE]
+                ok &= pref != DEVICE
             if m.cause != "eviction":
                 # the target's processor maps these pages remotely: it never pulls them over
-                v = v[(self.placement.accessed_by()[v] & (1 << m.target)) == 0]
-        if m.target == DEVICE:
+                ok &= (self.placement.accessed_by()[i] & (1 << m.target)) == 0
+        v = v[ok]
+        if m.target == DEVICE and len(v):
             v = v[~self.placement.duplicated(v)]     # already local to the device for reads
         return v
 
@@ -450,13 +502,15 @@ class MigrationManager:
             return mv
         res.migrate_s += self.clock.migration_seconds(ms, target, self.placement.page_size)
         res.migrate_wall_s += wall
-        for s in np.unique(ms).tolist():
-            key = (cause, int(s), int(target))
-            res.moved[key] = res.moved.get(key, 0) + int(np.count_nonzero(ms == s))
+        for s, c in enumerate(np.bincount(ms).tolist()):
+            if c:
+                key = (cause, s, int(target))
+                res.moved[key] = res.moved.get(key, 0) + c
         e = self.ctx.epoch
-        close = (e - self.last_move[mv]) <= self.tunables.thrash_window_epochs
-        self.recent_moves[mv] = np.where(close, self.recent_moves[mv] + 1, 1)
-        self.last_move[mv] = e
+        im = as_index(mv)
+        close = (e - self.last_move[im]) <= self.tunables.thrash_window_epochs
+        self.recent_moves[im] = np.where(close, self.recent_moves[im] + 1, 1)
+        self.last_move[im] = e
         notify.clear_regions(self._acc, mv, self._rp)
         return mv
 
@@ -495,13 +549,15 @@ class MigrationManager:
         # (1) fault time
         t_dec = time.perf_counter()
         moves = list(self.policy.fault(ctx, ep))
-        if self.policy.name != "static":
+        if self.policy.name != "static" and len(v):
             # a preferred location is where a page goes when its processor touches it
-            pref = self.placement.preferred()[v]
+            iv = as_index(v)
             mine = DEVICE if ep.processor == DEV else HOST
-            want = v[(pref == mine) & (self.placement.node[v] != mine) & ep.touched_by(ep.processor)]
-            if len(want):
-                moves.insert(0, Move(want, mine, "hint"))     # hints first: they win
+            want = self.placement.preferred()[iv] == mine
+            if want.any():
+                want &= (self.placement.node[iv] != mine) & ep.touched_by(ep.processor)
+                if want.any():
+                    moves.insert(0, Move(v[want], mine, "hint"))     # hints first: they win
         if self.tunables.cpu_access == "migrate_on_cpu_fault":
             cpu = v[ep.touched_by(CPU)]
             moves.append(Move(cpu[self.placement.node[cpu] == DEVICE], HOST, "fault",

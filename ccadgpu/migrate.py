@@ -143,7 +143,8 @@ class Migrator:
         new_frame = pt.frame[lo:hi].copy()
         new_node[mv - lo] = target
         new_frame[mv - lo] = frames
-        charge = count_breaks(new_node, new_frame) - alloc.vmas
+        # the cuda backend maps nothing itself: no mapping budget to charge
+        charge = count_breaks(new_node, new_frame) - alloc.vmas if sp.gpu is None else 0
         try:
             MAP_BUDGET.charge(max(charge, 0), f"moving {len(mv)} pages")
         except Exception:
@@ -241,13 +242,18 @@ class Migrator:
         err: BaseException | None = None
         try:
             t1 = time.perf_counter()
-            ok = self._copy(batch, target, verify)
-            t2 = time.perf_counter()
-            report.copy_seconds = t2 - t1
-            if not ok.all():
-                sp.vmstat.add(pgmigrate_verify_fail=int(np.count_nonzero(~ok)))
-            moved = self._remap(batch, target, ok)
-            report.remap_seconds = time.perf_counter() - t2
+            if sp.gpu is not None:
+                # the driver copies and remaps in one: advise + prefetch per run of pages
+                moved = sp.gpu.move(batch.vpns, target, verify, self.fault_hook)
+                report.copy_seconds = time.perf_counter() - t1
+            else:
+                ok = self._copy(batch, target, verify)
+                t2 = time.perf_counter()
+                report.copy_seconds = t2 - t1
+                if not ok.all():
+                    sp.vmstat.add(pgmigrate_verify_fail=int(np.count_nonzero(~ok)))
+                moved = self._remap(batch, target, ok)
+                report.remap_seconds = time.perf_counter() - t2
         except _PartialRemap as exc:
             moved = exc.mask
             err = exc.__cause__
@@ -294,10 +300,11 @@ class Migrator:
         if len(mv):
             for fn in sp.migrate_listeners:
                 fn(mv, b.src_nodes[moved], target)
-        lo, hi = alloc.vstart, alloc.vstart + alloc.npages
-        vmas = count_breaks(pt.node[lo:hi], pt.frame[lo:hi])
-        MAP_BUDGET.charge(vmas - alloc.vmas - b.vma_charge, "migration commit")
-        alloc.vmas = vmas
+        if sp.gpu is None:
+            lo, hi = alloc.vstart, alloc.vstart + alloc.npages
+            vmas = count_breaks(pt.node[lo:hi], pt.frame[lo:hi])
+            MAP_BUDGET.charge(vmas - alloc.vmas - b.vma_charge, "migration commit")
+            alloc.vmas = vmas
 
     def _account(self, r: MigrationReport, b: _Batch | None, moved: np.ndarray | None,
                  target: int) -> None:

@@ -4,7 +4,8 @@ Each call is one launch on that space's device (see :mod:`ccadgpu.launch`): it i
 the device is not online, it waits for in-flight migrations of the pages it writes, and it is
 counted (per page, local/remote), priced on the space's machine profile (modeled seconds) and
 traced.  ``space.device.last_launch`` is the :class:`~ccadgpu.launch.LaunchResult` of the latest
-launch.  Kernels run on the CPU stand-in with Numba (parallel, compiled once and cached).
+launch.  Kernels run on the CPU stand-in with Numba (parallel, compiled once and cached), or on a cuda
+space as instrumented CUDA kernels (:mod:`ccadgpu.backends.cuda`) over the same addresses.
 
 * ``copy(dst, src)``: ``dst[...] = src``
 * ``scale(dst, src, alpha)``: ``dst[...] = alpha * src``
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from .array import buffer_of
-from .counters import READ, WRITE, kernel_page_params
+from .counters import READ, WRITE, _span, kernel_page_params
 from .errors import ForeignArrayError, InvalidArgumentError
 from .launch import Access, execute
 
@@ -136,8 +137,35 @@ def _shift(page: int) -> int:
     return page.bit_length() - 1 if page & (page - 1) == 0 else -1
 
 
+def _on_gpu(sp: Any, op: str, *args: Any, **kw: Any) -> Any:
+    """Run ``op`` of the space's CUDA kernels on ``args`` (views of the space's memory) and
+    wait for it: a launch is synchronous, as on the stand-in."""
+    res = getattr(sp.gpu.kernels, op)(*args, **kw)
+    sp.gpu.b.synchronize()
+    return res
+
+
+def _gpu_indexed(sp: Any, op: str, args: tuple, arr: np.ndarray, written: bool,
+                 counting: bool) -> list:
+    """Run an indexed op on the GPU; when ``counting``, its in-kernel per-page counters over
+    the pages ``arr`` spans give the histogram (element accesses per page) of that operand."""
+    if not counting:
+        _on_gpu(sp, op, *args, check=False)
+        return []
+    vlo, n = _span(sp, arr)
+    cnt = sp.gpu.new_counters(sp.va.addr(vlo), n * sp.page_size)
+    _on_gpu(sp, op, *args, counters=cnt, check=False)
+    rd, wr = sp.gpu.read_counters(cnt)
+    return [((wr if written else rd) // arr.itemsize).astype(np.int64)]
+
+
 def _check_index(op: str, name: str, idx: np.ndarray, n: int) -> None:
     if idx.size == 0:
+        return
+    sp = buffer_of(idx).space
+    if sp.gpu is not None:          # on the GPU: reading idx here would pull its pages over
+        k = sp.gpu.kernels
+        k._check_index(f"ops.{op}", k.b.as_device_array(_flat(idx)), n, name)
         return
     lo, hi = _kernels().minmax(_flat(idx), _nthreads())
     if lo < 0 or hi >= n:
@@ -166,7 +194,10 @@ def copy(dst: np.ndarray, src: np.ndarray) -> np.ndarray:
     d, s = _flat(dst), _flat(src)
 
     def run(counting: bool) -> tuple[Any, list]:
-        K.copy(d, s)
+        if sp.gpu is not None:
+            _on_gpu(sp, "copy", d, s)
+        else:
+            K.copy(d, s)
         return dst, []
     return execute(sp, "copy", run, _dense((src, READ), (dst, WRITE))).value
 
@@ -183,7 +214,10 @@ def scale(dst: np.ndarray, src: np.ndarray, alpha: float) -> np.ndarray:
     d, s = _flat(dst), _flat(src)
 
     def run(counting: bool) -> tuple[Any, list]:
-        K.scale(d, s, a)
+        if sp.gpu is not None:
+            _on_gpu(sp, "scale", d, s, a)
+        else:
+            K.scale(d, s, a)
         return dst, []
     return execute(sp, "scale", run, _dense((src, READ), (dst, WRITE))).value
 
@@ -200,7 +234,10 @@ def axpy(alpha: float, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     yy, xx = _flat(y), _flat(x)
 
     def run(counting: bool) -> tuple[Any, list]:
-        K.axpy(yy, a, xx)
+        if sp.gpu is not None:
+            _on_gpu(sp, "axpy", yy, xx, a)
+        else:
+            K.axpy(yy, a, xx)
         return y, []
     return execute(sp, "axpy", run, _dense((x, READ), (y, READ), (y, WRITE))).value
 
@@ -217,7 +254,10 @@ def triad(a: np.ndarray, b: np.ndarray, c: np.ndarray, alpha: float) -> np.ndarr
     aa, bb, cc = _flat(a), _flat(b), _flat(c)
 
     def run(counting: bool) -> tuple[Any, list]:
-        K.triad(aa, bb, cc, s)
+        if sp.gpu is not None:
+            _on_gpu(sp, "triad", aa, bb, cc, s)
+        else:
+            K.triad(aa, bb, cc, s)
         return a, []
     return execute(sp, "triad", run, _dense((b, READ), (c, READ), (a, WRITE))).value
 
@@ -234,6 +274,8 @@ def sum(x: np.ndarray) -> Any:  # noqa: A001 - mirrors np.sum
     out_t = x.dtype.type if x.dtype.kind == "f" else np.int64
 
     def run(counting: bool) -> tuple[Any, list]:
+        if sp.gpu is not None:
+            return out_t(_on_gpu(sp, "sum", xx)), []
         return out_t(fn(xx)), []
     return execute(sp, "sum", run, _dense((x, READ))).value
 
@@ -250,6 +292,8 @@ def dot(x: np.ndarray, y: np.ndarray) -> Any:
     out_t = x.dtype.type if x.dtype.kind == "f" else np.int64
 
     def run(counting: bool) -> tuple[Any, list]:
+        if sp.gpu is not None:
+            return out_t(_on_gpu(sp, "dot", xx, yy)), []
         return out_t(fn(xx, yy)), []
     return execute(sp, "dot", run, _dense((x, READ), (y, READ))).value
 
@@ -278,7 +322,10 @@ def stencil5(out: np.ndarray, inp: np.ndarray, center: float = 0.5,
     o, i = out.view(np.ndarray), inp.view(np.ndarray)
 
     def run(counting: bool) -> tuple[Any, list]:
-        K.stencil5(o, i, cc, cn)
+        if sp.gpu is not None:
+            _on_gpu(sp, "stencil5", o, i, cc, cn)
+        else:
+            K.stencil5(o, i, cc, cn)
         return out, []
     return execute(sp, "stencil5", run, _dense((inp, READ), (out, WRITE))).value
 
@@ -302,6 +349,8 @@ def gather(out: np.ndarray, src: np.ndarray, idx: np.ndarray) -> np.ndarray:
     nch = _nthreads()
 
     def run(counting: bool) -> tuple[Any, list]:
+        if sp.gpu is not None:
+            return out, _gpu_indexed(sp, "gather", (o, s, ix), src, False, counting)
         h = K.gather(o, s, ix, counting, off0, isz, page, shift, npages, nch)
         return out, ([h.sum(axis=0)] if counting else [])
     acc = _dense((idx, READ), (out, WRITE)) + [Access(src, READ, "kernel")]
@@ -327,6 +376,8 @@ def scatter(dst: np.ndarray, idx: np.ndarray, src: np.ndarray) -> np.ndarray:
     nch = _nthreads()
 
     def run(counting: bool) -> tuple[Any, list]:
+        if sp.gpu is not None:
+            return dst, _gpu_indexed(sp, "scatter", (d, ix, s), dst, True, counting)
         h = K.scatter(d, ix, s, counting, off0, isz, page, shift, npages, nch)
         return dst, ([h.sum(axis=0)] if counting else [])
     acc = _dense((idx, READ), (src, READ)) + [Access(dst, WRITE, "kernel")]
@@ -354,7 +405,10 @@ def spmv_csr(y: np.ndarray, indptr: np.ndarray, indices: np.ndarray, data: np.nd
         raise InvalidArgumentError(f"ops.spmv_csr: indices ({len(indices)}) and data "
                                    f"({len(data)}) differ in length")
     ip = indptr.view(np.ndarray)
-    if ip[0] != 0 or ip[-1] != len(indices) or (len(ip) > 1 and (np.diff(ip) < 0).any()):
+    if sp.gpu is not None:          # checked on the GPU, without pulling indptr's pages over
+        k = sp.gpu.kernels
+        k.check_csr(k.b.as_device_array(ip), len(indices))
+    elif ip[0] != 0 or ip[-1] != len(indices) or (len(ip) > 1 and (np.diff(ip) < 0).any()):
         raise InvalidArgumentError("ops.spmv_csr: indptr must start at 0, never decrease and "
                                    f"end at nnz = {len(indices)}")
     _no_overlap("spmv_csr", "y", y, False, indptr=indptr, indices=indices, data=data, x=x)
@@ -366,6 +420,8 @@ def spmv_csr(y: np.ndarray, indptr: np.ndarray, indices: np.ndarray, data: np.nd
     nch = _nthreads()
 
     def run(counting: bool) -> tuple[Any, list]:
+        if sp.gpu is not None:
+            return y, _gpu_indexed(sp, "spmv", (yy, ip, ii, dd, xx), x, False, counting)
         h = K.spmv_csr(yy, ip, ii, dd, xx, counting, off0, isz, page, shift, npages, nch)
         return y, ([h.sum(axis=0)] if counting else [])
     acc = _dense((indptr, READ), (indices, READ), (data, READ), (y, WRITE)) + \

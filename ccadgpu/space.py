@@ -26,7 +26,7 @@ from . import pagetable as ptf
 from .array import ManagedArray, _Buffer, buffer_of
 from .clock import Clock, Profile, load_profile
 from .counters import AccessCounters
-from .errors import (CcadError, DeviceOfflineError, ForeignArrayError, FreedArrayError,
+from .errors import (CapacityError, CcadError, DeviceOfflineError, ForeignArrayError, FreedArrayError,
                      InvalidArgumentError,
                      PinnedError, SpaceClosedError, UnknownNodeError, UnsupportedPlatformError)
 from .migrate import MigrationReport, Migrator
@@ -84,9 +84,14 @@ class Space:
         memory mappings (``vm.max_map_count``) and migrate faster; smaller ones track access
         more finely.
     backend:
-        ``"cpu"``: the CPU stand-in (memfd arenas remapped in place); ``"auto"`` probes for a
-        GPU and says so in ``backend_reason``, then takes the stand-in too (the CUDA backend is
-        not wired into Space yet; ``"cuda"`` raises saying so).
+        ``"auto"`` (default): ``"cuda"`` when CuPy imports and a GPU is usable, else ``"cpu"``
+        (``CCADGPU_BACKEND`` overrides; ``backend_reason`` says which and why).  ``"cpu"``: the
+        CPU stand-in (memfd arenas remapped in place).  ``"cuda"``: the space is one managed
+        allocation on a real GPU, pages are placed with ``cudaMemAdvise`` +
+        ``cudaMemPrefetchAsync`` and device ops run as instrumented CUDA kernels (see
+        :mod:`ccadgpu.backends.gpu_space` for what differs).  A
+        :class:`~ccadgpu.backends.cuda.CudaBackend` instance picks the GPU, its memory budget
+        and margin; the space does not close a backend it was given.
     profile:
         Machine profile for modeled time (:mod:`ccadgpu.clock`): a name (``"gh200"``,
         ``"h100-pcie"``, ``"capi-power8"``, ``"cxl-type2"``, or one of yours), a path to a
@@ -101,7 +106,7 @@ class Space:
     """
 
     def __init__(self, device_memory: int | str = "256MiB", host_memory: int | str | None = None,
-                 page_size: int | str = "64KiB", backend: str = "cpu",
+                 page_size: int | str = "64KiB", backend: Any = "auto",
                  profile: "str | os.PathLike[str] | Profile" = "gh200",
                  policy: Any = "static", policy_params: dict[str, Any] | None = None,
                  **tunables: Any):
@@ -109,6 +114,7 @@ class Space:
             raise UnsupportedPlatformError(
                 "ccadgpu's CPU stand-in needs Linux (memfd_create and mmap(MAP_FIXED)); "
                 f"this is {os.sys.platform}")
+        backend_obj = backend if not isinstance(backend, str) else None
         backend, self.backend_reason = _resolve_backend(backend)
         ps = parse_size(page_size, "page_size")
         if ps <= 0 or ps % _sys.OS_PAGE:
@@ -121,6 +127,11 @@ class Space:
         if host < ps:
             raise InvalidArgumentError(f"host_memory {host_memory!r} is smaller than one page "
                                        f"({ps} bytes)")
+        if backend == "cuda":
+            from .backends.gpu_space import check_cuda_space_args
+            check_cuda_space_args(ps)
+            # x86 + PCIe: a CPU touch of a device page makes the driver bring it back; say so
+            tunables.setdefault("cpu_access", "migrate_on_cpu_fault")
         self.tunables = Tunables(**tunables)
         self.profile: Profile = load_profile(profile)
         from .policies import make_policy
@@ -136,12 +147,17 @@ class Space:
         self._live_buffers = 0
         self.closed = False
         self.nodes: list[Node] = []
+        #: the cuda mechanism (:class:`~ccadgpu.backends.gpu_space.GpuMemory`), None on the CPU
+        self.gpu: Any = None
         try:
-            self.nodes.append(Node(HOST, "host", "host", host, ps, prefault=False))
-            # device memory is pre-faulted: migrations then run at memcpy speed
-            self.nodes.append(Node(DEVICE, "device", "device", dev, ps, prefault=True))
-            total = sum(n.frames for n in self.nodes)
-            self.va = VASpace(2 * total + 1024, ps)
+            if backend == "cuda":
+                self._init_gpu(backend_obj, host_memory, host, dev, ps)
+            else:
+                self.nodes.append(Node(HOST, "host", "host", host, ps, prefault=False))
+                # device memory is pre-faulted: migrations then run at memcpy speed
+                self.nodes.append(Node(DEVICE, "device", "device", dev, ps, prefault=True))
+                total = sum(n.frames for n in self.nodes)
+                self.va = VASpace(2 * total + 1024, ps)
         except BaseException:
             for n in self.nodes:
                 n.close()
@@ -164,6 +180,35 @@ class Space:
         self._forget_q: list[tuple[int, int]] = []   # freed ranges the manager must forget
         self.manager = MigrationManager(LivePlacement(self), policy, self.profile,
                                         self.tunables)
+
+    def _init_gpu(self, given: Any, host_memory: Any, host: int, dev: int, ps: int) -> None:
+        """Nodes as capacity accounting and the virtual range as one managed allocation,
+        sized to what the GPU can hold (every page must fit on it at once)."""
+        from .backends.gpu_space import GpuMemory, space_backend
+        b = space_backend(given)
+        try:
+            budget = int(getattr(b, "budget", 1 << 62)) - int(getattr(b, "allocated", 0))
+            if dev + ps > budget:
+                raise CapacityError(f"device_memory {dev} B does not fit the GPU's free "
+                                    f"memory budget ({budget} B)")
+            if host_memory is None:      # default: room for a few device-fulls, not all RAM
+                host = min(host, max(4 * dev, 1 << 30), budget - dev)
+            elif host + dev > budget:
+                raise CapacityError(f"host_memory + device_memory = {host + dev} B exceed the "
+                                    f"GPU's free memory budget ({budget} B): on the cuda "
+                                    "backend every page must fit on the GPU")
+            self.nodes.append(Node(HOST, "host", "host", host, ps, prefault=False,
+                                   backed=False))
+            self.nodes.append(Node(DEVICE, "device", "device", dev, ps, prefault=False,
+                                   backed=False))
+            total = sum(n.frames for n in self.nodes)
+            npages = min(2 * total + 64, budget // ps)
+            self.gpu = GpuMemory(b, npages, ps, owns_backend=given is None)
+        except BaseException:
+            if given is None:
+                b.close()
+            raise
+        self.va = self.gpu.va
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def __enter__(self) -> "Space":
@@ -236,6 +281,29 @@ class Space:
         """A new uninitialised managed array (see :mod:`ccadgpu.placement` for ``placement``).
 
         ``pinned=True`` pages are unmovable and never placed on the device implicitly."""
+        return self._empty(shape, dtype, placement, pinned, name, True)
+
+    def _gpu_settle(self, vstart: int, nodes: np.ndarray) -> None:
+        """cuda: put freshly allocated pages where the page table says they are."""
+        for n in np.unique(nodes).tolist():
+            self.gpu.place(vstart + np.flatnonzero(nodes == n), n)
+
+    def _filled(self, shape: Any, dtype: Any, placement: Any, pinned: bool, name: Any,
+                fill: Any) -> ManagedArray:
+        """A new array whose contents ``fill(plain_view)`` writes before its pages go to their
+        nodes: on the cuda backend the CPU then writes host-resident memory and device pages
+        are moved once, instead of being faulted back and forth."""
+        a = self._empty(shape, dtype, placement, pinned, name, self.gpu is None)
+        fill(a.view(np.ndarray))
+        if self.gpu is not None:
+            alloc, first, n = self._resolve(a)
+            with self._cond:
+                self._gpu_settle(alloc.vstart, self.pt.node[alloc.vstart:
+                                                            alloc.vstart + alloc.npages])
+        return a
+
+    def _empty(self, shape: Any, dtype: Any, placement: Any, pinned: bool, name: Any,
+               place_now: bool) -> ManagedArray:
         self._reap()
         dt = _check_dtype(dtype)
         shp = _check_shape(shape)
@@ -271,10 +339,13 @@ class Space:
                     taken.append((n, f))
                     frames[sel] = f
                 vstart = self.va.allocate(npages)
-                charged = count_breaks(nodes, frames)
-                MAP_BUDGET.charge(charged, f"allocating {npages} pages")
-                self.va.map_pages(np.arange(vstart, vstart + npages), frames,
-                                  [n.fd for n in self.nodes], nodes)
+                if self.gpu is None:
+                    charged = count_breaks(nodes, frames)
+                    MAP_BUDGET.charge(charged, f"allocating {npages} pages")
+                    self.va.map_pages(np.arange(vstart, vstart + npages), frames,
+                                      [n.fd for n in self.nodes], nodes)
+                elif place_now:
+                    self._gpu_settle(vstart, nodes)
             except BaseException:
                 for n, f in taken:
                     self.nodes[n].give(f)
@@ -304,9 +375,7 @@ class Space:
               placement: str | int = "host", pinned: bool = False,
               name: str | None = None) -> ManagedArray:
         """Like :meth:`empty`, filled with zeros."""
-        a = self.empty(shape, dtype, placement, pinned, name)
-        a.view(np.ndarray).fill(0)
-        return a
+        return self._filled(shape, dtype, placement, pinned, name, lambda v: v.fill(0))
 
     def asarray(self, obj: Any, dtype: Any = None, placement: str | int = "host",
                 pinned: bool = False, name: str | None = None) -> ManagedArray:
@@ -321,9 +390,23 @@ class Space:
         except (TypeError, ValueError) as exc:
             raise InvalidArgumentError(f"asarray: cannot convert {type(obj).__name__}: {exc}") \
                 from exc
-        a = self.empty(src.shape, src.dtype, placement, pinned, name)
-        np.copyto(a.view(np.ndarray), src)
-        return a
+        return self._filled(src.shape, src.dtype, placement, pinned, name,
+                            lambda v: np.copyto(v, src))
+
+    def register(self, array: np.ndarray, placement: str | int = "host", pinned: bool = False,
+                 name: str | None = None) -> ManagedArray:
+        """Bring ``array``, a NumPy array allocated anywhere, under management (R6b): its
+        elements are copied once into a new allocation (same shape, dtype and C/Fortran
+        order); ``array`` itself is left alone and not linked.  Exactly what is and is not
+        copied: :func:`ccadgpu.interop.register`.  :meth:`unregister` is the way back."""
+        from .interop import register
+        return register(self, array, placement, pinned, name)
+
+    def unregister(self, arr: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Copy a whole managed allocation back into plain NumPy memory (``out``, e.g. the array
+        that was registered, or a new array) and free it (:func:`ccadgpu.interop.unregister`)."""
+        from .interop import unregister
+        return unregister(self, arr, out)
 
     def free(self, arr: np.ndarray) -> None:
         """Release the allocation ``arr`` belongs to (any view of it will do).  Views that are
@@ -693,25 +776,23 @@ class Space:
 
 
 def _resolve_backend(requested: Any) -> tuple[str, str]:
-    """The backend a Space runs on, and why.  Only the CPU stand-in drives a Space today:
-    ``"auto"`` says what it found and takes the stand-in; ``"cuda"`` is refused with the
-    reason (the CUDA pieces in :mod:`ccadgpu.backends` have not been wired in or run on a GPU)."""
-    if requested == "cpu":
-        return "cpu", "requested"
-    if requested not in ("auto", "cuda"):
+    """The backend a Space runs on, and why: ``"cpu"``, ``"cuda"`` or ``"auto"`` (see
+    :func:`ccadgpu.backends.select_backend`; ``CCADGPU_BACKEND`` overrides ``"auto"``), or a
+    backend object (cuda)."""
+    if not isinstance(requested, str):
+        from .backends.gpu_space import space_backend
+        if space_backend(requested) is not requested:
+            raise InvalidArgumentError(f"backend must be 'auto', 'cpu', 'cuda' or a CudaBackend, "
+                                       f"got {type(requested).__name__}")
+        return "cuda", f"given: {requested!r}"
+    if requested not in ("cpu", "auto", "cuda"):
         raise InvalidArgumentError(f"backend {requested!r} is not one of 'cpu', 'auto', 'cuda'")
     from .backends import select_backend
     try:
         choice = select_backend(requested)
     except CcadError as exc:
         raise InvalidArgumentError(f"backend {requested!r}: {exc}") from exc
-    if choice.name == "cuda":
-        if requested == "cuda":
-            raise InvalidArgumentError(
-                "backend 'cuda': a GPU is usable, but Space cannot run on the CUDA backend yet "
-                "(its pieces in ccadgpu.backends are unwired and unverified); use 'cpu'")
-        return "cpu", f"auto: {choice.reason}, but Space runs only on the CPU stand-in so far"
-    return "cpu", f"auto: {choice.reason}"
+    return choice.name, choice.reason
 
 
 def _check_dtype(dtype: Any) -> np.dtype:

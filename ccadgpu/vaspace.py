@@ -84,8 +84,7 @@ class VASpace:
         """Give ``[start, start+n)`` back: re-reserve it ``PROT_NONE`` and merge free extents."""
         if self.closed:
             return
-        _sys.mmap(self.base + start * self.page_size, n * self.page_size, _sys.PROT_NONE,
-                  _sys.MAP_PRIVATE | _sys.MAP_ANONYMOUS | _sys.MAP_NORESERVE | _sys.MAP_FIXED)
+        self._unmap_range(start, n)
         with self._lock:
             i = bisect.bisect_left(self._free_starts, start)
             self._free_starts.insert(i, start)
@@ -97,6 +96,10 @@ class VASpace:
             if i > 0 and self._free_starts[i - 1] + self._free_lens[i - 1] == start:
                 self._free_lens[i - 1] += self._free_lens.pop(i)
                 self._free_starts.pop(i)
+
+    def _unmap_range(self, start: int, n: int) -> None:
+        _sys.mmap(self.base + start * self.page_size, n * self.page_size, _sys.PROT_NONE,
+                  _sys.MAP_PRIVATE | _sys.MAP_ANONYMOUS | _sys.MAP_NORESERVE | _sys.MAP_FIXED)
 
     def addr(self, vpn: int) -> int:
         return self.base + int(vpn) * self.page_size

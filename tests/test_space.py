@@ -79,9 +79,13 @@ def test_zero_copy_and_views(space):
     assert v.__array_interface__["data"][0] == a.__array_interface__["data"][0]
     s = a[1000:2000]
     assert isinstance(s, ccadgpu.ManagedArray)
-    r = a + 1
-    assert type(r) is np.ndarray
-    assert type(a.copy()) is np.ndarray and not np.shares_memory(a.copy(), a)
+    r = a + 1                                   # results stay in the space (interop)
+    assert isinstance(r, ccadgpu.ManagedArray) and r.space is space
+    assert not np.shares_memory(r, a)
+    c = a.copy()
+    assert isinstance(c, ccadgpu.ManagedArray) and not np.shares_memory(c, a)
+    space.tunables.managed_results = False
+    assert type(a + 1) is np.ndarray and type(a.copy()) is np.ndarray
     assert isinstance(a.reshape(100, 1000), ccadgpu.ManagedArray)
     assert isinstance(np.reshape(a, (1000, 100)), ccadgpu.ManagedArray)
     assert type(np.sum(a)) is np.float64 or np.ndim(np.sum(a)) == 0

@@ -565,6 +565,35 @@ class CudaBackend:
     def median_time(self, fn: Callable[[], Any], repeat: int = 5, warmup: int = 1) -> float:
         return statistics.median(self.time_with_events(fn, repeat, warmup))
 
+    def page_sums(self, ptr: int, nbytes: int, page_size: int) -> np.ndarray:
+        """Wrapping 64-bit sum of the words of every ``page_size`` page of ``[ptr, ptr +
+        nbytes)``, computed by the GPU (a checksum for verified moves)."""
+        ptr, nbytes = self._range(ptr, nbytes)
+        if page_size % 8 or nbytes % page_size:
+            raise InvalidArgumentError(f"page_sums: {nbytes} B is not whole pages of "
+                                       f"{page_size} B")
+        cp = self.cp
+        words = page_size // 8
+        npages = nbytes // page_size
+        mem = cp.cuda.UnownedMemory(ptr, nbytes, None, self.device)
+        with self._dev, self.stream:
+            d = cp.ndarray((npages, words), cp.uint64, cp.cuda.MemoryPointer(mem, 0))
+            s = d.sum(axis=1, dtype=cp.uint64)
+            out = s.get(stream=self.stream)
+        self.synchronize()
+        return out
+
+    def release_scratch(self) -> int:
+        """Wait for the stream, hand CuPy's cached free blocks back to the driver and start a
+        new stream (the emulated device's memory wipe).  Returns the bytes released."""
+        with self._lock, self._dev:
+            self.synchronize()
+            pool = self.cp.get_default_memory_pool()
+            released = int(pool.free_bytes())
+            pool.free_all_blocks()
+            self.stream = self.cp.cuda.Stream()
+        return released
+
     # -- the emulated device's reset ----------------------------------------------------------
     def reset(self) -> ResetReport:
         """Reset the *emulated* device: wait for queued work, drop this device's advice,
@@ -583,13 +612,9 @@ class CudaBackend:
                 self.advise(r.ptr, r.nbytes, Advice.UNSET_ACCESSED_BY, self.device)
                 self.prefetch(r.ptr, r.nbytes, CPU)
                 moved += r.nbytes
-            self.synchronize()
             # the device-side scratch (counters, reduction results) lives in CuPy's pool once
             # freed: hand the cached blocks back; arrays still in use are not touched
-            pool = self.cp.get_default_memory_pool()
-            released = int(pool.free_bytes())
-            pool.free_all_blocks()
-            self.stream = self.cp.cuda.Stream()
+            released = self.release_scratch()
             self.resets += 1
         return ResetReport(len(regions), moved, time.perf_counter() - t0, released)
 
@@ -728,6 +753,18 @@ class CudaKernels:
             raise InvalidArgumentError(f"{op}: {name} out of range: values {lo}..{hi}, valid "
                                        f"0..{n - 1}")
 
+    def check_csr(self, indptr: Any, nnz: int) -> None:
+        """Raise unless ``indptr`` (a device array) starts at 0, never decreases and ends at
+        ``nnz``; computed on the GPU, in stream order."""
+        if int(indptr.size) == 0:
+            return
+        with self.b._dev, self.b.stream:
+            first, last = int(indptr[0]), int(indptr[-1])
+            decreasing = int(indptr.size) > 1 and bool((self.cp.diff(indptr) < 0).any())
+        if first != 0 or last != nnz or decreasing:
+            raise InvalidArgumentError(f"spmv: indptr must start at 0, never decrease and end "
+                                       f"at nnz = {nnz}")
+
     def _run(self, op: str, arrays: Sequence[Any], counters: PageCounters | None,
              **scalars: Any) -> None:
         self.launch(ck.plan(op, *arrays, counters=counters, max_blocks=self.max_blocks,
@@ -795,13 +832,8 @@ class CudaKernels:
     def spmv(self, y: Any, indptr: Any, indices: Any, data: Any, x: Any,
              counters: PageCounters | None = None, check: bool = True) -> Any:
         yy, pp, ii, dd, xx = self._arrs(y, indptr, indices, data, x)
-        if check and int(pp.size) > 0:
-            with self.b._dev, self.b.stream:
-                first, last = int(pp[0]), int(pp[-1])
-                decreasing = int(pp.size) > 1 and bool((self.cp.diff(pp) < 0).any())
-            if first != 0 or last != int(ii.size) or decreasing:
-                raise InvalidArgumentError(f"spmv: indptr must start at 0, never decrease and "
-                                           f"end at nnz = {int(ii.size)}")
+        if check:
+            self.check_csr(pp, int(ii.size))
             self._check_index("spmv", ii, int(xx.size), "indices")
         self._run("spmv", (yy, pp, ii, dd, xx), counters)
         return y

@@ -1,29 +1,58 @@
 """``access_counter``: hardware access counters drive migration (the thread's central idea).
 
 Notifications say *where* the other node's processor is pounding on memory; per-page counters
-say *how much*.  Whether a page should move is then the ski-rental (rent-or-buy) question: every
-remote access pays rent (the extra time of a remote over a local access, from the profile), a
-migration buys the page (link time plus per-page cost).  A page in a notified region moves when
-the rent its accesses since it last moved would have saved on the other node, *net of the rent
-the other processor's accesses would then have paid* (on a PCIe card a CPU read of device memory
-is a hundred times slower than of host memory), reaches ``break_even`` times the price of moving
-it.  With ``break_even = 1`` that is the classic 2-competitive rule for a page used by one
-processor: it never costs more than twice what an oracle that knew the future would have paid
-for it (without capacity pressure), and a page touched once is never moved.  The sectors counted
-decay with ``owed_halflife_epochs`` so that ancient history does not trigger moves, and a page
-must have been touched in ``min_epochs`` epochs since it last moved (one burst of use says
-nothing about the next, and on the first touch the other processor has not shown its hand).
+say *how much*.  Whether a page should move is a rent-or-buy question priced with the machine
+profile: every remote access pays rent (the extra time of a remote over a local access), a
+migration buys the page (link time plus the per-page cost).  The policy estimates, per page and
+from its counters since it last moved, the **net rent per epoch** the move would save: the
+device's remote sectors times the device's gain per sector, minus what the CPU's own accesses
+would then cost (on a PCIe card a CPU read of device memory is a hundred times slower than of
+host memory; see *CPU touches* below).  Counts decay with ``owed_halflife_epochs``, and the rate
+is the decayed count over the decayed length of the window since the page's first touch (a
+page touched twice in nine epochs has half the rate of one touched twice in two).
+
+A page in a notified region is promoted when it has been touched in at least ``min_epochs``
+epochs since it last moved (one burst says nothing about the next) and either
+
+* **payback** (the fast rule): its net rent per epoch would pay for the move within
+  ``payback_epochs`` epochs.  Such a page moves as soon as its reuse is seen, since every epoch
+  of waiting costs rent the move would have saved; a page that cannot pay back within the
+  horizon does not move on this rule however long it has been used, because the only evidence
+  of its future is its past rate and predictions further ahead are not trusted.  On a link
+  where remote access is expensive relative to migration (PCIe: a full-page sweep costs ~30%
+  of a move) a page pays back in a few epochs and moves early; on NVLink-C2C (a sweep is ~7%
+  of a move, dominated by the per-page cost) only intensely used pages do; or
+* **rent paid** (the slow rule, ski rental): the net rent its accesses have already paid
+  reaches ``break_even`` times the price of moving it.  This catches long-lived pages used too
+  lightly for the fast rule; with ``break_even = b`` a page that stops being used right after
+  moving costs at most ``(1 + b) / b`` of leaving it where it was.
+
+**CPU touches** (``cpu_fault_return``).  A page the policy put on the device that the CPU then
+touches is either read remotely (the CCAD model) or, where that would cost more than bringing
+it back, left unmapped on the CPU side so that the CPU's touch faults and the page returns to
+the host first (cause ``fault``, priced with the profile's fault cost).  The choice is made per
+page from the profile: the CPU's expected burst (its previous one on this page, else one full
+sweep) times its remote penalty per sector against the demotion price plus a fault.  On
+``h100-pcie`` that is every CPU touch (0.5 GB/s over BAR1); on ``gh200`` none (the CPU reads HBM
+at 297 GB/s over C2C).  In the promotion rule the CPU's accesses are then counted at what they
+would really cost: the cheaper of the remote reads and a round trip per CPU-touching epoch.
 
 Real systems fight three failure modes, and so does this policy:
 
 * **ping-pong** (thrashing between CPU and device): a page that has already moved
   ``thrash_moves`` times within the manager's thrash window is left where it is, mapped
   remotely, for ``backoff_epochs`` epochs (doubling each time it is caught again); demotions
-  need ``hysteresis`` times more rent than promotions;
+  need ``hysteresis`` times more net rent than promotions;
 * **migration storms**: promotions to the device are limited to ``rate_limit_mbps`` MB/s per
   1-second window of modeled time (Linux's ``numa_balancing_promote_rate_limit_MBps``);
-* **oversubscription**: when the device is full, the coldest device pages by decayed counters
-  are evicted, and only for pages clearly hotter than them (``hysteresis``).
+* **oversubscription**: when the device is full, device pages clearly colder than the incoming
+  ones (decayed counters, ``hysteresis``) are evicted, found by a clock hand that examines a
+  bounded window of pages per request (work proportional to what is promoted, not to the
+  device's size).
+
+**Cost.**  Decisions touch only the pages of notified regions (and the eviction window): a few
+vectorised passes over them, and a sort only when the device or the rate limit cannot take
+every candidate (then by a 16-bit quantised key, a radix sort).
 """
 from __future__ import annotations
 
@@ -31,158 +60,408 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .base import CPU, DEV, DEVICE, HOST, Move, Policy, RateLimit, as_index, decay
+from . import _fused
+from .base import (CPU, DEV, DEVICE, HOST, Move, Policy, RateLimit, as_index, decay,
+                   decay_table)
 
 if TYPE_CHECKING:
     from ..manager import Epoch, PolicyContext
 
 SECTOR = 32
 
+_WINDOW: dict[float, np.ndarray] = {}
+
+
+def decayed_window_table(halflife: float) -> np.ndarray:
+    """Entry ``w`` (1..4096): the decayed length of a window of ``w`` epochs,
+    ``sum_{k<w} 0.5**(k/halflife)`` (the weight a decayed count gives a constant rate of one
+    per epoch over it); longer windows use the last entry."""
+    t = _WINDOW.get(halflife)
+    if t is None:
+        t = np.concatenate(([0.0], np.cumsum(decay_table(halflife))))
+        _WINDOW[halflife] = t
+    return t
+
+
+def decayed_window(length: np.ndarray, halflife: float) -> np.ndarray:
+    """:func:`decayed_window_table` for an array of window lengths."""
+    t = decayed_window_table(halflife)
+    return t[np.clip(length, 1, len(t) - 1)]
+
 
 class AccessCounter(Policy):
-    """Counter-driven migration: ski-rental break-even per page, hysteresis, thrash back-off,
-    a promotion rate limit and coldest-first eviction (see the module docs)."""
+    """Counter-driven migration, priced with the profile: payback and rent-paid rules, CPU
+    fault-return where remote CPU access costs more than a round trip, hysteresis, thrash
+    back-off, a promotion rate limit and bounded coldest-first eviction (see the module docs)."""
     name = "access_counter"
 
-    def __init__(self, break_even: float = 1.0, hysteresis: float = 2.0, thrash_moves: int = 2,
-                 backoff_epochs: int = 16, rate_limit_mbps: float = 65536.0,
-                 owed_halflife_epochs: float = 64.0, min_epochs: int = 2,
-                 demote: bool = True) -> None:
+    def __init__(self, payback_epochs: float = 8.0, break_even: float = 2.0,
+                 hysteresis: float = 2.0, thrash_moves: int = 2, backoff_epochs: int = 16,
+                 rate_limit_mbps: float = 65536.0, owed_halflife_epochs: float = 64.0,
+                 min_epochs: int = 2, demote: bool = True, cpu_fault_return: bool = True
+                 ) -> None:
         if break_even <= 0 or hysteresis < 1.0 or owed_halflife_epochs <= 0:
             raise ValueError("break_even and owed_halflife_epochs must be > 0, hysteresis >= 1")
+        if payback_epochs < 0:
+            raise ValueError(f"payback_epochs must be >= 0 (0: off), got {payback_epochs!r}")
         if thrash_moves < 1 or backoff_epochs < 0:
             raise ValueError("thrash_moves must be >= 1 and backoff_epochs >= 0")
         if rate_limit_mbps <= 0:
             raise ValueError(f"rate_limit_mbps must be > 0, got {rate_limit_mbps!r}")
+        if min_epochs < 1:
+            raise ValueError(f"min_epochs must be >= 1, got {min_epochs!r}")
+        self.payback_epochs = float(payback_epochs)
         self.break_even = float(break_even)
         self.hysteresis = float(hysteresis)
         self.thrash_moves = int(thrash_moves)
         self.backoff_epochs = int(backoff_epochs)
         self.rate_limit_mbps = float(rate_limit_mbps)
         self.owed_halflife_epochs = float(owed_halflife_epochs)
-        if min_epochs < 1:
-            raise ValueError(f"min_epochs must be >= 1, got {min_epochs!r}")
         self.min_epochs = int(min_epochs)
         self.demote = bool(demote)
+        self.cpu_fault_return = bool(cpu_fault_return)
 
+    # -- state ---------------------------------------------------------------------------------
     def setup(self, ctx: "PolicyContext") -> None:
         p = ctx.profile
         bw = p.bandwidth
-        # seconds per sector saved by the device when a page moves host -> device, and the extra
-        # seconds per sector the CPU then pays (and conversely for device -> host)
+        # seconds per sector the device saves when a page moves host -> device, and the CPU
+        # saves when it moves device -> host (the CPU's loss while the page is on the device)
         self._gain = np.array([SECTOR * (1 / bw[CPU, DEVICE] - 1 / bw[CPU, HOST]),
                                SECTOR * (1 / bw[DEV, HOST] - 1 / bw[DEV, DEVICE])])
         self._price = np.array([ctx.page_size / p.link[DEVICE, HOST] + p.per_page,   # to host
                                 ctx.page_size / p.link[HOST, DEVICE] + p.per_page])  # to device
-        self._acc = np.zeros((0, 2))        # sectors per page and processor since its last move
+        # a fault is taken per region (the driver batches a region's faults): each page's share
+        fault = p.fault / ctx.pages_per_region
+        # a touch that faults a page over: its move and its share of the fault
+        self._fault_move = self._price + fault
+        # in the promotion rule, the round trip a CPU touch then forces per CPU-touching epoch
+        self._round_trip = self._fault_move[HOST] + self._price[DEVICE]
+        self._sweep = ctx.page_size / SECTOR        # sectors of one full pass over a page
+        self._acc = np.zeros((0, 2))        # decayed sectors per page and processor since move
         self._acc_at = np.zeros(0, np.int64)
+        self._since = np.zeros(0, np.int64)      # first touch since the last move (-1: none)
         self._touches = np.zeros((0, 2), np.int32)   # epochs touching the page since its move
+        self._burst = np.zeros((0, 2))           # sectors per touching epoch (running mean)
         self._until = np.zeros(0, np.int64)      # back-off: no move before this epoch
         self._caught = np.zeros(0, np.int16)     # times caught thrashing (doubles the back-off)
         self._moved = np.zeros(0, np.int64)      # ctx.last_move seen, to restart the count
         self._rate = RateLimit(self.rate_limit_mbps)
+        self._hand = 0                           # eviction clock hand (a vpn)
+        self._cpu_last = -1                      # last epoch the CPU touched managed pages
+        self._cpu_gap = -1.0                     # epochs between its runs (running mean)
+        # what one CPU touch of a page it never touched would cost were the page on the device
+        self._cpu_risk = min(self._sweep * self._gain[CPU],
+                             self._round_trip if self.cpu_fault_return else np.inf)
+        self._grow(ctx.npages)
 
     def _grow(self, n: int) -> None:
-        k = n - len(self._until)
-        if k > 0:
-            self._acc = np.vstack((self._acc, np.zeros((k, 2))))
-            self._acc_at = np.concatenate((self._acc_at, np.zeros(k, np.int64)))
-            self._touches = np.vstack((self._touches, np.zeros((k, 2), np.int32)))
-            self._until = np.concatenate((self._until, np.zeros(k, np.int64)))
-            self._caught = np.concatenate((self._caught, np.zeros(k, np.int16)))
-            self._moved = np.concatenate((self._moved, np.full(k, -(1 << 40), np.int64)))
+        if n <= len(self._until):
+            return
 
-    def sectors_since_move(self, ctx: "PolicyContext", v: np.ndarray) -> np.ndarray:
-        """Decayed sectors per processor since pages ``v`` last moved, ``[k, processor]``."""
-        i = as_index(v)
-        age = ctx.epoch - self._acc_at[i]
-        stale = ctx.last_move[i] != self._moved[i]
-        out = self._acc[i] * decay(age, self.owed_halflife_epochs)[:, None]
-        if stale.any():
-            out[stale] = 0.0
-        return out
-
-    def net_gain(self, ctx: "PolicyContext", v: np.ndarray, toward: int) -> np.ndarray:
-        """Seconds the accesses counted since the last move would have saved had pages ``v``
-        been on the node local to processor ``toward``, net of the other processor's loss."""
-        acc = self.sectors_since_move(ctx, v)
-        return acc[:, toward] * self._gain[toward] - acc[:, 1 - toward] * self._gain[1 - toward]
-
-    def _count(self, ctx: "PolicyContext", ep: "Epoch") -> None:
-        v = ep.vpns
-        i = as_index(v)
-        lm = ctx.last_move[i]
-        stale = lm != self._moved[i]
-        touches = self._touches[i]
-        if stale.any():
-            touches[stale] = 0
-        self._touches[i] = touches + (ep.by_proc > 0)
-        self._acc[i] = self.sectors_since_move(ctx, v) + ep.by_proc
-        self._acc_at[i] = ctx.epoch
-        self._moved[i] = lm
+        def ext(a: np.ndarray, fill: int = 0) -> np.ndarray:
+            out = (np.zeros if fill == 0 else lambda sh, dt: np.full(sh, fill, dt))(
+                (n,) + a.shape[1:], a.dtype)
+            out[: len(a)] = a
+            return out
+        self._acc, self._acc_at = ext(self._acc), ext(self._acc_at)
+        self._since, self._touches = ext(self._since, -1), ext(self._touches)
+        self._burst, self._until = ext(self._burst), ext(self._until)
+        self._caught, self._moved = ext(self._caught), ext(self._moved, -(1 << 40))
 
     def forget(self, lo: int, hi: int) -> None:
         hi = min(hi, len(self._until))
         if lo < hi:
             self._acc[lo:hi] = 0.0
+            self._since[lo:hi] = -1
             self._touches[lo:hi] = 0
+            self._burst[lo:hi] = 0.0
             self._until[lo:hi] = 0
             self._caught[lo:hi] = 0
 
-    def _filter_thrash(self, ctx: "PolicyContext", pages: np.ndarray) -> np.ndarray:
-        pages = pages[self._until[pages] <= ctx.epoch]
+    def observe(self, ctx: "PolicyContext", ep: "Epoch") -> None:
+        self._grow(ctx.npages)
+        v = ep.vpns
+        if len(v) == 0:
+            return
+        if ep.processor == CPU:
+            if self._cpu_last >= 0:
+                g = float(ctx.epoch - self._cpu_last)
+                self._cpu_gap = g if self._cpu_gap < 0 else 0.5 * (self._cpu_gap + g)
+            self._cpu_last = ctx.epoch
+        i = as_index(v)
+        bp = ep.by_proc
+        lm = ctx.last_move[i]
+        stale = lm != self._moved[i]
+        acc = self._acc[i] * decay(ctx.epoch - self._acc_at[i], self.owed_halflife_epochs)[:, None]
+        touches = self._touches[i]
+        since = self._since[i]
+        if stale.any():
+            acc[stale] = 0.0
+            touches[stale] = 0
+            since[stale] = -1
+        self._acc[i] = acc + bp
+        self._acc_at[i] = ctx.epoch
+        self._moved[i] = lm
+        hit = bp > 0
+        self._touches[i] = touches + hit
+        self._since[i] = np.where(since < 0, ctx.epoch, since)
+        b = self._burst[i]
+        self._burst[i] = np.where(hit, np.where(b > 0, 0.5 * (b + bp), bp), b)
+
+    # -- the rules -----------------------------------------------------------------------------
+    def _cpu_cost(self, acc_cpu: np.ndarray, burst_cpu: np.ndarray) -> np.ndarray:
+        """What ``acc_cpu`` decayed CPU sectors cost with the page on the device: remote reads,
+        or (fault-return) at most a round trip per CPU-touching epoch."""
+        g = self._gain[CPU]
+        if not self.cpu_fault_return:
+            return acc_cpu * g
+        per_sector = np.minimum(g, self._round_trip / np.maximum(burst_cpu, 1.0))
+        return acc_cpu * per_sector
+
+    def net_value(self, ctx: "PolicyContext", v: np.ndarray, toward: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """For pages ``v`` (their counts must be current): ``(value, rate)``, the decayed net
+        rent in seconds that their accesses since the last move would have saved on the node
+        local to processor ``toward``, and that value per (decayed) epoch of the window since
+        their first touch."""
+        acc = self._acc[v]
+        d = decay(ctx.epoch - self._acc_at[v], self.owed_halflife_epochs)
+        dev = acc[:, DEV] * d * self._gain[DEV]
+        acc_cpu = acc[:, CPU] * d
+        cpu = self._cpu_cost(acc_cpu, self._burst[v, CPU]) if acc_cpu.any() else acc_cpu
+        value = dev - cpu if toward == DEV else cpu - dev
+        window = decayed_window(ctx.epoch - self._since[v] + 1, self.owed_halflife_epochs)
+        return value, value / window
+
+    @staticmethod
+    def _notified_pages(ctx: "PolicyContext", notes: np.ndarray) -> np.ndarray:
+        """The pages of the notified regions, sorted (regions are whole and distinct)."""
+        rp = ctx.pages_per_region
+        first = np.sort(notes["vpn"].astype(np.int64))
+        if not (notes["npages"] == rp).all() or (len(first) > 1 and
+                                                  (np.diff(first) < rp).any()):
+            return ctx.region_pages(first, notes["npages"])
+        if first[-1] - first[0] == (len(first) - 1) * rp:      # one run of regions
+            pages = np.arange(first[0], first[-1] + rp, dtype=np.int64)
+        else:
+            pages = (first[:, None] + np.arange(rp, dtype=np.int64)).reshape(-1)
+        return pages
+
+    def _candidates(self, ctx: "PolicyContext", notes: np.ndarray, proc: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """Pages of the regions ``proc`` raised notifications for (sorted) that sit on the
+        other node, may move, and pass a rule; with their net rent per epoch (their score).
+
+        The tests, in the order the fused loop applies them: on the other node; touched in
+        ``min_epochs`` epochs since its last move; counts not stale (the page moved since they
+        were kept: not evidence); not backing off; a positive net rent that passes the payback
+        or the rent-paid rule; the CPU has shown its hand (below); and nothing the manager
+        would refuse anyway (pinned, preferred where it is, mapped remotely by ``accessed_by``)
+        so that refused pages do not use up the rate limit.
+
+        Has the CPU shown its hand?  A page it has not touched may still be one it touches
+        every time it runs.  Unless it ran since the page's first touch (and left it alone), or
+        has stopped running (overdue by twice its usual gap), the policy waits for its next
+        run where a wrong guess (one CPU touch of the page on the device) would cost more than
+        the rent that waiting costs.  Its usual gap, before it has run twice, is taken to be
+        the time since it ran."""
+        empty = np.zeros(0, np.int64), np.zeros(0)
+        if len(notes) == 0:
+            return empty
+        frm, to = (HOST, DEVICE) if proc == DEV else (DEVICE, HOST)
+        pages = self._notified_pages(ctx, notes)
+        limit = min(ctx.npages, len(self._until))
+        if len(pages) and pages[-1] >= limit:
+            pages = pages[pages < limit]
+        if len(pages) == 0:
+            return empty
+        factor = 1.0 if proc == DEV else self.hysteresis
+        gap, wait_on = 0.0, False
+        if proc == DEV and self._cpu_last >= 0:
+            quiet = ctx.epoch - self._cpu_last
+            gap = self._cpu_gap if self._cpu_gap > 0 else float(quiet)
+            wait_on = not (self._cpu_gap > 0 and quiet > 2 * gap)
+        h = self.owed_halflife_epochs
+        out_p = np.empty(len(pages), np.int64)
+        out_r = np.empty(len(pages))
+        n = _fused.kernels()["candidates"](
+            pages, proc, frm, to, ctx.node, ctx.last_move, ctx.preferred, ctx.flags,
+            ctx.accessed_by, self._touches, self._moved, self._until, self._acc,
+            self._acc_at, self._since, self._burst, ctx.epoch, self.min_epochs,
+            decay_table(h), decayed_window_table(h), self._gain[DEV], self._gain[CPU],
+            self._round_trip, self.cpu_fault_return, self.break_even,
+            factor * self._price[to], self.payback_epochs, wait_on, self._cpu_last, gap,
+            self._cpu_risk, out_p, out_r)
+        return out_p[:n], out_r[:n]
+
+    def _filter_thrash(self, ctx: "PolicyContext", pages: np.ndarray,
+                       score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Drop pages backing off, and catch the ones ping-ponging (see the module docs)."""
+        if len(pages) == 0:
+            return pages, score
+        ok = self._until[pages] <= ctx.epoch
+        if not ok.all():
+            pages, score = pages[ok], score[ok]
         # ping-pong: moved thrash_moves times, the last one recently (a back-off served, or a
         # quiet spell longer than the thrash window, lets the page move again)
-        recent = (ctx.epoch - ctx.last_move[pages]) <= ctx.tunables.thrash_window_epochs
-        hot = (ctx.recent_moves[pages] >= self.thrash_moves) & recent & \
-            (self._until[pages] <= ctx.last_move[pages])
-        caught = pages[hot]
-        if len(caught):
+        hot = ctx.recent_moves[pages] >= self.thrash_moves
+        if hot.any():
+            lm = ctx.last_move[pages]
+            hot &= ((ctx.epoch - lm) <= ctx.tunables.thrash_window_epochs) & \
+                (self._until[pages] <= lm)
+        if hot.any():
+            caught = pages[hot]
             k = np.minimum(self._caught[caught], 10).astype(np.int64)
             self._until[caught] = ctx.epoch + self.backoff_epochs * (1 << k)
             self._caught[caught] += 1
             ctx.note_thrashing(caught)
-        return pages[~hot]
+            pages, score = pages[~hot], score[~hot]
+        return pages, score
 
-    def _candidates(self, ctx: "PolicyContext", notes: np.ndarray, proc: int, frm: int,
-                    factor: float) -> np.ndarray:
-        sel = notes[notes["processor"] == proc]
-        if len(sel) == 0:
-            return np.zeros(0, np.int64)
-        pages = ctx.region_pages(sel["vpn"], sel["npages"])
-        pages = pages[ctx.node[pages] == frm]
-        # what the manager would refuse anyway must not use up the rate limit
-        to = DEVICE if proc == DEV else HOST
-        pages = pages[~ctx.pinned[pages] & (ctx.preferred[pages] != frm) &
-                      ((ctx.accessed_by[pages] & (1 << to)) == 0)]
-        gain = self.net_gain(ctx, pages, proc)
-        keep = (gain >= factor * self.break_even * self._price[proc]) & \
-            (self._touches[pages, proc] >= self.min_epochs)
-        pages, gain = pages[keep], gain[keep]
-        return pages[np.argsort(-gain, kind="stable")]          # the biggest gain first
+    @staticmethod
+    def _top(pages: np.ndarray, score: np.ndarray, k: int) -> np.ndarray:
+        """The ``k`` pages with the highest scores, in the order of ``pages`` (ties: the
+        earlier ones).  O(len(pages))."""
+        if k >= len(pages):
+            return pages
+        if k <= 0:
+            return pages[:0]
+        thr = np.partition(score, len(score) - k)[len(score) - k]
+        sel = score > thr
+        ties = np.flatnonzero(score == thr)[: k - int(np.count_nonzero(sel))]
+        sel[ties] = True
+        return pages[sel]
 
-    def observe(self, ctx: "PolicyContext", ep: "Epoch") -> None:
-        self._grow(ctx.npages)
-        self._count(ctx, ep)
-
-    def epoch_end(self, ctx: "PolicyContext", ep: "Epoch", notes: np.ndarray) -> list[Move]:
+    def _promote(self, ctx: "PolicyContext", pages: np.ndarray, score: np.ndarray,
+                 cause: str) -> list[Move]:
+        """Moves promoting the best-scored of ``pages`` that fit: the rate limit's room, and
+        the device's free frames plus the cold pages worth evicting for them (evicted first,
+        by this policy's own move: the manager then needs no victims)."""
+        k = min(len(pages), self._rate.room(ctx.now, ctx.page_size))
+        free = ctx.free(DEVICE)
         moves = []
-        up = self._filter_thrash(ctx, self._candidates(ctx, notes, DEV, HOST, 1.0))
-        up = self._rate.admit(ctx.now, up, ctx.page_size)
+        if k > free:
+            top = self._top(pages, score, k)
+            heat_val, heat_epoch, dtab = ctx.heat_tables()
+            bar = _fused.kernels()["min_heat"](top, heat_val, heat_epoch, dtab, ctx.epoch,
+                                               DEV) / self.hysteresis
+            cold = self._cold(ctx, k - free, bar, top, order=False)
+            if len(cold):
+                moves.append(Move(cold, HOST, "eviction"))
+            k = free + len(cold)
+        up = self._rate.admit(ctx.now, self._top(pages, score, k), ctx.page_size)
         if len(up):
-            moves.append(Move(up, DEVICE, "access_counter"))
-        if self.demote:
-            down = self._filter_thrash(ctx, self._candidates(ctx, notes, CPU, DEVICE,
-                                                             self.hysteresis))
-            if len(down):
-                moves.append(Move(down, HOST, "access_counter"))
+            moves.append(Move(up, DEVICE, cause))
         return moves
 
+    def fault(self, ctx: "PolicyContext", ep: "Epoch") -> list[Move]:
+        """Touches that fault a page over, where that pays within the touching epoch: a CPU
+        touch of a device page (``cpu_fault_return``), and a device touch of a host page whose
+        previous device burst alone saved more than the move and its fault share."""
+        v = ep.vpns
+        if len(v) == 0:
+            return []
+        self._grow(ctx.npages)
+        if len(v) and v[-1] >= len(self._until):
+            return []                        # pages the policy has never seen: no history
+        proc = ep.processor
+        i = as_index(v)
+        if proc == CPU:
+            if not self.cpu_fault_return:
+                return []
+            ok = ctx.node[i] == DEVICE
+            if not ok.any():
+                return []
+            ok &= ep.touched_by(CPU)
+            v = v[ok]
+            # the CPU's expected burst: its previous one on this page, else one full sweep;
+            # the CPU is not kept off a page it maps remotely by back-offs (no thrash filter)
+            burst = self._burst[v, CPU]
+            burst = np.where(burst > 0, burst, self._sweep)
+            back = v[burst * self._gain[CPU] > self._fault_move[HOST]]
+            return [Move(back, HOST, "fault")] if len(back) else []
+        # the device: only pages whose previous burst alone paid for the move
+        gain = self._burst[i, DEV] * self._gain[DEV]
+        ok = gain > self._fault_move[DEVICE]
+        if not ok.any():
+            return []
+        ok &= (ctx.node[i] == HOST) & ep.touched_by(DEV)
+        v, gain = v[ok], gain[ok]
+        v_ok = (ctx.preferred[v] != HOST) & ~ctx.pinned_at(v) & \
+            ((ctx.accessed_by[v] & (1 << DEVICE)) == 0)
+        v, gain = self._filter_thrash(ctx, v[v_ok], gain[v_ok])
+        if len(v) == 0:
+            return []
+        return self._promote(ctx, v, gain, "fault")
+
+    def epoch_end(self, ctx: "PolicyContext", ep: "Epoch", notes: np.ndarray) -> list[Move]:
+        if len(notes) == 0:
+            return []
+        self._grow(ctx.npages)
+        moves = []
+        proc = notes["processor"]
+        up, score = self._candidates(ctx, notes[proc == DEV], DEV)
+        up, score = self._filter_thrash(ctx, up, score)
+        if len(up):
+            moves += self._promote(ctx, up, score, "access_counter")
+        if self.demote:
+            down, score = self._candidates(ctx, notes[proc == CPU], CPU)
+            down, score = self._filter_thrash(ctx, down, score)
+            if len(down):
+                moves.append(Move(self._top(down, score, ctx.free(HOST)), HOST,
+                                  "access_counter"))
+        return moves
+
+    # -- eviction --------------------------------------------------------------------------------
+    def _cold(self, ctx: "PolicyContext", need: int, bar: float, exclude: np.ndarray,
+              order: bool) -> np.ndarray:
+        """Up to ``need`` device pages whose decayed heat is below ``bar``, the coldest (then
+        least recently touched) ones, pages preferred on the device last; examined: a window
+        of ``max(4096, 8 * need)`` pages of the virtual range after a clock hand that advances
+        with each call, so that the work grows with the promotion, not with the device, and
+        every page is examined in turn.  In coldest-first order when ``order``, else by vpn."""
+        n = len(ctx.node)
+        if need <= 0 or bar <= 0 or n == 0:
+            return np.zeros(0, np.int64)
+        budget = max(4096, 8 * need)
+        if budget >= n:
+            segs = [(0, n)]
+        else:
+            lo = self._hand % n
+            hi = lo + budget
+            segs = [(lo, min(hi, n))] + ([(0, hi - n)] if hi > n else [])
+            self._hand = hi % n
+        size = sum(h - lo for lo, h in segs)
+        out_p = np.empty(size, np.int64)
+        out_h = np.empty(size)
+        out_t = np.empty(size, np.int64)
+        heat_val, heat_epoch, dtab = ctx.heat_tables()
+        c = 0
+        k = _fused.kernels()["cold_pages"]
+        for lo, hi in segs:
+            c = k(ctx.node, ctx.flags, ctx.preferred, heat_val, heat_epoch, ctx.last_touch,
+                  dtab, ctx.epoch, lo, hi, bar, DEVICE, out_p, out_h, out_t, c)
+        cand, heat, touch = out_p[:c], out_h[:c], out_t[:c]
+        if len(exclude) and len(cand):
+            keep = ctx.without_mask(cand, exclude)
+            cand, heat, touch = cand[keep], heat[keep], touch[keep]
+        if need < len(cand):
+            part = np.argpartition(heat, need - 1)[:need]
+            if not order:
+                part = np.sort(part)
+            cand, heat, touch = cand[part], heat[part], touch[part]
+        if order:
+            cand = cand[np.lexsort((touch, heat))]
+        return cand
+
     def victims(self, ctx: "PolicyContext", need: int, incoming: np.ndarray) -> np.ndarray:
-        out = super().victims(ctx, need, incoming)
-        if len(out) == 0 or len(incoming) == 0:
-            return out
-        # evict only pages clearly colder than what comes in
-        bar = ctx.heat(incoming)[:, DEV].min() / self.hysteresis
-        hv = ctx.heat(out)
-        return out[(hv[:, DEV] + hv[:, CPU]) < bar]
+        """Device pages clearly colder than what comes in (decayed heat below the incoming
+        pages' coldest device heat over ``hysteresis``), coldest first (see :meth:`_cold`)."""
+        if need <= 0 or len(incoming) == 0:
+            return np.zeros(0, np.int64)
+        heat_val, heat_epoch, dtab = ctx.heat_tables()
+        inc = np.asarray(incoming, np.int64)
+        bar = _fused.kernels()["min_heat"](inc, heat_val, heat_epoch, dtab, ctx.epoch,
+                                           DEV) / self.hysteresis
+        return self._cold(ctx, need, bar, inc, order=True)

@@ -27,12 +27,18 @@ CPU, DEV = 0, 1       # processors
 _DECAY: dict[float, np.ndarray] = {}
 
 
-def decay(age: np.ndarray, halflife: float) -> np.ndarray:
-    """``0.5 ** (age / halflife)`` for integer ages >= 0, through a table (pow is slow)."""
+def decay_table(halflife: float) -> np.ndarray:
+    """``0.5 ** (age / halflife)`` for ages 0..4095 (older ages use the last entry)."""
     t = _DECAY.get(halflife)
     if t is None:
         t = 0.5 ** (np.arange(4096) / halflife)
         _DECAY[halflife] = t
+    return t
+
+
+def decay(age: np.ndarray, halflife: float) -> np.ndarray:
+    """``0.5 ** (age / halflife)`` for integer ages >= 0, through a table (pow is slow)."""
+    t = decay_table(halflife)
     return t[np.minimum(age, len(t) - 1)]
 
 
@@ -52,13 +58,16 @@ class RateLimit:
         self.start = 0.0
         self.used = 0
 
-    def admit(self, now: float, pages: np.ndarray, page_size: int) -> np.ndarray:
-        """The leading pages of ``pages`` that still fit in the current window."""
+    def room(self, now: float, page_size: int) -> int:
+        """Pages that still fit in the window holding ``now``."""
         if now - self.start >= 1.0:
             self.start = now - (now - self.start) % 1.0
             self.used = 0
-        room = int((self.mbps * 1e6 - self.used) // page_size)
-        pages = pages[: max(room, 0)]
+        return max(int((self.mbps * 1e6 - self.used) // page_size), 0)
+
+    def admit(self, now: float, pages: np.ndarray, page_size: int) -> np.ndarray:
+        """The leading pages of ``pages`` that still fit in the current window."""
+        pages = pages[: self.room(now, page_size)]
         self.used += len(pages) * page_size
         return pages
 

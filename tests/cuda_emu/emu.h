@@ -121,6 +121,7 @@ inline int launch(dim3 grid, dim3 block, const std::function<void()>& fn) {
 #define __device__
 #define __host__
 #define __forceinline__ inline
+#define __noinline__ __attribute__((noinline))
 #define __restrict__ __restrict
 #define __shared__ static
 
@@ -159,6 +160,15 @@ inline int __popc(unsigned x) { return __builtin_popcount(x); }
 
 inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) {
     return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST);
+}
+
+inline unsigned atomicAdd(unsigned* p, unsigned v) {
+    return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST);
+}
+
+inline unsigned atomicCAS(unsigned* p, unsigned cmp, unsigned val) {
+    __atomic_compare_exchange_n(p, &cmp, val, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+    return cmp;
 }
 
 inline unsigned long long atomicCAS(unsigned long long* p, unsigned long long cmp,

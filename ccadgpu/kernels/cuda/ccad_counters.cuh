@@ -22,11 +22,14 @@
 //   block splits each tile's byte range at page boundaries and issues one global atomicAdd per
 //   page it touched; nothing per element.
 // * Indexed operands are aggregated per warp with __match_any_sync on the page index (one
-//   leader per distinct page adds ``bytes * popc(peers)``), then per block in a small
-//   shared-memory hash table (page -> bytes) that is flushed with one global atomicAdd per
-//   distinct page per block.  When the table is full (more distinct pages than
-//   CCAD_HIST_PROBES probes can place) that one update goes straight to the global counter,
-//   so counts stay exact.
+//   leader per distinct page adds ``popc(peers)`` accesses), then per block in a shared-memory
+//   table of access counts that is flushed with one global atomicAdd (bytes) per distinct page
+//   per block.  When the counted range has at most CCAD_HIST_SLOTS pages the table is indexed
+//   by page directly (one 32-bit shared atomic per leader, no keys, no probing: the common
+//   case, counters over one operand's pages); otherwise it is a hash table (page -> count),
+//   and an update whose CCAD_HIST_PROBES probes find no slot goes straight to the global
+//   counter, so counts stay exact.  A block counts at most 2^32 - 1 accesses to one page per
+//   launch.
 //
 // Constraints: warp-level helpers must be called by all 32 lanes of a warp (kernels keep their
 // loop trip counts warp-uniform and pass ``valid=false`` for idle lanes); blocks are a
@@ -41,11 +44,12 @@ typedef unsigned long long ccad_u64;
 typedef long long ccad_i64;
 
 #define CCAD_NO_PAGE (~0ull)
+#define CCAD_NO_KEY 0xffffffffu
 #ifndef CCAD_HIST_SLOTS
-#define CCAD_HIST_SLOTS 256  // power of two; 2 tables x 256 x 16 B = 8 KiB of shared memory
+#define CCAD_HIST_SLOTS 4096  // power of two; 4096 x 8 B = 32 KiB of shared memory per table
 #endif
 #ifndef CCAD_HIST_PROBES
-#define CCAD_HIST_PROBES 8
+#define CCAD_HIST_PROBES 4
 #endif
 #define CCAD_COUNT_DENSE 1u    // count dense operands (arithmetically, per tile)
 #define CCAD_COUNT_INDEXED 2u  // count indexed operands (in-kernel histograms)
@@ -71,10 +75,11 @@ __device__ __forceinline__ bool ccad_indexed(const CcadCounters& c) {
     return (c.flags & CCAD_COUNT_INDEXED) != 0u;
 }
 
-// Block-level page histogram in shared memory: open addressing, keys never removed.
+// Block-level page histogram in shared memory: access counts, indexed by page when the range
+// fits, else open addressing with keys never removed.
 struct CcadHist {
-    ccad_u64 key[CCAD_HIST_SLOTS];
-    ccad_u64 val[CCAD_HIST_SLOTS];
+    unsigned key[CCAD_HIST_SLOTS];
+    unsigned cnt[CCAD_HIST_SLOTS];
 };
 
 __device__ __forceinline__ unsigned ccad_tid() {
@@ -103,40 +108,52 @@ __device__ __forceinline__ ccad_u64 ccad_page_of(const CcadCounters& c, ccad_u64
 // All threads of the block call this, then __syncthreads() before the first add.
 __device__ __forceinline__ void ccad_hist_init(CcadHist* h) {
     for (unsigned i = ccad_tid(); i < CCAD_HIST_SLOTS; i += ccad_nthreads()) {
-        h->key[i] = CCAD_NO_PAGE;
-        h->val[i] = 0;
+        h->key[i] = CCAD_NO_KEY;
+        h->cnt[i] = 0;
     }
 }
 
-// Add ``bytes`` to ``page`` (a valid page index) in the block table; the global counter array
-// ``g`` takes the update directly when the probe sequence finds no slot.
-__device__ __forceinline__ void ccad_hist_add(CcadHist* h, ccad_u64* g, ccad_u64 page,
-                                              ccad_u64 bytes) {
+__device__ __forceinline__ bool ccad_hist_direct(const CcadCounters& c) {
+    return c.npages <= CCAD_HIST_SLOTS;
+}
+
+// Add ``n`` accesses of ``bytes`` each to ``page`` (a valid page index) in the block table; the
+// global counter array ``g`` takes the update (in bytes) when the probes find no slot.
+__device__ __forceinline__ void ccad_hist_add(const CcadCounters& c, CcadHist* h, ccad_u64* g,
+                                              ccad_u64 page, unsigned n, unsigned bytes) {
+    if (ccad_hist_direct(c)) {
+        atomicAdd(&h->cnt[page], n);
+        return;
+    }
     // Consecutive pages land in consecutive slots: dense runs never collide.
-    unsigned s = (unsigned)page & (CCAD_HIST_SLOTS - 1);
+    const unsigned want = (unsigned)page;
+    unsigned s = want & (CCAD_HIST_SLOTS - 1);
     for (int probe = 0; probe < CCAD_HIST_PROBES; ++probe) {
         // volatile: another thread may have claimed the slot since the last probe
-        ccad_u64 k = ((volatile ccad_u64*)h->key)[s];
-        if (k == CCAD_NO_PAGE) {
-            k = atomicCAS(&h->key[s], CCAD_NO_PAGE, page);
-            if (k == CCAD_NO_PAGE) k = page;  // we claimed it
+        unsigned k = ((volatile unsigned*)h->key)[s];
+        if (k == CCAD_NO_KEY) {
+            k = atomicCAS(&h->key[s], CCAD_NO_KEY, want);
+            if (k == CCAD_NO_KEY) k = want;  // we claimed it
         }
-        if (k == page) {
-            atomicAdd(&h->val[s], bytes);
+        if (k == want) {
+            atomicAdd(&h->cnt[s], n);
             return;
         }
         s = (s + 1) & (CCAD_HIST_SLOTS - 1);
     }
-    atomicAdd(&g[page], bytes);
+    atomicAdd(&g[page], (ccad_u64)n * bytes);
 }
 
-// All threads of the block call this after a __syncthreads(): one global atomic per distinct
-// page the block touched.
-__device__ __forceinline__ void ccad_hist_flush(const CcadHist* h, ccad_u64* g) {
+// All threads of the block call this after a __syncthreads(): one global atomic (bytes) per
+// distinct page the block touched.
+__device__ __forceinline__ void ccad_hist_flush(const CcadCounters& c, const CcadHist* h,
+                                                ccad_u64* g, unsigned bytes) {
+    const bool direct = ccad_hist_direct(c);
     for (unsigned i = ccad_tid(); i < CCAD_HIST_SLOTS; i += ccad_nthreads()) {
-        ccad_u64 k = h->key[i];
-        ccad_u64 v = h->val[i];
-        if (k != CCAD_NO_PAGE && v != 0) atomicAdd(&g[k], v);
+        const unsigned n = h->cnt[i];
+        if (n == 0) continue;
+        const ccad_u64 page = direct ? (ccad_u64)i : (ccad_u64)h->key[i];
+        atomicAdd(&g[page], (ccad_u64)n * bytes);
     }
 }
 
@@ -146,23 +163,6 @@ __device__ __forceinline__ bool ccad_clip(const CcadCounters& c, ccad_u64& lo, c
     if (lo < c.base) lo = c.base;
     if (hi > end) hi = end;
     return lo < hi;
-}
-
-// One thread counts the byte range [lo, hi): one update per page it overlaps, into the block
-// table ``h`` when given, else straight into ``g``.
-__device__ __forceinline__ void ccad_count_range(const CcadCounters& c, ccad_u64* g, CcadHist* h,
-                                                 ccad_u64 lo, ccad_u64 hi) {
-    if (!ccad_clip(c, lo, hi)) return;
-    ccad_u64 p = (lo - c.base) >> c.shift;
-    ccad_u64 last = (hi - 1 - c.base) >> c.shift;
-    for (; p <= last; ++p) {
-        ccad_u64 ps = c.base + (p << c.shift);
-        ccad_u64 pe = ps + (1ull << c.shift);
-        ccad_u64 a = lo > ps ? lo : ps;
-        ccad_u64 b = hi < pe ? hi : pe;
-        if (h != nullptr) ccad_hist_add(h, g, p, b - a);
-        else atomicAdd(&g[p], b - a);
-    }
 }
 
 // The whole block counts the byte range [lo, hi) (a dense tile): thread t takes the t-th page
@@ -186,8 +186,9 @@ __device__ __forceinline__ void ccad_count_range_block(const CcadCounters& c, cc
 // items do not map to contiguous tiles (rows of a stencil, rows of a CSR matrix), counting per
 // item would make every warp of a block hammer the same page's slot; counting the whole range
 // up front gives the same totals (each byte once per launch) at no per-item cost.
-__device__ __forceinline__ void ccad_count_range_grid(const CcadCounters& c, ccad_u64* g,
-                                                      ccad_u64 lo, ccad_u64 hi) {
+// Not inlined: the hot loops that follow keep their register budget (occupancy).
+__device__ __noinline__ void ccad_count_range_grid(const CcadCounters& c, ccad_u64* g,
+                                                   ccad_u64 lo, ccad_u64 hi) {
     if (!ccad_clip(c, lo, hi)) return;
     const ccad_u64 nthreads = ccad_nthreads();
     const ccad_u64 block =
@@ -209,11 +210,8 @@ __device__ __forceinline__ void ccad_warp_count(const CcadCounters& c, ccad_u64*
     ccad_u64 page = valid ? ccad_page_of(c, addr) : CCAD_NO_PAGE;
     unsigned peers = __match_any_sync(0xffffffffu, page);
     unsigned lane = ccad_tid() & 31u;
-    if (page != CCAD_NO_PAGE && lane == (unsigned)(__ffs(peers) - 1)) {
-        ccad_u64 total = (ccad_u64)bytes * (ccad_u64)__popc(peers);
-        if (h != nullptr) ccad_hist_add(h, g, page, total);
-        else atomicAdd(&g[page], total);
-    }
+    if (page != CCAD_NO_PAGE && lane == (unsigned)(__ffs(peers) - 1))
+        ccad_hist_add(c, h, g, page, (unsigned)__popc(peers), bytes);
 }
 
 // Sum of ``v`` over the block, valid in thread 0.  Blocks are whole warps; all threads call.

@@ -46,7 +46,7 @@ __device__ void ccad_gather_impl(T* y, const T* x, const I* idx, ccad_i64 n, Cca
     }
     if (COUNT) {
         __syncthreads();
-        ccad_hist_flush(&hr, c.rd);
+        ccad_hist_flush(c, &hr, c.rd, (unsigned)sizeof(T));
     }
 }
 
@@ -79,7 +79,7 @@ __device__ void ccad_scatter_impl(T* y, const I* idx, const T* x, ccad_i64 n, Cc
     }
     if (COUNT) {
         __syncthreads();
-        ccad_hist_flush(&hw, c.wr);
+        ccad_hist_flush(c, &hw, c.wr, (unsigned)sizeof(T));
     }
 }
 
@@ -125,7 +125,7 @@ __device__ void ccad_spmv_impl(T* y, const I* indptr, const I* indices, const T*
     }
     if (COUNT) {
         __syncthreads();
-        ccad_hist_flush(&hr, c.rd);
+        ccad_hist_flush(c, &hr, c.rd, (unsigned)sizeof(T));
     }
 }
 

@@ -1,0 +1,120 @@
+"""Fused per-page loops of the ``access_counter`` policy (Numba, compiled on first use and
+cached on disk).
+
+A decision must cost time in proportion to the pages notified, and on the stand-in's 2-core
+machines it is memory traffic that sets that cost: each NumPy pass over a candidate list reads
+and writes a temporary, and a decision made of twenty such passes moves far more bytes than the
+per-page state it reads.  These loops read each page's state once and write only the pages
+that pass.  :mod:`ccadgpu.policies.access_counter` documents the rules they implement; the loops
+are deliberately plain so that they can be read against that description.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+_K: dict = {}
+
+PINNED = 1          # ccadgpu.pagetable.PINNED (checked in kernels())
+
+
+def kernels() -> dict:
+    """The compiled loops (built once per process)."""
+    if _K:
+        return _K
+    from numba import njit
+
+    from .. import pagetable as ptf
+    assert ptf.PINNED == PINNED
+
+    @njit(cache=True, nogil=True)
+    def candidates(pages, proc, frm, to, node, last_move, preferred, flags, accessed_by,
+                   touches, moved, until, acc, acc_at, since, burst, epoch, min_epochs,
+                   dtab, wtab, gain_dev, gain_cpu, round_trip, fault_return, break_even,
+                   price, payback, wait_on, cpu_last, gap, cpu_risk, out_pages, out_rate
+                   ):  # pragma: no cover - jitted
+        """Pages of ``pages`` (sorted) that pass every test of
+        ``AccessCounter._candidates``; returns how many were written to the outputs."""
+        c = 0
+        nd = dtab.shape[0]
+        nw = wtab.shape[0]
+        for k in range(pages.shape[0]):
+            p = pages[k]
+            if node[p] != frm or touches[p, proc] < min_epochs:
+                continue
+            if last_move[p] != moved[p] or until[p] > epoch:
+                continue
+            age = epoch - acc_at[p]
+            d = dtab[age if age < nd else nd - 1]
+            dev = acc[p, 1] * d * gain_dev
+            a_cpu = acc[p, 0] * d
+            cpu = 0.0
+            if a_cpu > 0.0:
+                per = gain_cpu
+                if fault_return:
+                    b = burst[p, 0]
+                    if b < 1.0:
+                        b = 1.0
+                    if round_trip / b < per:
+                        per = round_trip / b
+                cpu = a_cpu * per
+            value = dev - cpu if proc == 1 else cpu - dev
+            w = epoch - since[p] + 1
+            if w < 1:
+                w = 1
+            if w > nw - 1:
+                w = nw - 1
+            rate = value / wtab[w]
+            if rate <= 0.0:
+                continue
+            if not (value >= break_even * price or (payback > 0.0 and rate * payback >= price)):
+                continue
+            if wait_on and touches[p, 0] == 0 and cpu_last < since[p] and cpu_risk > rate * gap:
+                continue
+            if preferred[p] == frm or (flags[p] & PINNED) != 0 or ((accessed_by[p] >> to) & 1):
+                continue
+            out_pages[c] = p
+            out_rate[c] = rate
+            c += 1
+        return c
+
+    @njit(cache=True, nogil=True)
+    def cold_pages(node, flags, preferred, heat_val, heat_epoch, last_touch, dtab, epoch,
+                   lo, hi, bar, device, out_pages, out_heat, out_touch, c
+                   ):  # pragma: no cover - jitted
+        """Append to the outputs (from position ``c``) the unpinned pages of ``[lo, hi)`` on
+        node ``device`` whose decayed heat (both processors) is below ``bar``; pages preferred
+        on the device get a huge heat so that they sort last.  Returns the new count."""
+        nd = dtab.shape[0]
+        for p in range(lo, hi):
+            if node[p] != device or (flags[p] & PINNED) != 0:
+                continue
+            age = epoch - heat_epoch[p]
+            h = (heat_val[p, 0] + heat_val[p, 1]) * dtab[age if age < nd else nd - 1]
+            if h >= bar:
+                continue
+            if preferred[p] == device:
+                h += 1e30
+            out_pages[c] = p
+            out_heat[c] = h
+            t = last_touch[p, 0]
+            if last_touch[p, 1] > t:
+                t = last_touch[p, 1]
+            out_touch[c] = t
+            c += 1
+        return c
+
+    @njit(cache=True, nogil=True)
+    def min_heat(pages, heat_val, heat_epoch, dtab, epoch, proc):  # pragma: no cover
+        """The smallest decayed heat of processor ``proc`` over ``pages``."""
+        nd = dtab.shape[0]
+        m = np.inf
+        for k in range(pages.shape[0]):
+            p = pages[k]
+            age = epoch - heat_epoch[p]
+            h = heat_val[p, proc] * dtab[age if age < nd else nd - 1]
+            if h < m:
+                m = h
+        return m
+
+    _K.update(candidates=candidates, cold_pages=cold_pages, min_heat=min_heat)
+    return _K
