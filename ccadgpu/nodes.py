@@ -119,6 +119,10 @@ class Node:
             if len(frames) < n:
                 cold = self._first_free(False, n - len(frames))
                 frames = np.sort(np.concatenate((frames, cold)))
+            if len(frames) < n:
+                # the warm count went out of step with the masks: never hand out too few
+                rest = np.setdiff1d(np.flatnonzero(self._free), frames)[: n - len(frames)]
+                frames = np.sort(np.concatenate((frames, rest)))
             frames = frames.astype(np.int64)
             self._nwarm -= int(np.count_nonzero(self._populated[frames]))
             self._free[frames] = False

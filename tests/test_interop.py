@@ -363,3 +363,23 @@ def test_ccadgpu_scipy_without_scipy_says_how_to_install():
             "else:\n"
             "    raise SystemExit('imported without SciPy')\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_host_warm_pool_keeps_frames_consistent():
+    from ccadgpu.nodes import Node
+    node = Node(0, "host", "host", 64 << 20, 64 << 10, prefault=False)   # cap: 8 MiB = 128
+    try:
+        rng = np.random.default_rng(5)
+        held: list[np.ndarray] = []
+        for _ in range(200):
+            if held and rng.random() < 0.5:
+                node.give(held.pop(int(rng.integers(len(held)))), release=True)
+            else:
+                held.append(node.take(int(rng.integers(1, 40)), partial=True))
+            free_warm = int(np.count_nonzero(node._free & node._populated))
+            assert node._nwarm == free_warm <= node._warm_cap
+            taken = np.concatenate(held) if held else np.zeros(0, np.int64)
+            assert len(np.unique(taken)) == len(taken) == node.used_frames
+            assert not node._free[taken].any() and node._populated[taken].all()
+    finally:
+        node.close()
