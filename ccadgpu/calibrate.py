@@ -9,7 +9,8 @@ profile key                            measurement
 =====================================  ==========================================================
 ``migration.host_to_device_gbps``      ``cudaMemPrefetchAsync`` of managed pages CPU -> GPU
 ``migration.device_to_host_gbps``      the same, GPU -> CPU
-``migration.per_page_us``              prefetching ``pages`` one call each, less one call for all
+``migration.per_page_us``              one prefetch call over many pages, less their bytes at the
+                                       measured bandwidth, per page
 ``bandwidth_gbps.device.device``       the plain ``sum`` kernel over GPU-resident managed pages
 ``bandwidth_gbps.device.host``         the same over CPU-resident pages the GPU reads remotely
                                        (preferred location CPU + accessed-by GPU: no migration)
@@ -216,10 +217,18 @@ def measure(size: int | str = "256MiB", repeat: int = 5, device: int = 0,
         park = lambda: (b.prefetch(region.ptr, span, cb.CPU), b.synchronize())  # noqa: E731
         t_one = t(one_call, setup=park)
         t_many = t(per_page, setup=park)
-        res["per_page_us"] = max(0.0, (t_many - t_one) / npg * 1e6)
+        # A cuda space moves each run of contiguous pages with one call, so what a page costs
+        # beyond its bytes is the part of one call over many pages that the bandwidth does not
+        # explain; one call per page costs far more (per_call_us), which the first version of
+        # this calibration wrote as the per-page cost (its model of a 1 GiB move was 1.75x the
+        # measured time, H200, 2026-11-26).
+        res["per_call_us"] = max(0.0, (t_many - t_one) / npg * 1e6)
+        res["per_page_us"] = max(0.0, (t_one - span / (res["h2d_prefetch_gbps"] * 1e9))
+                                 / npg * 1e6)
         res["per_page_size"] = page
         say(f"launch {res['launch_us']:.2f} us, per-page prefetch overhead "
-            f"{res['per_page_us']:.2f} us ({format_bytes(page)} pages)")
+            f"{res['per_page_us']:.2f} us ({format_bytes(page)} pages; "
+            f"{res['per_call_us']:.2f} us per prefetch call)")
         b.free(region)
         return res
     finally:
@@ -341,8 +350,10 @@ def profile_text(meas: Mapping[str, Any], name: str = "calibrated",
         "# cudaMemPrefetchAsync of managed pages, each way",
         f"host_to_device_gbps = {_num(meas['h2d_prefetch_gbps'])}",
         f"device_to_host_gbps = {_num(meas['d2h_prefetch_gbps'])}",
-        f"# one prefetch call per {format_bytes(meas.get('per_page_size', 65536))} page, less "
-        "one call for them all",
+        f"# per {format_bytes(meas.get('per_page_size', 65536))} page moved within one prefetch "
+        "call, beyond its bytes at the bandwidth above"
+        + (f" (one call per page would cost {_num(meas['per_call_us'])} us more a page)"
+           if "per_call_us" in meas else ""),
         f"per_page_us = {_num(meas['per_page_us'])}",
         f"fault_us = {_num(mig.get('fault_us', 30.0))}  # from {base_name} (not measured)",
         "",

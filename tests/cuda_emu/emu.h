@@ -155,6 +155,35 @@ inline T __shfl_down_sync(unsigned mask, T var, int delta) {
     return out;
 }
 
+template <typename T>
+inline T __shfl_sync(unsigned mask, T var, int src_lane) {
+    static_assert(sizeof(T) <= 8, "shuffle of at most 8 bytes");
+    if (mask != 0xffffffffu) emu::bad_mask = true;
+    emu::Warp& w = emu::tl_block->warps[emu::tl_warp];
+    unsigned long long bits = 0;
+    std::memcpy(&bits, &var, sizeof(T));
+    w.slot[emu::tl_lane] = bits;
+    w.bar.wait();
+    T out;
+    std::memcpy(&out, &w.slot[(unsigned)src_lane & 31u], sizeof(T));
+    w.bar.wait();
+    return out;
+}
+
+inline unsigned __ballot_sync(unsigned mask, bool pred) {
+    if (mask != 0xffffffffu) emu::bad_mask = true;
+    emu::Warp& w = emu::tl_block->warps[emu::tl_warp];
+    w.slot[emu::tl_lane] = pred ? 1u : 0u;
+    w.bar.wait();
+    unsigned m = 0;
+    for (int i = 0; i < 32; ++i)
+        if (w.slot[i]) m |= 1u << i;
+    w.bar.wait();
+    return m;
+}
+
+inline bool __all_sync(unsigned mask, bool pred) { return __ballot_sync(mask, pred) == ~0u; }
+
 inline int __ffs(unsigned x) { return __builtin_ffs((int)x); }
 inline int __popc(unsigned x) { return __builtin_popcount(x); }
 

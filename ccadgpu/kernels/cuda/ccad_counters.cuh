@@ -45,9 +45,13 @@ typedef long long ccad_i64;
 
 #define CCAD_NO_PAGE (~0ull)
 #define CCAD_NO_KEY 0xffffffffu
+// One table is 16 KiB of shared memory: 4096 page-indexed 32-bit counts, or a 2048-slot hash
+// table (32-bit key + count).  Small enough that 8 blocks of 256 threads stay resident per SM
+// (occupancy is what hides a gather's memory latency).
 #ifndef CCAD_HIST_SLOTS
-#define CCAD_HIST_SLOTS 4096  // power of two; 4096 x 8 B = 32 KiB of shared memory per table
+#define CCAD_HIST_SLOTS 4096  // page-indexed mode: ranges of at most this many pages
 #endif
+#define CCAD_HASH_SLOTS (CCAD_HIST_SLOTS / 2)
 #ifndef CCAD_HIST_PROBES
 #define CCAD_HIST_PROBES 4
 #endif
@@ -78,8 +82,13 @@ __device__ __forceinline__ bool ccad_indexed(const CcadCounters& c) {
 // Block-level page histogram in shared memory: access counts, indexed by page when the range
 // fits, else open addressing with keys never removed.
 struct CcadHist {
-    unsigned key[CCAD_HIST_SLOTS];
-    unsigned cnt[CCAD_HIST_SLOTS];
+    union {
+        unsigned direct[CCAD_HIST_SLOTS];
+        struct {
+            unsigned key[CCAD_HASH_SLOTS];
+            unsigned cnt[CCAD_HASH_SLOTS];
+        } hash;
+    } u;
 };
 
 __device__ __forceinline__ unsigned ccad_tid() {
@@ -105,16 +114,21 @@ __device__ __forceinline__ ccad_u64 ccad_page_of(const CcadCounters& c, ccad_u64
     return p < c.npages ? p : CCAD_NO_PAGE;
 }
 
-// All threads of the block call this, then __syncthreads() before the first add.
-__device__ __forceinline__ void ccad_hist_init(CcadHist* h) {
-    for (unsigned i = ccad_tid(); i < CCAD_HIST_SLOTS; i += ccad_nthreads()) {
-        h->key[i] = CCAD_NO_KEY;
-        h->cnt[i] = 0;
-    }
-}
-
 __device__ __forceinline__ bool ccad_hist_direct(const CcadCounters& c) {
     return c.npages <= CCAD_HIST_SLOTS;
+}
+
+// All threads of the block call this, then __syncthreads() before the first add.
+__device__ __forceinline__ void ccad_hist_init(const CcadCounters& c, CcadHist* h) {
+    if (ccad_hist_direct(c)) {
+        for (unsigned i = ccad_tid(); i < CCAD_HIST_SLOTS; i += ccad_nthreads())
+            h->u.direct[i] = 0;
+    } else {
+        for (unsigned i = ccad_tid(); i < CCAD_HASH_SLOTS; i += ccad_nthreads()) {
+            h->u.hash.key[i] = CCAD_NO_KEY;
+            h->u.hash.cnt[i] = 0;
+        }
+    }
 }
 
 // Add ``n`` accesses of ``bytes`` each to ``page`` (a valid page index) in the block table; the
@@ -122,24 +136,24 @@ __device__ __forceinline__ bool ccad_hist_direct(const CcadCounters& c) {
 __device__ __forceinline__ void ccad_hist_add(const CcadCounters& c, CcadHist* h, ccad_u64* g,
                                               ccad_u64 page, unsigned n, unsigned bytes) {
     if (ccad_hist_direct(c)) {
-        atomicAdd(&h->cnt[page], n);
+        atomicAdd(&h->u.direct[page], n);
         return;
     }
     // Consecutive pages land in consecutive slots: dense runs never collide.
     const unsigned want = (unsigned)page;
-    unsigned s = want & (CCAD_HIST_SLOTS - 1);
+    unsigned s = want & (CCAD_HASH_SLOTS - 1);
     for (int probe = 0; probe < CCAD_HIST_PROBES; ++probe) {
         // volatile: another thread may have claimed the slot since the last probe
-        unsigned k = ((volatile unsigned*)h->key)[s];
+        unsigned k = ((volatile unsigned*)h->u.hash.key)[s];
         if (k == CCAD_NO_KEY) {
-            k = atomicCAS(&h->key[s], CCAD_NO_KEY, want);
+            k = atomicCAS(&h->u.hash.key[s], CCAD_NO_KEY, want);
             if (k == CCAD_NO_KEY) k = want;  // we claimed it
         }
         if (k == want) {
-            atomicAdd(&h->cnt[s], n);
+            atomicAdd(&h->u.hash.cnt[s], n);
             return;
         }
-        s = (s + 1) & (CCAD_HIST_SLOTS - 1);
+        s = (s + 1) & (CCAD_HASH_SLOTS - 1);
     }
     atomicAdd(&g[page], (ccad_u64)n * bytes);
 }
@@ -148,12 +162,16 @@ __device__ __forceinline__ void ccad_hist_add(const CcadCounters& c, CcadHist* h
 // distinct page the block touched.
 __device__ __forceinline__ void ccad_hist_flush(const CcadCounters& c, const CcadHist* h,
                                                 ccad_u64* g, unsigned bytes) {
-    const bool direct = ccad_hist_direct(c);
-    for (unsigned i = ccad_tid(); i < CCAD_HIST_SLOTS; i += ccad_nthreads()) {
-        const unsigned n = h->cnt[i];
-        if (n == 0) continue;
-        const ccad_u64 page = direct ? (ccad_u64)i : (ccad_u64)h->key[i];
-        atomicAdd(&g[page], (ccad_u64)n * bytes);
+    if (ccad_hist_direct(c)) {
+        for (unsigned i = ccad_tid(); i < (unsigned)c.npages; i += ccad_nthreads()) {
+            const unsigned n = h->u.direct[i];
+            if (n != 0) atomicAdd(&g[i], (ccad_u64)n * bytes);
+        }
+        return;
+    }
+    for (unsigned i = ccad_tid(); i < CCAD_HASH_SLOTS; i += ccad_nthreads()) {
+        const unsigned n = h->u.hash.cnt[i];
+        if (n != 0) atomicAdd(&g[h->u.hash.key[i]], (ccad_u64)n * bytes);
     }
 }
 
@@ -205,11 +223,27 @@ __device__ __noinline__ void ccad_count_range_grid(const CcadCounters& c, ccad_u
 
 // Warp-aggregated count of one access of ``bytes`` at ``addr`` per lane (``valid`` false for
 // idle lanes).  Must be reached by all 32 lanes of the warp together.
+//
+// With the page-indexed table a lane's update is one shared atomic, so full aggregation
+// (__match_any_sync, slow on current GPUs) costs more than it saves on scattered accesses:
+// only the cheap common case is aggregated there (the whole warp on one page: a shuffle and a
+// vote, then one add); otherwise each lane adds its own access.  The hash table pays probes per
+// update, so there every distinct page of the warp is aggregated to one leader.
 __device__ __forceinline__ void ccad_warp_count(const CcadCounters& c, ccad_u64* g, CcadHist* h,
                                                 ccad_u64 addr, bool valid, unsigned bytes) {
     ccad_u64 page = valid ? ccad_page_of(c, addr) : CCAD_NO_PAGE;
+    const unsigned lane = ccad_tid() & 31u;
+    if (ccad_hist_direct(c)) {
+        const ccad_u64 first = __shfl_sync(0xffffffffu, page, 0);
+        const unsigned counted = __ballot_sync(0xffffffffu, page != CCAD_NO_PAGE);
+        if (__all_sync(0xffffffffu, page == first || page == CCAD_NO_PAGE)) {
+            if (lane == 0 && counted) atomicAdd(&h->u.direct[first], (unsigned)__popc(counted));
+        } else if (page != CCAD_NO_PAGE) {
+            atomicAdd(&h->u.direct[page], 1u);
+        }
+        return;
+    }
     unsigned peers = __match_any_sync(0xffffffffu, page);
-    unsigned lane = ccad_tid() & 31u;
     if (page != CCAD_NO_PAGE && lane == (unsigned)(__ffs(peers) - 1))
         ccad_hist_add(c, h, g, page, (unsigned)__popc(peers), bytes);
 }

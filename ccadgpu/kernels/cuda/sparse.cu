@@ -19,25 +19,32 @@ template <bool COUNT, typename T, typename I>
 __device__ void ccad_gather_impl(T* y, const T* x, const I* idx, ccad_i64 n, CcadCounters c) {
     __shared__ CcadHist hr;
     if (COUNT) {
-        ccad_hist_init(&hr);
+        ccad_hist_init(c, &hr);
         __syncthreads();
     }
     const ccad_i64 tile = (ccad_i64)blockDim.x * CCAD_ITEMS;
     // trip counts depend on blockIdx only: every lane reaches the warp-level counting together
     for (ccad_i64 t0 = (ccad_i64)blockIdx.x * tile; t0 < n; t0 += (ccad_i64)gridDim.x * tile) {
         const ccad_i64 t1 = ccad_min(t0 + tile, n);
+        ccad_u64 a[CCAD_ITEMS];
 #pragma unroll
         for (int k = 0; k < CCAD_ITEMS; ++k) {
             const ccad_i64 i = t0 + (ccad_i64)k * blockDim.x + threadIdx.x;
-            const bool ok = i < t1;
-            ccad_u64 a = 0;
-            if (ok) {
+            a[k] = 0;
+            if (i < t1) {
                 const ccad_i64 j = (ccad_i64)idx[i];
                 y[i] = x[j];
-                a = ccad_addr(x + j);
+                a[k] = ccad_addr(x + j);
             }
-            // c.flags is a kernel argument: the branch is uniform, all lanes take it
-            if (COUNT && ccad_indexed(c)) ccad_warp_count(c, c.rd, &hr, a, ok, (unsigned)sizeof(T));
+        }
+        // counted after every load of the tile is in flight, not between them
+        // (c.flags is a kernel argument: the branch is uniform, all lanes take it)
+        if (COUNT && ccad_indexed(c)) {
+#pragma unroll
+            for (int k = 0; k < CCAD_ITEMS; ++k) {
+                const bool ok = t0 + (ccad_i64)k * blockDim.x + threadIdx.x < t1;
+                ccad_warp_count(c, c.rd, &hr, a[k], ok, (unsigned)sizeof(T));
+            }
         }
         if (COUNT && ccad_dense(c)) {
             ccad_count_range_block(c, c.rd, ccad_addr(idx + t0), ccad_addr(idx + t1));
@@ -54,7 +61,7 @@ template <bool COUNT, typename T, typename I>
 __device__ void ccad_scatter_impl(T* y, const I* idx, const T* x, ccad_i64 n, CcadCounters c) {
     __shared__ CcadHist hw;
     if (COUNT) {
-        ccad_hist_init(&hw);
+        ccad_hist_init(c, &hw);
         __syncthreads();
     }
     const ccad_i64 tile = (ccad_i64)blockDim.x * CCAD_ITEMS;
@@ -99,7 +106,7 @@ __device__ void ccad_spmv_impl(T* y, const I* indptr, const I* indices, const T*
             ccad_count_range_grid(c, c.rd, ccad_addr(data + k0), ccad_addr(data + k1));
             ccad_count_range_grid(c, c.wr, ccad_addr(y), ccad_addr(y + nrows));
         }
-        ccad_hist_init(&hr);
+        ccad_hist_init(c, &hr);
         __syncthreads();
     }
     const unsigned lane = threadIdx.x & 31u;
