@@ -70,7 +70,7 @@ def cmd_info(args: argparse.Namespace) -> int:
               f"NumPy {np.__version__}")
     try:
         from ccadgpu.backends import select_backend
-        choice = select_backend(os.environ.get("CCADGPU_BACKEND", "auto"))
+        choice = select_backend("auto")          # honours CCADGPU_BACKEND
         con.print(f"backend: [bold]{choice.name}[/] ({choice.reason})")
     except Exception as exc:  # noqa: BLE001 - info must always print something
         con.print(f"backend: cpu (backend probe failed: {exc})")
