@@ -233,7 +233,14 @@ __device__ __forceinline__ void ccad_warp_count(const CcadCounters& c, ccad_u64*
                                                 ccad_u64 addr, bool valid, unsigned bytes) {
     ccad_u64 page = valid ? ccad_page_of(c, addr) : CCAD_NO_PAGE;
     const unsigned lane = ccad_tid() & 31u;
+#ifndef CCAD_WARP_VOTE
+#define CCAD_WARP_VOTE 1  // 0: every lane adds its own access (benchmarks/gpu_variants.py)
+#endif
     if (ccad_hist_direct(c)) {
+#if !CCAD_WARP_VOTE
+        if (page != CCAD_NO_PAGE) atomicAdd(&h->u.direct[page], 1u);
+        return;
+#endif
         const ccad_u64 first = __shfl_sync(0xffffffffu, page, 0);
         const unsigned counted = __ballot_sync(0xffffffffu, page != CCAD_NO_PAGE);
         if (__all_sync(0xffffffffu, page == first || page == CCAD_NO_PAGE)) {
