@@ -66,6 +66,14 @@ register(Knob("heat_halflife_epochs", float, 4.0,
               lambda v: v > 0, "> 0"))
 
 
+def _extend(a: np.ndarray, n: int, fill: int) -> np.ndarray:
+    """``a`` grown to ``n`` rows, the new ones ``fill`` (zeros come from calloc: no pass)."""
+    out = (np.zeros((n,) + a.shape[1:], a.dtype) if fill == 0 else
+           np.full((n,) + a.shape[1:], fill, a.dtype))
+    out[: len(a)] = a
+    return out
+
+
 @dataclass
 class Epoch:
     """One epoch as the manager sees it: the touched pages and their 32-byte sectors
@@ -413,12 +421,11 @@ class MigrationManager:
     def _ensure(self) -> None:
         n = len(self.placement.node)
         if len(self.heat_epoch) < n:
-            k = n - len(self.heat_epoch)
-            self.heat_val = np.vstack((self.heat_val, np.zeros((k, 2))))
-            self.heat_epoch = np.concatenate((self.heat_epoch, np.zeros(k, np.int64)))
-            self.last_touch = np.vstack((self.last_touch, np.full((k, 2), -1, np.int64)))
-            self.last_move = np.concatenate((self.last_move, np.full(k, -(1 << 40), np.int64)))
-            self.recent_moves = np.concatenate((self.recent_moves, np.zeros(k, np.int32)))
+            self.heat_val = _extend(self.heat_val, n, 0)
+            self.heat_epoch = _extend(self.heat_epoch, n, 0)
+            self.last_touch = _extend(self.last_touch, n, -1)
+            self.last_move = _extend(self.last_move, n, -(1 << 40))
+            self.recent_moves = _extend(self.recent_moves, n, 0)
         rp = self.pages_per_region
         if rp != self._rp:
             self._acc = np.zeros((2, 0), np.int64)

@@ -29,12 +29,15 @@ def kernels() -> dict:
     @njit(cache=True, nogil=True)
     def candidates(pages, proc, frm, to, node, last_move, preferred, flags, accessed_by,
                    touches, moved, until, acc, acc_at, since, burst, epoch, min_epochs,
-                   dtab, wtab, gain_dev, gain_cpu, round_trip, fault_return, break_even,
-                   price, payback, wait_on, cpu_last, gap, cpu_risk, out_pages, out_rate
-                   ):  # pragma: no cover - jitted
-        """Pages of ``pages`` (sorted) that pass every test of
-        ``AccessCounter._candidates``; returns how many were written to the outputs."""
+                   dtab, wtab, gain_dev, gain_cpu, fault_home, fault_away, fault_return,
+                   break_even, price, payback, wait_on, cpu_last, gap, sweep, out_pages,
+                   out_rate,
+                   out_wait):  # pragma: no cover - jitted
+        """Pages of ``pages`` (sorted) that pass every test of ``AccessCounter._evaluate``,
+        written to ``out_pages`` / ``out_rate``, and those held back only to see the CPU's
+        next run, written to ``out_wait``; returns both counts."""
         c = 0
+        nwait = 0
         nd = dtab.shape[0]
         nw = wtab.shape[0]
         for k in range(pages.shape[0]):
@@ -47,15 +50,22 @@ def kernels() -> dict:
             d = dtab[age if age < nd else nd - 1]
             dev = acc[p, 1] * d * gain_dev
             a_cpu = acc[p, 0] * d
+            # what one CPU-touching epoch costs with the page on the device: its burst read
+            # remotely, or (fault-return) the way home and what the device then loses
+            home = np.inf
+            if fault_return:
+                away = burst[p, 1] * gain_dev
+                if away > fault_away:
+                    away = fault_away
+                home = fault_home + away
             cpu = 0.0
             if a_cpu > 0.0:
+                b = burst[p, 0]
+                if b < 1.0:
+                    b = 1.0
                 per = gain_cpu
-                if fault_return:
-                    b = burst[p, 0]
-                    if b < 1.0:
-                        b = 1.0
-                    if round_trip / b < per:
-                        per = round_trip / b
+                if home / b < per:
+                    per = home / b
                 cpu = a_cpu * per
             value = dev - cpu if proc == 1 else cpu - dev
             w = epoch - since[p] + 1
@@ -68,14 +78,17 @@ def kernels() -> dict:
                 continue
             if not (value >= break_even * price or (payback > 0.0 and rate * payback >= price)):
                 continue
-            if wait_on and touches[p, 0] == 0 and cpu_last < since[p] and cpu_risk > rate * gap:
-                continue
             if preferred[p] == frm or (flags[p] & PINNED) != 0 or ((accessed_by[p] >> to) & 1):
+                continue
+            if wait_on and touches[p, 0] == 0 and cpu_last < since[p] and \
+                    min(sweep * gain_cpu, home) > rate * gap:
+                out_wait[nwait] = p
+                nwait += 1
                 continue
             out_pages[c] = p
             out_rate[c] = rate
             c += 1
-        return c
+        return c, nwait
 
     @njit(cache=True, nogil=True)
     def cold_pages(node, flags, preferred, heat_val, heat_epoch, last_touch, dtab, epoch,

@@ -4,55 +4,75 @@ Notifications say *where* the other node's processor is pounding on memory; per-
 say *how much*.  Whether a page should move is a rent-or-buy question priced with the machine
 profile: every remote access pays rent (the extra time of a remote over a local access), a
 migration buys the page (link time plus the per-page cost).  The policy estimates, per page and
-from its counters since it last moved, the **net rent per epoch** the move would save: the
-device's remote sectors times the device's gain per sector, minus what the CPU's own accesses
-would then cost (on a PCIe card a CPU read of device memory is a hundred times slower than of
-host memory; see *CPU touches* below).  Counts decay with ``owed_halflife_epochs``, and the rate
-is the decayed count over the decayed length of the window since the page's first touch (a
-page touched twice in nine epochs has half the rate of one touched twice in two).
+from its counters since it last moved, the **net rent** the move would have saved: the device's
+remote sectors times the device's gain per sector, minus what the CPU's own accesses would then
+cost (see *CPU touches*).  Counts decay with ``owed_halflife_epochs``; the **rate** is that net
+rent over the decayed length of the window since the page's first touch (a page touched twice
+in nine epochs has about a quarter of the rate of one touched twice in two).
 
-A page in a notified region is promoted when it has been touched in at least ``min_epochs``
-epochs since it last moved (one burst says nothing about the next) and either
+**Promotion** (after each epoch, pages of the regions the device raised notifications for).  A
+page moves when it has been touched in at least ``min_epochs`` epochs since it last moved (one
+burst says nothing about the next: a page streamed once must never move) and either
 
-* **payback** (the fast rule): its net rent per epoch would pay for the move within
-  ``payback_epochs`` epochs.  Such a page moves as soon as its reuse is seen, since every epoch
-  of waiting costs rent the move would have saved; a page that cannot pay back within the
-  horizon does not move on this rule however long it has been used, because the only evidence
-  of its future is its past rate and predictions further ahead are not trusted.  On a link
-  where remote access is expensive relative to migration (PCIe: a full-page sweep costs ~30%
-  of a move) a page pays back in a few epochs and moves early; on NVLink-C2C (a sweep is ~7%
-  of a move, dominated by the per-page cost) only intensely used pages do; or
-* **rent paid** (the slow rule, ski rental): the net rent its accesses have already paid
-  reaches ``break_even`` times the price of moving it.  This catches long-lived pages used too
-  lightly for the fast rule; with ``break_even = b`` a page that stops being used right after
-  moving costs at most ``(1 + b) / b`` of leaving it where it was.
+* **payback** (the fast rule): its rate would pay for the move within ``payback_epochs``
+  epochs.  Such a page moves as soon as its reuse is seen, since every epoch of waiting costs
+  rent the move would have saved; a page that cannot pay back within the horizon does not move
+  on this rule however long it has been used: the only evidence of its future is its past rate,
+  and the further ahead a prediction reaches the likelier the use has ended by then.  On PCIe
+  (``h100-pcie``) a full-page sweep of remote memory costs ~30% of a move, so a page swept every
+  epoch pays back in ~4 epochs and moves at the end of its second; over NVLink-C2C (``gh200``)
+  a sweep is ~7% of a move (the per-page cost dominates), so only intensely used pages move
+  early; or
+* **rent paid** (the slow rule, ski rental): the net rent it has already paid reaches
+  ``break_even`` times the price of the move.  This catches long-lived pages used too lightly
+  for the fast rule.  With ``break_even = b`` a page whose use stops right after it moved cost
+  at most ``(1 + b) / b`` of leaving it where it was (1.5 for the default 2; with 1, the
+  classic 2-competitive rule, late moves of pages used ~14 epochs on gh200 cost 1.75x);
 
-**CPU touches** (``cpu_fault_return``).  A page the policy put on the device that the CPU then
-touches is either read remotely (the CCAD model) or, where that would cost more than bringing
-it back, left unmapped on the CPU side so that the CPU's touch faults and the page returns to
-the host first (cause ``fault``, priced with the profile's fault cost).  The choice is made per
-page from the profile: the CPU's expected burst (its previous one on this page, else one full
-sweep) times its remote penalty per sector against the demotion price plus a fault.  On
-``h100-pcie`` that is every CPU touch (0.5 GB/s over BAR1); on ``gh200`` none (the CPU reads HBM
-at 297 GB/s over C2C).  In the promotion rule the CPU's accesses are then counted at what they
-would really cost: the cheaper of the remote reads and a round trip per CPU-touching epoch.
+and the CPU has shown its hand.  A page the CPU has not touched may still be one it touches
+every time it runs (a pipeline's output).  Unless the CPU ran since the page's first touch and
+left it alone, or has stopped running (overdue by twice its usual gap between runs), the policy
+waits for the CPU's next run wherever a wrong guess (one CPU touch of the page on the device)
+would cost more than the rent that waiting costs; the CPU's usual gap, before it has run twice,
+is taken to be the time since it ran.  Pages held back only for that are judged again right
+after the CPU's next run, without waiting for another notification.  Demotions (CPU
+notifications) use the same rules with ``hysteresis`` times the price.
+
+**Moves at fault time**, where a move pays for itself within the faulting epoch (the fault is
+priced: the profile's ``fault_us`` per region):
+
+* **CPU touches** (``cpu_fault_return``): a device page the CPU touches is read remotely (the
+  CCAD model) unless that would cost more than bringing it home, in which case the page is left
+  unmapped on the CPU side and the touch faults it home first (cause ``fault``).  Judged per
+  page: the CPU's expected burst (its previous one on this page, else one full sweep) read
+  remotely, against the way home (move and fault share) plus what the device then loses (its
+  next burst read remotely, or the move back, whichever is cheaper).  On ``h100-pcie`` that is
+  every CPU touch of a device page (0.5 GB/s over BAR1: a sweep costs ~30 moves); on ``gh200``
+  none (the CPU reads HBM at 297 GB/s).  The promotion rules count the CPU's accesses at the
+  same cost, so a page the CPU also uses is judged on the net.
+* **device bursts**: a host page whose previous device burst alone saved more than a move and
+  its fault share faults over on the device's next touch (cause ``fault``), instead of being
+  read remotely for another epoch.
 
 Real systems fight three failure modes, and so does this policy:
 
 * **ping-pong** (thrashing between CPU and device): a page that has already moved
   ``thrash_moves`` times within the manager's thrash window is left where it is, mapped
-  remotely, for ``backoff_epochs`` epochs (doubling each time it is caught again); demotions
-  need ``hysteresis`` times more net rent than promotions;
+  remotely, for ``backoff_epochs`` epochs (doubling each time it is caught again), whatever
+  moved it (counters or faults); demotions need ``hysteresis`` times more net rent than
+  promotions;
 * **migration storms**: promotions to the device are limited to ``rate_limit_mbps`` MB/s per
   1-second window of modeled time (Linux's ``numa_balancing_promote_rate_limit_MBps``);
-* **oversubscription**: when the device is full, device pages clearly colder than the incoming
-  ones (decayed counters, ``hysteresis``) are evicted, found by a clock hand that examines a
-  bounded window of pages per request (work proportional to what is promoted, not to the
-  device's size).
+* **oversubscription**: when more pages qualify than the device has free frames, the best by
+  rate are kept and the policy evicts device pages clearly colder than them (decayed heat below
+  the coldest incoming page's over ``hysteresis``), coldest first, found by a clock hand that
+  examines ``max(4096, 8 * need)`` pages of the virtual range per request: the work grows with
+  what is promoted, not with the size of the device or the space.
 
-**Cost.**  Decisions touch only the pages of notified regions (and the eviction window): a few
-vectorised passes over them, and a sort only when the device or the rate limit cannot take
-every candidate (then by a 16-bit quantised key, a radix sort).
+**Cost.**  A decision reads the state of the pages of notified regions (and of the eviction
+window) once, in fused loops (:mod:`ccadgpu.policies._fused`, Numba); selecting the best ``k``
+candidates is a partition, not a sort; nothing is O(pages in the space).
+``benchmarks/bench_policies.py`` measures it per 100k notified pages.
 """
 from __future__ import annotations
 
@@ -135,8 +155,6 @@ class AccessCounter(Policy):
         fault = p.fault / ctx.pages_per_region
         # a touch that faults a page over: its move and its share of the fault
         self._fault_move = self._price + fault
-        # in the promotion rule, the round trip a CPU touch then forces per CPU-touching epoch
-        self._round_trip = self._fault_move[HOST] + self._price[DEVICE]
         self._sweep = ctx.page_size / SECTOR        # sectors of one full pass over a page
         self._acc = np.zeros((0, 2))        # decayed sectors per page and processor since move
         self._acc_at = np.zeros(0, np.int64)
@@ -150,9 +168,7 @@ class AccessCounter(Policy):
         self._hand = 0                           # eviction clock hand (a vpn)
         self._cpu_last = -1                      # last epoch the CPU touched managed pages
         self._cpu_gap = -1.0                     # epochs between its runs (running mean)
-        # what one CPU touch of a page it never touched would cost were the page on the device
-        self._cpu_risk = min(self._sweep * self._gain[CPU],
-                             self._round_trip if self.cpu_fault_return else np.inf)
+        self._pending = np.zeros(0, np.int64)    # held back to see the CPU's next run
         self._grow(ctx.npages)
 
     def _grow(self, n: int) -> None:
@@ -170,6 +186,7 @@ class AccessCounter(Policy):
         self._caught, self._moved = ext(self._caught), ext(self._moved, -(1 << 40))
 
     def forget(self, lo: int, hi: int) -> None:
+        self._pending = self._pending[(self._pending < lo) | (self._pending >= hi)]
         hi = min(hi, len(self._until))
         if lo < hi:
             self._acc[lo:hi] = 0.0
@@ -210,14 +227,16 @@ class AccessCounter(Policy):
         self._burst[i] = np.where(hit, np.where(b > 0, 0.5 * (b + bp), bp), b)
 
     # -- the rules -----------------------------------------------------------------------------
-    def _cpu_cost(self, acc_cpu: np.ndarray, burst_cpu: np.ndarray) -> np.ndarray:
-        """What ``acc_cpu`` decayed CPU sectors cost with the page on the device: remote reads,
-        or (fault-return) at most a round trip per CPU-touching epoch."""
-        g = self._gain[CPU]
+    def _cpu_epoch_cost(self, burst_cpu: np.ndarray, burst_dev: np.ndarray) -> np.ndarray:
+        """What one CPU-touching epoch costs with the page on the device: its CPU burst read
+        remotely, or, with ``cpu_fault_return``, the way home plus what the device then loses
+        (its next burst read remotely, or the move back, whichever is cheaper)."""
+        remote = burst_cpu * self._gain[CPU]
         if not self.cpu_fault_return:
-            return acc_cpu * g
-        per_sector = np.minimum(g, self._round_trip / np.maximum(burst_cpu, 1.0))
-        return acc_cpu * per_sector
+            return remote
+        home = self._fault_move[HOST] + np.minimum(burst_dev * self._gain[DEV],
+                                                   self._fault_move[DEVICE])
+        return np.minimum(remote, home)
 
     def net_value(self, ctx: "PolicyContext", v: np.ndarray, toward: int
                   ) -> tuple[np.ndarray, np.ndarray]:
@@ -229,7 +248,10 @@ class AccessCounter(Policy):
         d = decay(ctx.epoch - self._acc_at[v], self.owed_halflife_epochs)
         dev = acc[:, DEV] * d * self._gain[DEV]
         acc_cpu = acc[:, CPU] * d
-        cpu = self._cpu_cost(acc_cpu, self._burst[v, CPU]) if acc_cpu.any() else acc_cpu
+        cpu = acc_cpu
+        if acc_cpu.any():
+            b = np.maximum(self._burst[v, CPU], 1.0)
+            cpu = acc_cpu * self._cpu_epoch_cost(b, self._burst[v, DEV]) / b
         value = dev - cpu if toward == DEV else cpu - dev
         window = decayed_window(ctx.epoch - self._since[v] + 1, self.owed_halflife_epochs)
         return value, value / window
@@ -250,30 +272,37 @@ class AccessCounter(Policy):
 
     def _candidates(self, ctx: "PolicyContext", notes: np.ndarray, proc: int
                     ) -> tuple[np.ndarray, np.ndarray]:
-        """Pages of the regions ``proc`` raised notifications for (sorted) that sit on the
-        other node, may move, and pass a rule; with their net rent per epoch (their score).
+        """:meth:`_evaluate` over the pages of the regions ``proc`` raised notifications for."""
+        if len(notes) == 0:
+            return np.zeros(0, np.int64), np.zeros(0)
+        return self._evaluate(ctx, self._notified_pages(ctx, notes), proc)
+
+    def _evaluate(self, ctx: "PolicyContext", pages: np.ndarray, proc: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """Pages of ``pages`` (sorted) that sit on the node away from processor ``proc``, may
+        move toward it, and pass a rule; with their net rent per epoch (their score).
 
         The tests, in the order the fused loop applies them: on the other node; touched in
         ``min_epochs`` epochs since its last move; counts not stale (the page moved since they
         were kept: not evidence); not backing off; a positive net rent that passes the payback
-        or the rent-paid rule; the CPU has shown its hand (below); and nothing the manager
-        would refuse anyway (pinned, preferred where it is, mapped remotely by ``accessed_by``)
-        so that refused pages do not use up the rate limit.
+        or the rent-paid rule; nothing the manager would refuse anyway (pinned, preferred
+        where it is, mapped remotely by ``accessed_by``) so that refused pages do not use up
+        the rate limit; and the CPU has shown its hand (below).
 
         Has the CPU shown its hand?  A page it has not touched may still be one it touches
         every time it runs.  Unless it ran since the page's first touch (and left it alone), or
         has stopped running (overdue by twice its usual gap), the policy waits for its next
         run where a wrong guess (one CPU touch of the page on the device) would cost more than
         the rent that waiting costs.  Its usual gap, before it has run twice, is taken to be
-        the time since it ran."""
+        the time since it ran.  Pages held back only for that are kept aside and evaluated
+        again right after the CPU's next run, without waiting for another notification."""
         empty = np.zeros(0, np.int64), np.zeros(0)
-        if len(notes) == 0:
-            return empty
         frm, to = (HOST, DEVICE) if proc == DEV else (DEVICE, HOST)
-        pages = self._notified_pages(ctx, notes)
-        limit = min(ctx.npages, len(self._until))
-        if len(pages) and pages[-1] >= limit:
-            pages = pages[pages < limit]
+        # the fused loop does not check bounds: every table it reads must cover the pages
+        limit = min(len(ctx.node), len(ctx.last_move), len(ctx.preferred), len(ctx.flags),
+                    len(ctx.accessed_by), len(self._until))
+        if len(pages) and (pages[-1] >= limit or pages[0] < 0):
+            pages = pages[(pages >= 0) & (pages < limit)]
         if len(pages) == 0:
             return empty
         factor = 1.0 if proc == DEV else self.hysteresis
@@ -285,14 +314,18 @@ class AccessCounter(Policy):
         h = self.owed_halflife_epochs
         out_p = np.empty(len(pages), np.int64)
         out_r = np.empty(len(pages))
-        n = _fused.kernels()["candidates"](
+        out_w = np.empty(len(pages), np.int64)
+        n, nw = _fused.kernels()["candidates"](
             pages, proc, frm, to, ctx.node, ctx.last_move, ctx.preferred, ctx.flags,
             ctx.accessed_by, self._touches, self._moved, self._until, self._acc,
             self._acc_at, self._since, self._burst, ctx.epoch, self.min_epochs,
             decay_table(h), decayed_window_table(h), self._gain[DEV], self._gain[CPU],
-            self._round_trip, self.cpu_fault_return, self.break_even,
+            self._fault_move[HOST], self._fault_move[DEVICE], self.cpu_fault_return,
+            self.break_even,
             factor * self._price[to], self.payback_epochs, wait_on, self._cpu_last, gap,
-            self._cpu_risk, out_p, out_r)
+            self._sweep, out_p, out_r, out_w)
+        if nw:
+            self._pending = np.union1d(self._pending, out_w[:nw])
         return out_p[:n], out_r[:n]
 
     def _filter_thrash(self, ctx: "PolicyContext", pages: np.ndarray,
@@ -344,6 +377,7 @@ class AccessCounter(Policy):
         if k > free:
             top = self._top(pages, score, k)
             heat_val, heat_epoch, dtab = ctx.heat_tables()
+            top = top[top < min(len(heat_val), len(heat_epoch))]
             bar = _fused.kernels()["min_heat"](top, heat_val, heat_epoch, dtab, ctx.epoch,
                                                DEV) / self.hysteresis
             cold = self._cold(ctx, k - free, bar, top, order=False)
@@ -376,10 +410,13 @@ class AccessCounter(Policy):
             ok &= ep.touched_by(CPU)
             v = v[ok]
             # the CPU's expected burst: its previous one on this page, else one full sweep;
-            # the CPU is not kept off a page it maps remotely by back-offs (no thrash filter)
+            # bringing the page home pays if that burst read remotely would cost more than the
+            # way home plus what the device then loses.  Back-offs do not keep the CPU off a
+            # page it does not map (no thrash filter here).
             burst = self._burst[v, CPU]
             burst = np.where(burst > 0, burst, self._sweep)
-            back = v[burst * self._gain[CPU] > self._fault_move[HOST]]
+            remote = burst * self._gain[CPU]
+            back = v[remote > self._cpu_epoch_cost(burst, self._burst[v, DEV])]
             return [Move(back, HOST, "fault")] if len(back) else []
         # the device: only pages whose previous burst alone paid for the move
         gain = self._burst[i, DEV] * self._gain[DEV]
@@ -396,12 +433,22 @@ class AccessCounter(Policy):
         return self._promote(ctx, v, gain, "fault")
 
     def epoch_end(self, ctx: "PolicyContext", ep: "Epoch", notes: np.ndarray) -> list[Move]:
-        if len(notes) == 0:
+        if len(notes) == 0 and not (ep.processor == CPU and len(self._pending)):
             return []
         self._grow(ctx.npages)
         moves = []
         proc = notes["processor"]
         up, score = self._candidates(ctx, notes[proc == DEV], DEV)
+        if ep.processor == CPU and len(self._pending):
+            # the CPU has run: pages held back to see it run are judged again
+            pend, self._pending = self._pending, self._pending[:0]
+            p2, s2 = self._evaluate(ctx, pend, DEV)
+            if len(p2):
+                order = np.argsort(np.concatenate((up, p2)), kind="stable")
+                up = np.concatenate((up, p2))[order]
+                score = np.concatenate((score, s2))[order]
+                keep = np.concatenate(([True], up[1:] != up[:-1]))
+                up, score = up[keep], score[keep]
         up, score = self._filter_thrash(ctx, up, score)
         if len(up):
             moves += self._promote(ctx, up, score, "access_counter")
@@ -421,7 +468,10 @@ class AccessCounter(Policy):
         of ``max(4096, 8 * need)`` pages of the virtual range after a clock hand that advances
         with each call, so that the work grows with the promotion, not with the device, and
         every page is examined in turn.  In coldest-first order when ``order``, else by vpn."""
-        n = len(ctx.node)
+        heat_val, heat_epoch, dtab = ctx.heat_tables()
+        # the fused loop does not check bounds: every table it reads must cover the window
+        n = min(len(ctx.node), len(ctx.flags), len(ctx.preferred), len(heat_val),
+                len(heat_epoch), len(ctx.last_touch))
         if need <= 0 or bar <= 0 or n == 0:
             return np.zeros(0, np.int64)
         budget = max(4096, 8 * need)
@@ -436,7 +486,6 @@ class AccessCounter(Policy):
         out_p = np.empty(size, np.int64)
         out_h = np.empty(size)
         out_t = np.empty(size, np.int64)
-        heat_val, heat_epoch, dtab = ctx.heat_tables()
         c = 0
         k = _fused.kernels()["cold_pages"]
         for lo, hi in segs:
@@ -462,6 +511,9 @@ class AccessCounter(Policy):
             return np.zeros(0, np.int64)
         heat_val, heat_epoch, dtab = ctx.heat_tables()
         inc = np.asarray(incoming, np.int64)
+        inc = inc[(inc >= 0) & (inc < min(len(heat_val), len(heat_epoch)))]
+        if len(inc) == 0:
+            return inc
         bar = _fused.kernels()["min_heat"](inc, heat_val, heat_epoch, dtab, ctx.epoch,
                                            DEV) / self.hysteresis
         return self._cold(ctx, need, bar, inc, order=True)

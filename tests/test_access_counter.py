@@ -1,0 +1,186 @@
+"""The access_counter policy's rules, on synthetic traces (replay: logical time, no kernels)."""
+import numpy as np
+import pytest
+
+from ccadgpu.clock import load_profile
+from ccadgpu.manager import Epoch, MigrationManager, SimPlacement
+from ccadgpu.policies import make_policy
+from ccadgpu.policies.access_counter import decayed_window
+from ccadgpu.replay import replay
+from ccadgpu.tunables import Tunables
+
+from test_policies import PS, SWEEP, make_trace, sweeps
+
+
+def run(epochs, npages, device_frames, profile, init=None, **params):
+    """Step a manager over ``epochs`` (as in make_trace); returns it."""
+    tr = make_trace(epochs, npages, device_frames, profile=profile)
+    init = np.zeros(npages, np.int8) if init is None else init
+    mgr = MigrationManager(SimPlacement(PS, [4 * npages, device_frames], init),
+                           "access_counter", load_profile(profile), Tunables(), **params)
+    for i, r in enumerate(tr):
+        mgr.step(Epoch.from_record(r, i))
+    return mgr
+
+
+def moved_at(mgr, cause, src, dst):
+    """Epoch indices at which pages moved for ``cause`` from ``src`` to ``dst``, with counts."""
+    return {r.index: r.moved[(cause, src, dst)] for r in mgr.results
+            if (cause, src, dst) in r.moved}
+
+
+def test_payback_moves_a_page_as_soon_as_its_reuse_is_seen():
+    # h100-pcie: a full-page sweep over PCIe costs ~30% of a move, so a page swept every epoch
+    # pays back in ~4 epochs: it moves at the end of its second epoch, not after it has paid
+    # its price in rent (the ski-rental rule waited four epochs)
+    mgr = run([("device", sweeps(range(16)))] * 10, 16, 64, "h100-pcie")
+    assert moved_at(mgr, "access_counter", 0, 1) == {1: 16}
+    assert all(r.remote_bytes == 0 for r in mgr.results[2:])
+
+
+def test_pages_that_cannot_pay_back_soon_stay_unless_their_rent_adds_up():
+    # gh200: a sweep over NVLink-C2C is ~7% of a move (the per-page cost dominates): a page
+    # swept once an epoch needs ~14 epochs to pay back, beyond the 8-epoch horizon, so it
+    # stays where it is ...
+    mgr = run([("device", sweeps(range(16)))] * 16, 16, 64, "gh200")
+    assert mgr.summary()["migrated_bytes"] == 0
+    # ... until the rent it has paid (decayed, half-life 64 epochs) reaches break_even (2)
+    # times the move
+    prof = load_profile("gh200")
+    rent = SWEEP * 32 * (1 / prof.bandwidth[1, 0] - 1 / prof.bandwidth[1, 1])
+    price = PS / prof.link[0, 1] + prof.per_page
+    assert rent * 8 < price                                   # the payback rule never fires
+    paid = rent * decayed_window(np.arange(1, 60), 64.0)      # after epochs 0, 1, 2, ...
+    expect = int(np.argmax(paid >= 2 * price))
+    mgr = run([("device", sweeps(range(16)))] * 60, 16, 64, "gh200")
+    assert moved_at(mgr, "access_counter", 0, 1) == {expect: 16} and expect > 16
+    # with the horizon long enough it would have paid back: it moves on its second epoch
+    mgr = run([("device", sweeps(range(16)))] * 16, 16, 64, "gh200", payback_epochs=16)
+    assert moved_at(mgr, "access_counter", 0, 1) == {1: 16}
+
+
+def test_a_page_used_once_never_moves():
+    mgr = run([("device", sweeps(range(i * 4, i * 4 + 4), 8)) for i in range(8)], 32, 64,
+              "h100-pcie")
+    assert mgr.summary()["migrated_bytes"] == 0
+
+
+def test_cpu_touch_brings_a_promoted_page_home_on_pcie_not_on_gh200():
+    ep = [("device", sweeps(range(8)))] * 4 + [("cpu", sweeps(range(8)))]
+    pcie = run(ep, 8, 64, "h100-pcie")
+    assert moved_at(pcie, "access_counter", 0, 1) == {1: 8}
+    # a CPU read of device memory over BAR1 (0.5 GB/s) would cost ~30 moves: the touch faults
+    # and the page comes home before the CPU's accesses, which are then local
+    assert moved_at(pcie, "fault", 1, 0) == {4: 8}
+    assert pcie.results[4].remote_bytes == 0 and pcie.results[4].fault_s > 0
+    # NVLink-C2C: the CPU reads HBM coherently at 297 GB/s; nothing moves back
+    gh = run(ep, 8, 64, "gh200", payback_epochs=16)
+    assert moved_at(gh, "access_counter", 0, 1) == {1: 8}
+    assert moved_at(gh, "fault", 1, 0) == {} and gh.results[4].remote_bytes > 0
+    off = run(ep, 8, 64, "h100-pcie", cpu_fault_return=False)
+    assert moved_at(off, "fault", 1, 0) == {} and off.results[4].remote_bytes > 0
+
+
+def test_a_burst_that_pays_for_its_move_alone_moves_at_fault_time():
+    # 40 sweeps a burst over PCIe: the previous burst alone saved far more than a move, so
+    # the next device touch faults the page over before its accesses (priced local)
+    mgr = run([("device", sweeps(range(4), 40))] * 3, 4, 64, "h100-pcie")
+    assert moved_at(mgr, "fault", 0, 1) == {1: 4}
+    assert mgr.results[0].remote_bytes > 0 and mgr.results[1].remote_bytes == 0
+    assert mgr.results[1].fault_s == pytest.approx(load_profile("h100-pcie").fault)
+
+
+def test_waits_to_see_the_cpu_run_before_moving_pages_it_may_share():
+    a, b, c = range(0, 4), range(4, 8), range(8, 12)
+    batch = [("cpu", {**sweeps(a), **sweeps(c)}), ("device", {**sweeps(a), **sweeps(b),
+                                                               **sweeps(c)}),
+             ("device", {**sweeps(b), **sweeps(c)})]
+    ep = [("cpu", sweeps(a)), ("device", {**sweeps(a), **sweeps(b), **sweeps(c)}),
+          ("device", {**sweeps(b), **sweeps(c)})] + batch * 3
+    mgr = run(ep, 12, 64, "h100-pcie")
+    # b and c were used by the device twice by epoch 2, but the CPU ran before that (epoch 0):
+    # a wrong guess (a CPU touch of a device page: a round trip and a fault) costs more than
+    # waiting for its next run; at epoch 3 it touched c but not b, and b moves right then,
+    # without waiting for another notification
+    assert moved_at(mgr, "access_counter", 0, 1) == {3: 4}
+    node = mgr.placement.node
+    assert (node[4:8] == 1).all() and (node[0:4] == 0).all() and (node[8:12] == 0).all()
+    assert moved_at(mgr, "fault", 1, 0) == {}                  # nothing had to come back
+
+
+def test_eviction_takes_the_coldest_pages_the_clock_hand_finds():
+    prof = load_profile("h100-pcie")
+    n = 10_000
+    init = np.ones(n + 8, np.int8)
+    init[n:] = 0                                  # 8 host pages; the device is full
+    mgr = MigrationManager(SimPlacement(PS, [4 * n, n], init), "access_counter", prof,
+                           Tunables())
+    mgr._ensure()
+    mgr.heat_val[:n] = 100.0                      # warm device pages ...
+    mgr.heat_val[[10, 11]] = 1.0                  # ... two cold ones near the start ...
+    mgr.heat_val[[9000, 9001]] = 0.5              # ... and two colder far away
+    mgr.heat_val[n:, 1] = 1e6                     # the hot newcomers
+    pol = mgr.policy
+    incoming = np.arange(n, n + 2)
+    # need 2: the hand examines max(4096, 8 * 2) pages from vpn 0, so it takes 10 and 11, the
+    # coldest it has seen, not the colder pages further on (work grows with the promotion)
+    assert sorted(pol.victims(mgr.ctx, 2, incoming).tolist()) == [10, 11]
+    assert pol._hand == 4096
+    # a need so large that the window covers every page is one full pass: coldest first
+    v = pol.victims(mgr.ctx, 2000, incoming).tolist()
+    assert len(v) == 2000 and set(v[:2]) == {9000, 9001} and set(v[2:4]) == {10, 11}
+    assert not set(v) & set(range(n, n + 8))                      # never a host page
+
+
+def test_fused_rule_matches_the_documented_rule():
+    """The fused candidate loop against the same rules written with NumPy arrays."""
+    rng = np.random.default_rng(3)
+    prof = load_profile("h100-pcie")
+    n = 4000
+    init = rng.integers(0, 2, n).astype(np.int8)
+    mgr = MigrationManager(SimPlacement(PS, [4 * n, 4 * n], init), "access_counter", prof,
+                           Tunables())
+    mgr._ensure()
+    pol, ctx = mgr.policy, mgr.ctx
+    ctx.epoch = 50
+    pol._touches[:] = rng.integers(0, 4, (n, 2))
+    pol._acc[:] = rng.exponential(3000, (n, 2)) * (rng.random((n, 2)) < 0.7)
+    pol._acc_at[:] = rng.integers(30, 51, n)
+    pol._since[:] = rng.integers(0, 50, n)
+    pol._burst[:] = rng.exponential(2000, (n, 2))
+    pol._until[:] = rng.integers(0, 60, n)
+    mgr.last_move[:] = rng.integers(-5, 10, n)
+    pol._moved[:] = np.where(rng.random(n) < 0.9, mgr.last_move, -1)
+    pages = np.arange(n)
+    for proc in (0, 1):
+        got, rate = pol._evaluate(ctx, pages, proc)
+        frm = 0 if proc == 1 else 1
+        value, want_rate = pol.net_value(ctx, pages, proc)
+        price = (1.0 if proc == 1 else pol.hysteresis) * pol._price[1 - frm]
+        ok = (ctx.node == frm) & (pol._touches[:, proc] >= pol.min_epochs) & \
+            (mgr.last_move == pol._moved) & (pol._until <= ctx.epoch) & (want_rate > 0) & \
+            ((value >= pol.break_even * price) | (want_rate * pol.payback_epochs >= price))
+        assert ok.sum() > 5 and (~ok).sum() > 5
+        assert got.tolist() == pages[ok].tolist()
+        assert np.allclose(rate, want_rate[ok], rtol=1e-12)
+
+
+def test_decisions_are_deterministic():
+    tr = make_trace([("device", {p: SWEEP * (1 + p % 5) for p in range(40)}),
+                     ("cpu", sweeps(range(0, 40, 3)))] * 12, 40, 24, profile="h100-pcie")
+    a = replay(tr, "access_counter")
+    b = replay(tr, "access_counter")
+    for k in ("modeled_s", "migrated_bytes", "migrated_bytes_by_cause", "thrashing_pages"):
+        assert a[k] == b[k]
+
+
+def test_parameters_are_checked():
+    for bad in ({"payback_epochs": -1}, {"break_even": 0}, {"min_epochs": 0},
+                {"hysteresis": 0.5}):
+        with pytest.raises(Exception):
+            make_policy("access_counter", **bad)
+
+
+def test_decayed_window_weighs_a_steady_rate():
+    w = decayed_window(np.array([1, 2, 10]), 64.0)
+    assert w[0] == 1.0 and 1.9 < w[1] < 2.0 and 9.0 < w[2] < 10.0
