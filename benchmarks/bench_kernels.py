@@ -1,39 +1,47 @@
 """Device kernels on managed arrays vs the same Numba kernels on plain NumPy arrays, and the cost
 of access counting, in one run.
 
-    python benchmarks/bench_kernels.py [--size 256MiB] [--repeat 5] [--page-size 64KiB]
-                                       [--kernels copy,triad,gather,...]
+    python benchmarks/bench_kernels.py [--size 256MiB] [--repeat 9] [--page-size 64KiB]
+                                       [--kernels copy,triad,gather,...] [--seed 0]
 
 For each kernel, at ``--size`` per main array (>= 256 MiB for the recorded table), it times:
 
 * **plain**: the Numba kernel itself (``ccadgpu.kernels.cpu``) on plain NumPy arrays, as NumPy
-  allocates them (NumPy asks for transparent huge pages on large arrays);
+  allocates them (NumPy asks for transparent huge pages on large arrays).  Indexed kernels run
+  with their index check on, as ``ccadgpu.ops`` runs them;
 * **plain 4K**: the same on plain arrays allocated without huge pages (4 KiB PTEs, like the
   memfd-backed managed arrays, whose shmem huge pages are off on such machines);
 * **raw**: the same Numba kernel on plain views of the *managed* arrays (the memory layout of
   the stand-in, none of the library's work);
 * **off**: ``ccadgpu.ops.<kernel>`` on managed arrays with ``access_counters=False`` (validation,
   device fence, writer registration, launch bookkeeping, but no counting);
-* **on**: the same with counting (per-page counts, notifications, modeled time, trace record);
+* **off aligned**: ``off`` on the same data in allocations made with ``tunables.cache_colouring``
+  off (every array page-aligned, as before colouring was the default);
+* **on**: ``off`` with counting (per-page counts, notifications, modeled time, trace record);
 * **on, no manager**: ``on`` with the migration manager's per-epoch step detached (the space
   hands every epoch to the manager, which runs its policy, ``static`` by default, after each
   launch): the cost of counting alone;
-* **off, staggered**: ``off`` on the same data in allocations made with
-  ``tunables.cache_colouring`` on (each starts 4160 bytes further into its first page).  Without
-  it every managed allocation starts on a page boundary, so several arrays streamed together
-  alias in the caches' sets; NumPy's arrays start at effectively random offsets.
+* **unchecked** (indexed kernels only): *plain* with the kernel's index check off, to show
+  what the check (one read of the index array, before any store) costs.
 
-Every variant runs ``--repeat`` times, interleaved round-robin so that drift on a noisy machine
-hits all of them alike; the table shows medians.  Ratios: ``off / plain`` (the issue's target:
-<= 1.05), ``off / raw`` (what the library adds on the same memory), ``off stag. / plain``,
-``on no mgr / off`` (the cost of counting; targets: <= 1.10 streaming, <= 1.5 gathers) and
-``on / off`` (counting plus the manager's step, as a user gets it).  ``modeled`` is the launch's modeled time on the gh200 profile (arrays on the host, so
-the device streams them over NVLink-C2C).
+Every variant runs ``--repeat`` rounds; each round runs every variant once, in a shuffled
+order, so that drift and other jobs on a noisy machine hit all of them alike.  Times are
+medians; each ratio is the median over rounds of the two variants' times *in the same round*
+(paired), which is steadier than a ratio of medians on a shared machine.  Ratios:
+``off / plain`` (the issue's target: <= 1.05), ``off / plain 4K`` (the same against NumPy
+memory without huge pages), ``off / raw`` (what the library adds on the same memory),
+``aligned / plain`` (``off aligned / plain``: without cache colouring), ``on no mgr / off``
+(the cost of counting; targets: <= 1.10 streaming, <= 1.5 gathers), ``on / off`` (counting
+plus the manager's step, as a user gets it) and ``check`` (``plain / unchecked``).
+``modeled`` is the launch's modeled time on the gh200 profile (arrays on the host, so the
+device streams them over NVLink-C2C).  ``arena`` says how the space's arenas are backed
+(hugetlb 2 MiB pages need ``--page-size 2MiB`` and a big enough ``vm.nr_hugepages``).
 """
 from __future__ import annotations
 
 import argparse
 import gc
+import random
 import statistics
 import sys
 import time
@@ -79,8 +87,10 @@ def make_data(kernel: str, n: int, rng: np.random.Generator) -> dict[str, np.nda
     raise ValueError(kernel)
 
 
-def plain_call(kernel: str, d: dict[str, np.ndarray], K: Any, nch: int) -> Callable[[], Any]:
-    """The bare Numba kernel on arrays ``d`` (indexed kernels with counting off)."""
+def plain_call(kernel: str, d: dict[str, np.ndarray], K: Any, nch: int,
+               check: bool = True) -> Callable[[], Any]:
+    """The bare Numba kernel on arrays ``d`` (indexed kernels with counting off, and with their
+    index check, as ``ccadgpu.ops`` runs them, unless ``check`` is false)."""
     if kernel == "copy":
         return lambda: K.copy(d["y"], d["x"])
     if kernel == "scale":
@@ -96,12 +106,13 @@ def plain_call(kernel: str, d: dict[str, np.ndarray], K: Any, nch: int) -> Calla
     if kernel == "stencil5":
         return lambda: K.stencil5(d["out"], d["inp"], 0.5, 0.125)
     if kernel == "gather":
-        return lambda: K.gather(d["out"], d["src"], d["idx"], False, 0, 8, 4096, 12, 1, nch)
+        return lambda: K.gather(d["out"], d["src"], d["idx"], check, False, 0, 8, 4096, 12, 1, nch)
     if kernel == "scatter":
-        return lambda: K.scatter(d["src"], d["idx"], d["out"], False, 0, 8, 4096, 12, 1, nch)
+        return lambda: K.scatter(d["src"], d["idx"], d["out"], check, False, 0, 8, 4096, 12, 1,
+                                 nch)
     if kernel == "spmv_csr":
-        return lambda: K.spmv_csr(d["y"], d["indptr"], d["indices"], d["data"], d["x"], False,
-                                  0, 8, 4096, 12, 1, nch)
+        return lambda: K.spmv_csr(d["y"], d["indptr"], d["indices"], d["data"], d["x"],
+                                  check, False, 0, 8, 4096, 12, 1, nch)
     raise ValueError(kernel)
 
 
@@ -131,7 +142,7 @@ def ops_call(kernel: str, d: dict[str, np.ndarray]) -> Callable[[], Any]:
 
 
 def bench_kernel(kernel: str, n: int, page: int, repeat: int, rng: np.random.Generator,
-                 K: Any, nch: int) -> list[object]:
+                 K: Any, nch: int, order: random.Random) -> tuple[list[object], str]:
     base = make_data(kernel, n, rng)
     nbytes = sum(a.nbytes for a in base.values())
     plain = {k: v.copy() for k, v in base.items()}
@@ -141,21 +152,25 @@ def bench_kernel(kernel: str, n: int, page: int, repeat: int, rng: np.random.Gen
         plain4k[k][...] = base[k]
     _set_hugepage(True)
     host = 3 * nbytes + (128 << 20)
-    with ccadgpu.Space(device_memory="64MiB", host_memory=host, page_size=page,
+    host = -(-host // page) * page
+    with ccadgpu.Space(device_memory=max(page, 64 << 20), host_memory=host, page_size=page,
                        profile="gh200") as sp:
+        arena = sp.nodes[0].backing.split(":")[0].split(" (")[0]
         managed = {k: sp.asarray(v, name=k) for k, v in base.items()}
         del base
         gc.collect()
         raw = {k: v.view(np.ndarray) for k, v in managed.items()}
-        sp.tunables.cache_colouring = True       # the same data, cache-coloured allocations
-        stag = {k: sp.asarray(v.view(np.ndarray), name=f"{k}-coloured")
-                for k, v in managed.items()}
-        sp.tunables.cache_colouring = False
+        sp.tunables.cache_colouring = False      # the same data, page-aligned allocations
+        aligned = {k: sp.asarray(v.view(np.ndarray), name=f"{k}-aligned")
+                   for k, v in managed.items()}
+        sp.tunables.cache_colouring = True
         calls = {"plain": plain_call(kernel, plain, K, nch),
                  "plain4k": plain_call(kernel, plain4k, K, nch),
                  "raw": plain_call(kernel, raw, K, nch),
-                 "off": ops_call(kernel, managed), "on": ops_call(kernel, managed),
-                 "onnm": ops_call(kernel, managed), "stag": ops_call(kernel, stag)}
+                 "off": ops_call(kernel, managed), "aligned": ops_call(kernel, aligned),
+                 "on": ops_call(kernel, managed), "onnm": ops_call(kernel, managed)}
+        if kernel in INDEXED:
+            calls["unchecked"] = plain_call(kernel, plain, K, nch, check=False)
 
         def run(name: str) -> float:
             sp.tunables.access_counters = name in ("on", "onnm")
@@ -174,8 +189,10 @@ def bench_kernel(kernel: str, n: int, page: int, repeat: int, rng: np.random.Gen
         for name in calls:                 # warm up: compile / load, first-touch faults
             run(name)
         times: dict[str, list[float]] = {k: [] for k in calls}
+        names = list(calls)
         for _ in range(repeat):
-            for name in calls:
+            order.shuffle(names)
+            for name in names:
                 times[name].append(run(name))
         sp.tunables.access_counters = True
         calls["on"]()
@@ -183,11 +200,16 @@ def bench_kernel(kernel: str, n: int, page: int, repeat: int, rng: np.random.Gen
         sp.trace.clear()
     med = {k: statistics.median(v) for k, v in times.items()}
     ms = lambda k: f"{med[k] * 1e3:.1f}"  # noqa: E731
+
+    def ratio(a: str, b: str) -> str:     # median of the per-round (paired) ratios
+        if a not in times or b not in times:
+            return "-"
+        return f"{statistics.median(x / y for x, y in zip(times[a], times[b])):.2f}"
     return [kernel, ccadgpu.format_bytes(nbytes), ms("plain"), ms("plain4k"), ms("raw"),
-            ms("off"), ms("stag"), ms("on"), ms("onnm"),
-            f"{med['off'] / med['plain']:.2f}", f"{med['off'] / med['raw']:.2f}",
-            f"{med['stag'] / med['plain']:.2f}", f"{med['onnm'] / med['off']:.2f}",
-            f"{med['on'] / med['off']:.2f}", f"{modeled * 1e3:.2f}"]
+            ms("off"), ms("aligned"), ms("on"), ms("onnm"),
+            ratio("off", "plain"), ratio("off", "plain4k"), ratio("off", "raw"),
+            ratio("aligned", "plain"), ratio("onnm", "off"), ratio("on", "off"),
+            ratio("plain", "unchecked"), f"{modeled * 1e3:.2f}"], arena
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=9)
     ap.add_argument("--page-size", default="64KiB")
     ap.add_argument("--kernels", default=",".join(STREAMING + INDEXED))
+    ap.add_argument("--seed", type=int, default=0, help="seed of the shuffled run order")
     args = ap.parse_args(argv)
     size = ccadgpu.parse_size(args.size, "--size")
     page = ccadgpu.parse_size(args.page_size, "--page-size")
@@ -208,17 +231,22 @@ def main(argv: list[str] | None = None) -> int:
     from ccadgpu.kernels import cpu as K
     nch = numba.get_num_threads()
     print(f"# bench_kernels: {ccadgpu.format_bytes(size)} per main array, page "
-          f"{ccadgpu.format_bytes(page)}, median of {args.repeat} (interleaved), {machine()}, "
-          f"numba {numba.__version__}, {nch} threads")
+          f"{ccadgpu.format_bytes(page)}, median of {args.repeat} (rounds in shuffled order), "
+          f"{machine()}, numba {numba.__version__}, {nch} threads, "
+          f"{time.strftime('%Y-%m-%d %H:%M')}")
     rng = np.random.default_rng(2026)
-    rows = []
+    order = random.Random(args.seed)
+    rows, arenas = [], set()
     for k in kernels:
-        rows.append(bench_kernel(k, size // 8, page, args.repeat, rng, K, nch))
+        row, arena = bench_kernel(k, size // 8, page, args.repeat, rng, K, nch, order)
+        rows.append(row)
+        arenas.add(arena)
         print(f"  {k} done", file=sys.stderr, flush=True)
-    print(table(["kernel", "data", "plain", "plain 4K", "raw", "off", "off stag.", "on",
-                 "on no mgr", "off/plain", "off/raw", "off stag./plain", "on no mgr/off",
-                 "on/off", "modeled (gh200)"], rows))
-    print("\n(times in ms, medians)")
+    print(table(["kernel", "data", "plain", "plain 4K", "raw", "off", "off aligned", "on",
+                 "on no mgr", "off/plain", "off/plain 4K", "off/raw", "aligned/plain",
+                 "on no mgr/off", "on/off", "check", "modeled (gh200)"], rows))
+    print(f"\n(times in ms, medians; ratios: medians of per-round ratios; arena: "
+          f"{', '.join(sorted(arenas))})")
     print(f"\nthreading layer: {numba.threading_layer()}")
     return 0
 

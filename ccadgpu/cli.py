@@ -86,6 +86,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     else:
         con.print("GPU (NVML): none visible")
     con.print(f"OS page {_sys.OS_PAGE} B, vm.max_map_count {_sys.max_map_count()}")
+    from ccadgpu.nodes import huge_pages_summary
+    con.print(huge_pages_summary())
     t = Table(title="machine profiles (modeled time)")
     for c in ("name", "cpu<-host", "cpu<-device", "dev<-host", "dev<-device", "link h2d",
               "description"):

@@ -28,6 +28,42 @@ WARM_POOL_BYTES = 64 << 20
 #: Byte pattern written over device memory on reset, so stale reads are visible as 0xDEADBEEF.
 POISON = np.frombuffer(bytes.fromhex("efbeadde"), dtype=np.uint8)
 
+#: The hugetlb page size the arenas use (x86-64 and arm64 with 4 KiB base pages: 2 MiB).
+HUGE_PAGE = 2 << 20
+
+
+def hugetlb_pool() -> dict[str, int]:
+    """The OS's 2 MiB hugetlb pool from /proc/meminfo: ``total``, ``free``, ``reserved`` pages
+    (``vm.nr_hugepages``; a reserved page is promised to a mapping but not yet touched) and
+    ``available`` = free - reserved.  Zeros where it cannot be read."""
+    vals = {"total": 0, "free": 0, "reserved": 0, "page_size": 0}
+    keys = {"HugePages_Total:": "total", "HugePages_Free:": "free", "HugePages_Rsvd:": "reserved",
+            "Hugepagesize:": "page_size"}
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                parts = line.split()
+                if parts and parts[0] in keys:
+                    vals[keys[parts[0]]] = int(parts[1]) * (1024 if parts[0] == "Hugepagesize:"
+                                                            else 1)
+    except (OSError, ValueError):
+        pass
+    vals["available"] = max(0, vals["free"] - vals["reserved"])
+    return vals
+
+
+def huge_pages_summary() -> str:
+    """One line for ``ccadgpu info``: what the arenas can get from the OS here."""
+    pool = hugetlb_pool()
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/shmem_enabled") as f:
+            shmem = next((w.strip("[]") for w in f.read().split() if w.startswith("[")), "?")
+    except OSError:
+        shmem = "unknown"
+    return (f"hugetlb 2 MiB pool: {pool['total']} pages ({pool['available']} available; "
+            f"arenas use it when page_size is a multiple of 2 MiB and a node's whole capacity "
+            f"fits); shmem transparent huge pages: {shmem}")
+
 
 @dataclass(frozen=True)
 class NodeInfo:
@@ -40,6 +76,7 @@ class NodeInfo:
     frames: int
     used: int
     free: int
+    backing: str = ""
 
 
 class Node:
@@ -50,7 +87,7 @@ class Node:
     """
 
     def __init__(self, node_id: int, name: str, kind: str, capacity: int, page_size: int,
-                 prefault: bool, backed: bool = True):
+                 prefault: bool, backed: bool = True, hugetlb: bool = False):
         self.id = node_id
         self.name = name
         self.kind = kind
@@ -66,22 +103,78 @@ class Node:
         #: False on the cuda backend: the frames are capacity accounting only (the memory is
         #: the GPU driver's managed pages), there is no arena to map or copy through
         self.backed = backed
+        #: whether the arena is hugetlb memory (2 MiB PTEs), and why it is or is not
+        self.huge = False
+        self.backing = "none (cuda: capacity accounting)"
         if not backed:
             self.fd, self.base, self._size, self.view = -1, 0, 0, None
             self._populated[:] = True
             self._nwarm = self.frames
             return
-        self.fd = os.memfd_create(f"ccadgpu-node{node_id}-{name}", os.MFD_CLOEXEC)
         size = max(self.capacity, page_size)
-        os.ftruncate(self.fd, size)
         flags = _sys.MAP_SHARED | (_sys.MAP_POPULATE if prefault else 0)
-        self.base = _sys.mmap(None, size, _sys.PROT_READ | _sys.PROT_WRITE, flags, self.fd, 0)
+        why = "4 KiB pages: hugetlb not asked for (tunables.hugetlb)"
+        if hugetlb:
+            why = self._open_hugetlb(f"ccadgpu-node{node_id}-{name}", size, flags)
+        if not self.huge:
+            self.fd = os.memfd_create(f"ccadgpu-node{node_id}-{name}", os.MFD_CLOEXEC)
+            try:
+                os.ftruncate(self.fd, size)
+                thp = page_size % HUGE_PAGE == 0
+                self.base = _sys.mmap(None, size, _sys.PROT_READ | _sys.PROT_WRITE,
+                                      flags & ~_sys.MAP_POPULATE if thp else flags, self.fd, 0)
+                if thp:
+                    self._ask_thp(size, prefault)
+            except BaseException:
+                os.close(self.fd)
+                raise
+            self.backing = f"memfd, {why}"
         self._size = size
         if prefault:
             self._populated[:] = True
             self._nwarm = self.frames
         # A byte view of the whole arena: the migrator copies frames through it.
         self.view = np.ctypeslib.as_array((ctypes.c_uint8 * size).from_address(self.base))
+
+    def _ask_thp(self, size: int, prefault: bool) -> None:
+        """Ask for transparent huge pages on a memfd arena (page_size a multiple of 2 MiB), then
+        pre-fault it if asked.  They come only where the OS gives shmem huge pages
+        (/sys/kernel/mm/transparent_hugepage/shmem_enabled ``advise``, ``within_size`` or
+        ``always``); with ``never`` (this project's machines) the advice changes nothing."""
+        try:
+            _sys.madvise(self.base, size, _sys.MADV_HUGEPAGE)
+        except OSError:
+            pass
+        if prefault:
+            try:
+                _sys.madvise(self.base, size, _sys.MADV_POPULATE_WRITE)
+            except OSError:          # old kernels: frames fault in on first copy
+                pass
+
+    def _open_hugetlb(self, label: str, size: int, flags: int) -> str:
+        """Try a hugetlb memfd arena; on success set ``fd``, ``base``, ``huge``.  The mapping
+        reserves the node's whole capacity from the pool up front (no MAP_NORESERVE), so a
+        page can never fail to fault in later; without room it fails here, cleanly, and the
+        caller falls back to 4 KiB pages.  Returns why it fell back (or "")."""
+        if self.page_size % HUGE_PAGE:
+            return (f"4 KiB pages: page_size {self.page_size} is not a multiple of 2 MiB, "
+                    "so hugetlb pages cannot back it")
+        try:
+            fd = os.memfd_create(label, os.MFD_CLOEXEC | os.MFD_HUGETLB | os.MFD_HUGE_2MB)
+        except (OSError, AttributeError) as exc:
+            return f"4 KiB pages: this kernel has no hugetlb memfd ({exc})"
+        try:
+            os.ftruncate(fd, size)
+            self.base = _sys.mmap(None, size, _sys.PROT_READ | _sys.PROT_WRITE, flags, fd, 0)
+        except OSError as exc:
+            os.close(fd)
+            pool = hugetlb_pool()
+            return (f"4 KiB pages: hugetlb pool too small ({size // HUGE_PAGE} pages of 2 MiB "
+                    f"needed, {pool['available']} available, vm.nr_hugepages="
+                    f"{pool['total']}: {os.strerror(exc.errno or 0)})")
+        self.fd, self.huge = fd, True
+        self.backing = f"hugetlb, 2 MiB pages ({size // HUGE_PAGE} reserved)"
+        return ""
 
     # -- occupancy -------------------------------------------------------------------------
     @property
@@ -94,7 +187,7 @@ class Node:
 
     def info(self) -> NodeInfo:
         return NodeInfo(self.id, self.name, self.kind, self.capacity, self.page_size,
-                        self.frames, self.used_frames, self.free_frames)
+                        self.frames, self.used_frames, self.free_frames, self.backing)
 
     def __repr__(self) -> str:
         return (f"Node({self.id}, {self.name!r}, frames={self.frames}, used={self.used_frames}, "
@@ -135,11 +228,12 @@ class Node:
 
     def give(self, frames: np.ndarray, release: bool = False) -> None:
         """Return frames to the free pool; ``release`` also hands their memory back to the OS,
-        except for what the warm pool (:data:`WARM_POOL_BYTES`) still has room for."""
+        except for what the warm pool (:data:`WARM_POOL_BYTES`) still has room for (and except
+        on a hugetlb arena, whose pages were reserved for the node's life)."""
         frames = np.asarray(frames, np.int64)
         if len(frames) == 0:
             return
-        if release and self.backed:
+        if release and self.backed and not self.huge:   # hugetlb: keep the reserved pages
             room = max(0, self._warm_cap - self._nwarm)
             gone = frames[room:]
             if len(gone):

@@ -21,7 +21,10 @@ Arrays must be C-contiguous managed arrays of the same space, of one numeric dty
 (signed integers or floats; index arrays signed integers).  Streaming kernels take any shape
 (elementwise); an output may be the very same array as an input but must not partly overlap it.
 Integer kernels and ``copy`` are exact; float reductions accumulate in float64 (so they agree
-with NumPy's to rounding, not bit for bit).  Bad input raises before anything runs.
+with NumPy's to rounding, not bit for bit).  Bad input raises with nothing changed: arguments are
+checked before the launch; index values (and a CSR ``indptr``) are checked by the indexed
+kernel itself, in a first pass that returns before any store, so the launch raises
+``InvalidArgumentError`` naming the bad range with nothing written, counted or traced.
 """
 from __future__ import annotations
 
@@ -159,18 +162,46 @@ def _gpu_indexed(sp: Any, op: str, args: tuple, arr: np.ndarray, written: bool,
     return [((wr if written else rd) // arr.itemsize).astype(np.int64)]
 
 
-def _check_index(op: str, name: str, idx: np.ndarray, n: int) -> None:
-    if idx.size == 0:
-        return
-    sp = buffer_of(idx).space
-    if sp.gpu is not None:          # on the GPU: reading idx here would pull its pages over
-        k = sp.gpu.kernels
-        k._check_index(f"ops.{op}", k.b.as_device_array(_flat(idx)), n, name)
-        return
-    lo, hi = _kernels().minmax(_flat(idx), _nthreads())
-    if lo < 0 or hi >= n:
-        raise InvalidArgumentError(f"ops.{op}: {name} out of range: values {lo}..{hi}, valid "
-                                   f"0..{n - 1}")
+def _drops_duplicates(sp: Any, written: np.ndarray) -> bool:
+    """Whether a launch writing ``written`` changes state before its kernel runs: registering
+    as a writer drops the read-mostly device duplicates of those pages."""
+    _, lo, hi = sp._span_vpns(written)
+    with sp._cond:
+        return bool((sp.pt.dup[lo:hi] >= 0).any())
+
+
+def _index_error(op: str, name: str, idx: np.ndarray, n: int) -> InvalidArgumentError:
+    """The error of an index outside ``[0, n)`` (found by a kernel that then wrote nothing)."""
+    v = _flat(idx)
+    bad = v[(v < 0) | (v >= n)]
+    return InvalidArgumentError(f"ops.{op}: {name} out of range: values {v.min()}..{v.max()} "
+                                f"({bad.size} outside, e.g. {bad[0]}), valid 0..{n - 1}; "
+                                "nothing was written")
+
+
+def _precheck_indices(sp: Any, op: str, name: str, idx: np.ndarray, n: int,
+                      written: np.ndarray) -> None:
+    """Index checks that run before the launch.  On a cuda space always, on the GPU (reading
+    ``idx`` here would pull its pages over).  On the stand-in the indexed kernels check their
+    indices themselves, in a first pass that returns before any store (no separate pass), so
+    this checks only when the launch would change state before its kernel runs
+    (:func:`_drops_duplicates`)."""
+    if sp.gpu is not None:
+        if idx.size:
+            k = sp.gpu.kernels
+            k._check_index(f"ops.{op}", k.b.as_device_array(_flat(idx)), n, name)
+    elif _drops_duplicates(sp, written) and \
+            not _kernels().indices_ok(_flat(idx), n, _nthreads()):
+        raise _index_error(op, name, idx, n)
+
+
+def _check_csr_status(status: int, indices: np.ndarray, ncols: int) -> None:
+    """Raise for a nonzero :func:`ccadgpu.kernels.cpu.csr_status`."""
+    if status == 1:
+        raise InvalidArgumentError("ops.spmv_csr: indptr must start at 0, never decrease and "
+                                   f"end at nnz = {indices.size}; nothing was written")
+    if status:
+        raise _index_error("spmv_csr", "indices", indices, ncols)
 
 
 def _dense(*pairs: tuple[np.ndarray, int]) -> list[Access]:
@@ -341,7 +372,7 @@ def gather(out: np.ndarray, src: np.ndarray, idx: np.ndarray) -> np.ndarray:
     _same("gather", "dtype", out=out, src=src)
     _same("gather", "shape", out=out, idx=idx)
     _no_overlap("gather", "out", out, False, src=src, idx=idx)
-    _check_index("gather", "idx", idx, src.size)
+    _precheck_indices(sp, "gather", "idx", idx, src.size, out)
     K = _kernels()
     o, s, ix = _flat(out), _flat(src), _flat(idx)
     off0, isz, page, npages = kernel_page_params(sp, src)
@@ -351,7 +382,9 @@ def gather(out: np.ndarray, src: np.ndarray, idx: np.ndarray) -> np.ndarray:
     def run(counting: bool) -> tuple[Any, list]:
         if sp.gpu is not None:
             return out, _gpu_indexed(sp, "gather", (o, s, ix), src, False, counting)
-        h = K.gather(o, s, ix, counting, off0, isz, page, shift, npages, nch)
+        h, ok = K.gather(o, s, ix, True, counting, off0, isz, page, shift, npages, nch)
+        if not ok:                  # the kernel checked its indices and wrote nothing
+            raise _index_error("gather", "idx", ix, s.size)
         return out, ([h.sum(axis=0)] if counting else [])
     acc = _dense((idx, READ), (out, WRITE)) + [Access(src, READ, "kernel")]
     return execute(sp, "gather", run, acc).value
@@ -368,7 +401,7 @@ def scatter(dst: np.ndarray, idx: np.ndarray, src: np.ndarray) -> np.ndarray:
     _same("scatter", "dtype", dst=dst, src=src)
     _same("scatter", "shape", idx=idx, src=src)
     _no_overlap("scatter", "dst", dst, False, src=src, idx=idx)
-    _check_index("scatter", "idx", idx, dst.size)
+    _precheck_indices(sp, "scatter", "idx", idx, dst.size, dst)
     K = _kernels()
     d, s, ix = _flat(dst), _flat(src), _flat(idx)
     off0, isz, page, npages = kernel_page_params(sp, dst)
@@ -378,7 +411,9 @@ def scatter(dst: np.ndarray, idx: np.ndarray, src: np.ndarray) -> np.ndarray:
     def run(counting: bool) -> tuple[Any, list]:
         if sp.gpu is not None:
             return dst, _gpu_indexed(sp, "scatter", (d, ix, s), dst, True, counting)
-        h = K.scatter(d, ix, s, counting, off0, isz, page, shift, npages, nch)
+        h, ok = K.scatter(d, ix, s, True, counting, off0, isz, page, shift, npages, nch)
+        if not ok:                  # the kernel checked its indices and wrote nothing
+            raise _index_error("scatter", "idx", ix, d.size)
         return dst, ([h.sum(axis=0)] if counting else [])
     acc = _dense((idx, READ), (src, READ)) + [Access(dst, WRITE, "kernel")]
     return execute(sp, "scatter", run, acc).value
@@ -405,24 +440,25 @@ def spmv_csr(y: np.ndarray, indptr: np.ndarray, indices: np.ndarray, data: np.nd
         raise InvalidArgumentError(f"ops.spmv_csr: indices ({len(indices)}) and data "
                                    f"({len(data)}) differ in length")
     ip = indptr.view(np.ndarray)
-    if sp.gpu is not None:          # checked on the GPU, without pulling indptr's pages over
-        k = sp.gpu.kernels
-        k.check_csr(k.b.as_device_array(ip), len(indices))
-    elif ip[0] != 0 or ip[-1] != len(indices) or (len(ip) > 1 and (np.diff(ip) < 0).any()):
-        raise InvalidArgumentError("ops.spmv_csr: indptr must start at 0, never decrease and "
-                                   f"end at nnz = {len(indices)}")
     _no_overlap("spmv_csr", "y", y, False, indptr=indptr, indices=indices, data=data, x=x)
-    _check_index("spmv_csr", "indices", indices, len(x))
     K = _kernels()
     yy, ii, dd, xx = (a.view(np.ndarray) for a in (y, indices, data, x))
     off0, isz, page, npages = kernel_page_params(sp, x)
     shift = _shift(page)
     nch = _nthreads()
+    if sp.gpu is not None:          # checked on the GPU, without pulling indptr's pages over
+        k = sp.gpu.kernels
+        k.check_csr(k.b.as_device_array(ip), len(indices))
+        _precheck_indices(sp, "spmv_csr", "indices", indices, len(x), y)
+    elif _drops_duplicates(sp, y):  # else the kernel checks, before its first store
+        _check_csr_status(K.csr_status(ip, ii, len(xx), nch), ii, len(xx))
 
     def run(counting: bool) -> tuple[Any, list]:
         if sp.gpu is not None:
             return y, _gpu_indexed(sp, "spmv", (yy, ip, ii, dd, xx), x, False, counting)
-        h = K.spmv_csr(yy, ip, ii, dd, xx, counting, off0, isz, page, shift, npages, nch)
+        h, status = K.spmv_csr(yy, ip, ii, dd, xx, True, counting, off0, isz, page, shift,
+                               npages, nch)
+        _check_csr_status(status, ii, len(xx))
         return y, ([h.sum(axis=0)] if counting else [])
     acc = _dense((indptr, READ), (indices, READ), (data, READ), (y, WRITE)) + \
         [Access(x, READ, "kernel")]

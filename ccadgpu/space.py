@@ -42,6 +42,10 @@ from .vaspace import MAP_BUDGET, VASpace, count_breaks
 
 HOST, DEVICE = 0, 1
 
+#: Arrays spanning at least this many pages may take one page more for their cache colour
+#: (:meth:`Space._colour`); smaller ones are coloured only within the room in their last page.
+COLOUR_EXTRA_PAGE_MIN = 16
+
 
 @dataclass(eq=False)
 class Allocation:
@@ -153,9 +157,12 @@ class Space:
             if backend == "cuda":
                 self._init_gpu(backend_obj, host_memory, host, dev, ps)
             else:
-                self.nodes.append(Node(HOST, "host", "host", host, ps, prefault=False))
+                huge = self.tunables.hugetlb
+                self.nodes.append(Node(HOST, "host", "host", host, ps, prefault=False,
+                                       hugetlb=huge))
                 # device memory is pre-faulted: migrations then run at memcpy speed
-                self.nodes.append(Node(DEVICE, "device", "device", dev, ps, prefault=True))
+                self.nodes.append(Node(DEVICE, "device", "device", dev, ps, prefault=True,
+                                       hugetlb=huge))
                 total = sum(n.frames for n in self.nodes)
                 self.va = VASpace(2 * total + 1024, ps)
         except BaseException:
@@ -302,17 +309,63 @@ class Space:
                                                             alloc.vstart + alloc.npages])
         return a
 
+    def _colour(self, nbytes: int) -> int:
+        """Byte offset of the next allocation's data in its first page (``cache_colouring``).
+
+        Page-aligned arrays swept together all start at the same offset modulo the page and
+        compete for the same cache sets, and on this project's machines kernels streaming
+        several page- (so cache-line-) aligned managed arrays ran 1.1-1.3x slower than on
+        NumPy's arrays, which start 16 bytes into a cache line (glibc's chunk header) at
+        page-varying offsets (``benchmarks/bench_kernels.py``, column ``aligned/plain``).  So
+        each allocation starts 16 bytes into a cache line, a few lines and pages further into
+        its first page than the previous one (steps of 4160 bytes).
+        The offset never costs a small array a page: an array with too little room left in
+        its last page gets a smaller offset, or none, unless it spans at least
+        :data:`COLOUR_EXTRA_PAGE_MIN` pages (then one more page is <= 1/16 more memory, and
+        :meth:`_plan` drops the colour when that page does not fit where the rest goes).
+        Off on the cuda backend (GPU kernels want their arrays aligned, and the GPU's caches
+        are not the stand-in's)."""
+        P = self.page_size
+        if not self.tunables.cache_colouring or self.gpu is not None:
+            return 0
+        want = 16 + (self._next_id * 4160) % P // 64 * 64        # in [16, P)
+        need = max(1, -(-nbytes // P))
+        slack = need * P - nbytes
+        if want <= slack or need >= COLOUR_EXTRA_PAGE_MIN:
+            return want
+        return 16 + (want - 16) % (slack - 15) // 64 * 64 if slack >= 16 else 0
+
+    def _plan(self, pl: Any, nbytes: int, colour: int, pinned: bool) -> tuple[np.ndarray, int]:
+        """(node of each page, colour) of a new allocation.  A colour that costs one more page
+        is dropped (the array starts page-aligned) when that page would not fit, or would put
+        the array's pages anywhere else than its aligned layout would: a colour never turns a
+        fitting allocation into a CapacityError nor spills a device-sized array.  Lock held."""
+        free = np.array([n.free_frames for n in self.nodes])
+        usable = np.array([n.id == HOST or self._node_accepts(n.id, "api") for n in self.nodes])
+        names = [n.name for n in self.nodes]
+
+        def plan(npages: int) -> np.ndarray:
+            return plan_placement(pl, npages, free, usable, self._host_reserve(),
+                                  self.tunables.emergency_device_alloc, pinned, names)
+        need = max(1, -(-nbytes // self.page_size))
+        aligned = plan(need)
+        if max(1, -(-(colour + nbytes) // self.page_size)) == need:
+            return aligned, colour
+        try:
+            nodes = plan(need + 1)
+        except CapacityError:
+            return aligned, 0
+        if np.array_equal(nodes[:need], aligned) and np.isin(nodes[need:], aligned).all():
+            return nodes, colour
+        return aligned, 0
+
     def _empty(self, shape: Any, dtype: Any, placement: Any, pinned: bool, name: Any,
                place_now: bool) -> ManagedArray:
         self._reap()
         dt = _check_dtype(dtype)
         shp = _check_shape(shape)
         nbytes = int(np.prod(shp, dtype=np.int64)) * dt.itemsize
-        # Cache colouring: page-aligned arrays swept together would all start at the same offset
-        # modulo the page and fight over the same cache sets; start each one a little later.
-        colour = ((self._next_id * 4160) % self.page_size) // 64 * 64 \
-            if self.tunables.cache_colouring else 0
-        npages = max(1, -(-(colour + nbytes) // self.page_size))
+        colour = self._colour(nbytes)
         pl = parse_placement(placement, {n.name: n.id for n in self.nodes}, len(self.nodes))
         if pinned and pl.kind == "bind" and pl.node != HOST \
                 and not self.tunables.allow_pinned_on_device:
@@ -322,12 +375,8 @@ class Space:
             self._check_open()
             if pl.node is not None and pl.node != HOST and pl.kind == "bind":
                 self.device.check_explicit_allocation()
-            free = np.array([n.free_frames for n in self.nodes])
-            usable = np.array([n.id == HOST or self._node_accepts(n.id, "api")
-                               for n in self.nodes])
-            nodes = plan_placement(pl, npages, free, usable, self._host_reserve(),
-                                   self.tunables.emergency_device_alloc, pinned,
-                                   [n.name for n in self.nodes])
+            nodes, colour = self._plan(pl, nbytes, colour, pinned)
+            npages = len(nodes)
             frames = np.empty(npages, np.int64)
             taken: list[tuple[int, np.ndarray]] = []
             vstart = -1

@@ -49,6 +49,26 @@ class _MapBudget:
 
 MAP_BUDGET = _MapBudget()
 
+#: Pages whose size is a multiple of this start at addresses aligned to it, so that hugetlb
+#: arenas can be mapped there (MAP_FIXED of a hugetlb file needs 2 MiB-aligned addresses) and
+#: shmem huge pages could be mapped by one PMD where the OS allows them.
+HUGE_ALIGN = 2 << 20
+
+
+def _reserve(size: int, align: int) -> int:
+    """A PROT_NONE reservation of ``size`` bytes starting at a multiple of ``align`` (if not 0):
+    reserve ``align`` bytes more, then unmap the unaligned head and the tail."""
+    flags = _sys.MAP_PRIVATE | _sys.MAP_ANONYMOUS | _sys.MAP_NORESERVE
+    if not align:
+        return _sys.mmap(None, size, _sys.PROT_NONE, flags)
+    raw = _sys.mmap(None, size + align, _sys.PROT_NONE, flags)
+    base = -(-raw // align) * align
+    if base > raw:
+        _sys.munmap(raw, base - raw)
+    if raw + align > base:
+        _sys.munmap(base + size, raw + align - base)
+    return base
+
 
 class VASpace:
     """A reserved virtual range of ``npages`` pages with a first-fit page-range allocator."""
@@ -57,8 +77,7 @@ class VASpace:
         self.page_size = page_size
         self.npages = npages
         self.size = npages * page_size
-        self.base = _sys.mmap(None, self.size, _sys.PROT_NONE,
-                              _sys.MAP_PRIVATE | _sys.MAP_ANONYMOUS | _sys.MAP_NORESERVE)
+        self.base = _reserve(self.size, HUGE_ALIGN if page_size % HUGE_ALIGN == 0 else 0)
         self._free_starts = [0]          # sorted free extents (start, length), coalesced
         self._free_lens = [npages]
         self._lock = threading.Lock()

@@ -214,6 +214,85 @@ def test_bad_input(sp, rng):
         ops.sum(x)
 
 
+def _state(sp, *arrays):
+    """What a refused launch must leave as it was: data, page table, counters, trace, stats."""
+    return ([np.asarray(a).copy() for a in arrays], sp.pt.node.copy(), sp.pt.dup.copy(),
+            sp.counters.totals(), len(sp.trace), sp.stats())
+
+
+def _same_state(a, b):
+    (da, *ra), (db, *rb) = a, b
+    assert all(np.array_equal(x, y) for x, y in zip(da, db))
+    assert np.array_equal(ra[0], rb[0]) and np.array_equal(ra[1], rb[1])
+    assert ra[2:] == rb[2:]
+
+
+@pytest.mark.parametrize("counting", [True, False])
+@pytest.mark.parametrize("itype", [np.int64, np.int32])
+def test_indexed_kernels_check_indices_before_any_store(sp, rng, counting, itype):
+    """The indexed kernels check their indices themselves (no separate pass before the
+    launch): a bad one anywhere, even the very last, raises naming the range, with nothing
+    written, counted or traced."""
+    sp.tunables.access_counters = counting
+    src, out = managed(sp, rand(rng)), managed(sp, rand(rng, 5_000))
+    x, y = managed(sp, rand(rng)), managed(sp, rand(rng, 500))
+    good = rng.integers(0, N, 5_000).astype(itype)
+    indptr, indices, data = random_csr(rng, 500, N)
+    bads = []
+    for bad_at, bad in ((4_999, N), (0, -1), (2_500, N + 7)):
+        idx_np = good.copy()
+        idx_np[bad_at] = bad
+        bads.append((bad, idx_np, managed(sp, idx_np)))
+    before = _state(sp, src, out)
+    for bad, idx_np, idx in bads:
+        with pytest.raises(E.InvalidArgumentError, match=rf"ops.gather: idx out of range: "
+                           rf"values {idx_np.min()}\.\.{idx_np.max()} \(1 outside, e.g. {bad}\), "
+                           rf"valid 0\.\.{N - 1}; nothing was written"):
+            ops.gather(out, src, idx)
+        _same_state(before, _state(sp, src, out))
+        with pytest.raises(E.InvalidArgumentError, match="ops.scatter: idx out of range"):
+            ops.scatter(src, idx, out)
+        _same_state(before, _state(sp, src, out))
+    ix = indices.astype(itype)
+    ix[-1] = N
+    args = (managed(sp, indptr), managed(sp, ix), managed(sp, data), x)
+    before = _state(sp, y)
+    with pytest.raises(E.InvalidArgumentError, match=rf"indices out of range.*valid 0\.\.{N - 1}"):
+        ops.spmv_csr(y, *args)
+    _same_state(before, _state(sp, y))
+    dip = indptr.copy()
+    dip[250] = indptr[-1]                          # decreases in the middle
+    assert dip[250] > dip[251]
+    bad_ptrs = [managed(sp, ip) for ip in (indptr[::-1].copy(), indptr + 1, dip,
+                                           np.concatenate(([0], indptr[1:] - 1)))]
+    good_ix, dd = managed(sp, indices), managed(sp, data)
+    before = _state(sp, y)
+    for ip in bad_ptrs:
+        with pytest.raises(E.InvalidArgumentError, match="indptr"):
+            ops.spmv_csr(y, ip, good_ix, dd, x)
+        _same_state(before, _state(sp, y))
+    # and the same arrays with valid indices run
+    ops.gather(out, src, managed(sp, good))
+    assert np.array_equal(np.asarray(out), np.asarray(src)[good])
+
+
+def test_bad_index_keeps_read_mostly_duplicates(sp, rng):
+    """Writing drops read-mostly duplicates before a kernel runs, so when the written array has
+    some, the indices are checked before the launch: a bad one still changes nothing."""
+    dst, src = managed(sp, rand(rng)), managed(sp, rand(rng, 100))
+    sp.advise(dst, read_mostly=True)
+    sp.prefetch(dst, "device")
+    assert (sp.pt.dup[sp._span_vpns(dst)[1]:sp._span_vpns(dst)[2]] >= 0).all()
+    idx = managed(sp, np.append(np.arange(99), N))
+    before = _state(sp, dst)
+    with pytest.raises(E.InvalidArgumentError, match="ops.scatter: idx out of range"):
+        ops.scatter(dst, idx, src)
+    _same_state(before, _state(sp, dst))
+    ops.scatter(dst, managed(sp, np.arange(100)), src)       # a good one collapses them
+    assert np.array_equal(np.asarray(dst)[:100], np.asarray(src))
+    assert (sp.pt.dup[sp._span_vpns(dst)[1]:sp._span_vpns(dst)[2]] < 0).all()
+
+
 def test_launch_refused_while_device_offline(sp, rng):
     x, y = managed(sp, rand(rng)), managed(sp, rand(rng))
     before = np.asarray(y).copy()

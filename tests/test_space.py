@@ -107,8 +107,8 @@ def test_interleave_alternates(space):
 
 def test_preferred_spills_to_host(space):
     a = space.empty(100 * PS // 8, placement="preferred:device")
-    p = space.placement(a)
-    assert (p == 1).sum() == 64 and (p == 0).sum() == 36
+    p = space.placement(a)                   # 100 pages, or 101 with the array's cache colour
+    assert (p == 1).sum() == 64 and (p == 0).sum() == len(p) - 64 and p[:64].all()
 
 
 def test_device_bind_capacity_error_changes_nothing(space):
@@ -121,24 +121,28 @@ def test_device_bind_capacity_error_changes_nothing(space):
 
 
 def test_host_exhaustion_and_evacuation_reserve(space):
-    # 256 host frames; 32 device pages must stay evacuable, so the host keeps 32 free
+    # 256 host frames; the device pages must stay evacuable, so the host keeps that many free
     d = space.empty(32 * PS // 8, placement="device")
+    reserve = len(space.placement(d))        # 32, or 33 with d's cache colour
+    assert space.nodes[1].used_frames == reserve
     with pytest.raises(E.CapacityError, match="host node is full"):
-        space.empty(225 * PS // 8)
-    a = space.empty(224 * PS // 8)
-    assert (space.placement(a) == 0).all()
-    assert space.nodes[0].free_frames == 32
+        space.empty((256 - reserve + 1) * PS // 8)
+    a = space.empty((256 - reserve) * PS // 8)   # fills the host exactly: no colour page
+    assert (space.placement(a) == 0).all() and len(space.placement(a)) == 256 - reserve
+    assert space.nodes[0].free_frames == reserve
     del d
 
 
 def test_emergency_device_alloc(space):
-    keep = space.empty(250 * PS // 8)  # noqa: F841 - held so it is not collected
+    keep = space.empty(250 * PS // 8)
     with pytest.raises(E.CapacityError):
         space.empty(10 * PS // 8)
     space.tunables.emergency_device_alloc = True
+    room = 256 - len(space.placement(keep))  # 6, or 5 when keep took a page for its colour
+    assert space.nodes[0].free_frames == room
     b = space.empty(10 * PS // 8)
     p = space.placement(b)
-    assert (p == 0).sum() == 6 and (p == 1).sum() == 4
+    assert (p == 0).sum() == room and (p == 1).sum() == 10 - room
     with pytest.raises(E.CapacityError):
         space.empty(10 * PS // 8, pinned=True)   # pinned never lands on the device implicitly
 
@@ -258,12 +262,33 @@ def test_unsupported_platform(monkeypatch):
 
 
 def test_cache_colouring_staggers_starts_and_keeps_everything_else():
+    """On by default: arrays start 16 bytes into a cache line, at offsets that differ from one
+    allocation to the next; small arrays only within the room in their last page; an array
+    that fills its pages exactly takes one page more only from 16 pages up, and only where
+    that page fits beside the others; the data, moves and addresses are as without it."""
+    def span(sp, a):
+        off = a.__array_interface__["data"][0] - sp.va.addr(sp.allocation_of(a).vstart)
+        return off, -(-(off + a.nbytes) // PS)
+
+    with ccadgpu.Space(device_memory="2MiB", host_memory="16MiB", page_size="64KiB") as sp:
+        assert sp.tunables.cache_colouring
+        big = [sp.asarray(np.arange(16 * PS // 8, dtype=np.float64) + i) for i in range(3)]
+        offs = [span(sp, a)[0] for a in big]
+        assert len(set(offs)) == 3 and all(o % 64 == 16 for o in offs)
+        assert [len(sp.placement(a)) for a in big] == [span(sp, a)[1] for a in big] == [17] * 3
+        exact = sp.empty(4 * PS // 8)                      # < 16 pages, no room: aligned
+        assert span(sp, exact) == (0, 4) and len(sp.placement(exact)) == 4
+        room = sp.empty((4 * PS - 1024) // 8)              # coloured within its last page
+        off, n = span(sp, room)
+        assert n == 4 and 16 <= off <= 1024 and off % 64 == 16
+        dev = sp.empty(32 * PS // 8, placement="device")   # fills the device: stays aligned
+        assert span(sp, dev) == (0, 32) and (sp.placement(dev) == 1).all()
+        assert sp.move_pages(big[1], "device").ok is False   # the device is full
+        sp.free(dev)
+        assert sp.move_pages(big[1], "device").ok
+        for i, a in enumerate(big):
+            assert np.array_equal(a, np.arange(16 * PS // 8) + i)
     with ccadgpu.Space(device_memory="4MiB", host_memory="16MiB", page_size="64KiB",
-                       cache_colouring=True) as sp:
-        arrs = [sp.asarray(np.arange(4 * PS // 8, dtype=np.float64) + i) for i in range(3)]
-        offs = [a.__array_interface__["data"][0] % PS for a in arrs]
-        assert len(set(offs)) == 3 and all(o % 64 == 0 for o in offs)
-        assert [len(sp.placement(a)) for a in arrs] == [4, 5, 5]   # the first starts at 0
-        assert sp.move_pages(arrs[1], "device").ok
-        for i, a in enumerate(arrs):
-            assert np.array_equal(a, np.arange(4 * PS // 8) + i)
+                       cache_colouring=False) as sp:
+        arrs = [sp.asarray(np.arange(16 * PS // 8, dtype=np.float64)) for _ in range(2)]
+        assert [span(sp, a) for a in arrs] == [(0, 16)] * 2

@@ -129,9 +129,11 @@ def test_bad_arguments_leave_nothing_behind(backend):
 # -- kernels and counters: the same data and the same counts as the CPU stand-in -----------------
 
 def _pair(backend):
-    """The same arrays, pages and placements on a cuda space and on a CPU space."""
+    """The same arrays, pages and placements on a cuda space and on a CPU space (whose
+    allocations are then page-aligned too: the cuda backend does not colour them)."""
     spaces = [make_space(backend), ccadgpu.Space(device_memory="8MiB", host_memory="48MiB",
-                                                 page_size=PAGE, backend="cpu")]
+                                                 page_size=PAGE, backend="cpu",
+                                                 cache_colouring=False)]
     rng = np.random.default_rng(7)
     n = 200_003
     data = {"x": rng.standard_normal(n), "y": rng.standard_normal(n),

@@ -1,7 +1,8 @@
 """Numba kernels of the CPU stand-in device.
 
 Each kernel works in place on plain 1-D (or 2-D for the stencil) C-contiguous views of managed
-memory; :mod:`ccadgpu.ops` does the validation.  Kernels whose accesses depend on data (gather,
+memory; :mod:`ccadgpu.ops` validates the arguments, and the indexed kernels check their own
+index values (``check``) before their first store.  Kernels whose accesses depend on data (gather,
 scatter, the ``x`` of CSR mat-vec) take ``count`` and build a per-page histogram of those
 accesses inside the kernel, one row per chunk of work so that threads never share a counter; the
 caller sums the rows (``nch`` chunks: pass ``numba.get_num_threads()``; reading it inside a
@@ -17,7 +18,10 @@ from __future__ import annotations
 
 import numba as nb
 import numpy as np
-from numba import prange
+from llvmlite import ir
+from numba import prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 _JIT = dict(cache=True, parallel=True, nogil=True, fastmath=False, boundscheck=False)
 
@@ -29,6 +33,28 @@ def _page(off0, j, itemsize, page, shift):  # pragma: no cover - compiled
     if shift >= 0:
         return (off0 + j * itemsize) >> shift
     return (off0 + j * itemsize) // page
+
+
+@intrinsic
+def _prefetch(typingctx, arr, i, write):  # pragma: no cover - compiled
+    """Hint the CPU to fetch ``arr[i]`` into the caches (``llvm.prefetch``; never faults, no
+    effect on results).  ``write`` must be a literal: 1 to prefetch for a store."""
+    if not isinstance(write, types.IntegerLiteral):
+        return None
+    rw = write.literal_value
+
+    def codegen(context, builder, signature, args):
+        aty = signature.args[0]
+        ary = context.make_array(aty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aty, ary, [args[1]],
+                                       wraparound=False)
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+            "llvm.prefetch.p0")
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(rw), i32(3), i32(1)])
+        return context.get_dummy_value()
+    return types.void(arr, i, write), codegen
 
 
 # -- streaming ---------------------------------------------------------------------------------
@@ -118,102 +144,152 @@ def stencil5(out, inp, cc, cn):  # pragma: no cover - compiled
 
 
 # -- indexed ---------------------------------------------------------------------------------------
+# Each indexed kernel checks its indices itself, in a first parallel pass over the index array,
+# and returns before its first store if one is out of range (``check=True``; Numba does not
+# bounds-check, so the work loop must never see a bad index).  The caller then raises with
+# nothing written.  The pass is branch-free (an unsigned compare per index, OR-reduced), so it
+# runs at the speed of reading the index array once.
+#
 # The histogram runs block by block *after* the block's accesses rather than fused into the same
 # loop: a fused read-modify-write of the histogram serialises the loop enough to cut the memory
 # parallelism of the random accesses (measured: +16% for a 256 MiB gather fused, ~0% blocked).
+#
+# The random accesses are prefetched _AHEAD iterations early (the index is known that far
+# ahead): each one misses the caches and, on 4 KiB pages, the TLB, and the out-of-order window
+# alone overlaps too few of them.  Measured on 256 MiB (2 cores): gather and spmv_csr ~1.6x
+# faster, on plain and on managed arrays alike; scatter ~1.1x faster on plain arrays, unchanged
+# on managed ones (stores do not stall the way loads do).
 _BLOCK = 2048
+_AHEAD = 64
+
+
+@nb.njit(inline="always", cache=True, nogil=True)
+def _count(h, idx, lo, hi, off0, itemsize, page, shift):  # pragma: no cover - compiled
+    """Add one access per idx[lo:hi] to the page histogram h."""
+    for i in range(lo, hi):
+        h[_page(off0, idx[i], itemsize, page, shift)] += 1
+
+
+@nb.njit(inline="always", cache=True, nogil=True)
+def _any_outside(a, lo, hi, n):  # pragma: no cover - compiled
+    """Whether any of a[lo:hi] is outside [0, n): negative values wrap to huge unsigned ones."""
+    un = np.uint64(n)
+    bad = False
+    for i in range(lo, hi):
+        bad |= np.uint64(a[i]) >= un
+    return bad
 
 
 @nb.njit(**_JIT)
-def gather(out, src, idx, count, off0, itemsize, page, shift, npages,
+def indices_ok(idx, n, nch):  # pragma: no cover - compiled
+    """Whether every idx is in [0, n) (one parallel pass, ``nch`` chunks)."""
+    m = idx.size
+    bad = np.zeros(nch, np.bool_)
+    for c in prange(nch):
+        bad[c] = _any_outside(idx, c * m // nch, (c + 1) * m // nch, n)
+    return not bad.any()
+
+
+@nb.njit(**_JIT)
+def csr_status(indptr, indices, ncols, nch):  # pragma: no cover - compiled
+    """0 if (indptr, indices) is a valid CSR structure with ``ncols`` columns; 1 if indptr does
+    not start at 0, decreases or does not end at ``indices.size``; 2 if an index is outside
+    [0, ncols).  One parallel pass over both arrays."""
+    nrows = indptr.size - 1
+    if indptr[0] != 0 or indptr[nrows] != indices.size:
+        return 1
+    nnz = indices.size
+    dec = np.zeros(nch, np.bool_)
+    bad = np.zeros(nch, np.bool_)
+    for c in prange(nch):
+        d = False
+        for r in range(c * nrows // nch, (c + 1) * nrows // nch):
+            d |= indptr[r + 1] < indptr[r]
+        dec[c] = d
+        bad[c] = _any_outside(indices, c * nnz // nch, (c + 1) * nnz // nch, ncols)
+    if dec.any():
+        return 1
+    return 2 if bad.any() else 0
+
+
+@nb.njit(**_JIT)
+def gather(out, src, idx, check, count, off0, itemsize, page, shift, npages,
            nch):  # pragma: no cover - compiled
-    """out[i] = src[idx[i]]; with ``count``, returns per-chunk page histograms of src accesses"""
+    """out[i] = src[idx[i]].  Returns (hist, ok): with ``count``, per-chunk page histograms of
+    the src accesses; with ``check``, ok is False, and nothing was written, when an index is
+    outside [0, src.size)."""
     n = idx.size
     hist = np.zeros((nch, npages if count else 1), np.int64)
+    if check and not indices_ok(idx, src.size, nch):
+        return hist, False
     for c in prange(nch):
         lo = c * n // nch
         hi = (c + 1) * n // nch
-        if count:
-            h = hist[c]
-            for b0 in range(lo, hi, _BLOCK):
-                b1 = min(b0 + _BLOCK, hi)
-                for i in range(b0, b1):
-                    out[i] = src[idx[i]]
-                for i in range(b0, b1):
-                    h[_page(off0, idx[i], itemsize, page, shift)] += 1
-        else:
-            for i in range(lo, hi):
+        h = hist[c]
+        for b0 in range(lo, hi, _BLOCK):
+            b1 = min(b0 + _BLOCK, hi)
+            for i in range(b0, b1):
+                if i + _AHEAD < hi:
+                    _prefetch(src, idx[i + _AHEAD], 0)
                 out[i] = src[idx[i]]
-    return hist
+            if count:
+                _count(h, idx, b0, b1, off0, itemsize, page, shift)
+    return hist, True
 
 
 @nb.njit(**_JIT)
-def scatter(dst, idx, src, count, off0, itemsize, page, shift, npages,
+def scatter(dst, idx, src, check, count, off0, itemsize, page, shift, npages,
             nch):  # pragma: no cover - compiled
-    """dst[idx[i]] = src[i]; with ``count``, returns per-chunk page histograms of dst accesses.
-    Duplicate indices race (which write wins is unspecified), as on a GPU."""
+    """dst[idx[i]] = src[i].  Returns (hist, ok): with ``count``, per-chunk page histograms of
+    the dst accesses; with ``check``, ok is False, and nothing was written, when an index is
+    outside [0, dst.size).  Duplicate indices race (which write wins is unspecified), as on a
+    GPU."""
     n = idx.size
     hist = np.zeros((nch, npages if count else 1), np.int64)
+    if check and not indices_ok(idx, dst.size, nch):
+        return hist, False
     for c in prange(nch):
         lo = c * n // nch
         hi = (c + 1) * n // nch
-        if count:
-            h = hist[c]
-            for b0 in range(lo, hi, _BLOCK):
-                b1 = min(b0 + _BLOCK, hi)
-                for i in range(b0, b1):
-                    dst[idx[i]] = src[i]
-                for i in range(b0, b1):
-                    h[_page(off0, idx[i], itemsize, page, shift)] += 1
-        else:
-            for i in range(lo, hi):
+        h = hist[c]
+        for b0 in range(lo, hi, _BLOCK):
+            b1 = min(b0 + _BLOCK, hi)
+            for i in range(b0, b1):
+                if i + _AHEAD < hi:
+                    _prefetch(dst, idx[i + _AHEAD], 1)
                 dst[idx[i]] = src[i]
-    return hist
+            if count:
+                _count(h, idx, b0, b1, off0, itemsize, page, shift)
+    return hist, True
 
 
 @nb.njit(**_JIT)
-def spmv_csr(y, indptr, indices, data, x, count, off0, itemsize, page, shift, npages,
+def spmv_csr(y, indptr, indices, data, x, check, count, off0, itemsize, page, shift, npages,
              nch):  # pragma: no cover - compiled
-    """y = A @ x for A in CSR form (indptr, indices, data); with ``count``, returns per-chunk
-    page histograms of the x accesses (one per nonzero)."""
+    """y = A @ x for A in CSR form (indptr, indices, data).  Returns (hist, status): with
+    ``count``, per-chunk page histograms of the x accesses (one per nonzero); with ``check``,
+    status is :func:`csr_status`'s (nonzero: nothing was written)."""
     nrows = y.size
     hist = np.zeros((nch, npages if count else 1), np.int64)
+    if check:
+        status = csr_status(indptr, indices, x.size, nch)
+        if status != 0:
+            return hist, status
     rows_per_block = 256
     for c in prange(nch):
         lo = c * nrows // nch
         hi = (c + 1) * nrows // nch
         h = hist[c]
+        kend = indptr[hi]
         for r0 in range(lo, hi, rows_per_block):
             r1 = min(r0 + rows_per_block, hi)
             for r in range(r0, r1):
                 s = 0.0
                 for k in range(indptr[r], indptr[r + 1]):
+                    if k + _AHEAD < kend:
+                        _prefetch(x, indices[k + _AHEAD], 0)
                     s += data[k] * x[indices[k]]
                 y[r] = s
             if count:
-                for k in range(indptr[r0], indptr[r1]):
-                    h[_page(off0, indices[k], itemsize, page, shift)] += 1
-    return hist
-
-
-# -- validation ------------------------------------------------------------------------------------
-@nb.njit(**_JIT)
-def minmax(a, nch):  # pragma: no cover - compiled
-    """(min, max) of a non-empty integer array"""
-    n = a.size
-    lo_v = np.empty(nch, np.int64)
-    hi_v = np.empty(nch, np.int64)
-    for c in prange(nch):
-        lo = c * n // nch
-        hi = (c + 1) * n // nch
-        mn = a[0]
-        mx = a[0]
-        for i in range(lo, hi):
-            v = a[i]
-            if v < mn:
-                mn = v
-            if v > mx:
-                mx = v
-        lo_v[c] = mn
-        hi_v[c] = mx
-    return lo_v.min(), hi_v.max()
+                _count(h, indices, indptr[r0], indptr[r1], off0, itemsize, page, shift)
+    return hist, 0

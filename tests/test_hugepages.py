@@ -1,0 +1,77 @@
+"""hugetlb arenas: used when page_size is a multiple of 2 MiB and the OS's pool can reserve a
+node's whole capacity, else a clean fallback to 4 KiB memfd pages that says why."""
+import os
+
+import numpy as np
+import pytest
+
+import ccadgpu
+from ccadgpu import nodes as nodes_mod
+
+MiB = 1 << 20
+
+
+def _exercise(sp):
+    """Allocation, migration both ways, device offline, free and reuse, with data checks."""
+    ref = np.random.default_rng(3).standard_normal(3 * MiB // 8 + 5)
+    a = sp.asarray(ref)
+    assert sp.move_pages(a, "device").ok and np.array_equal(a, ref)
+    b = sp.asarray(ref[::-1], placement="device")
+    sp.device.offline()
+    assert (sp.placement(a) == 0).all() and (sp.placement(b) == 0).all()
+    assert np.array_equal(a, ref) and np.array_equal(b, ref[::-1])
+    sp.device.online()
+    sp.free(b)
+    c = sp.asarray(ref * 2, placement="device")      # reuses freed frames
+    assert np.array_equal(c, ref * 2) and np.array_equal(a, ref)
+
+
+def test_fallback_says_why_and_works():
+    pool = nodes_mod.hugetlb_pool()
+    with ccadgpu.Space(device_memory="8MiB", host_memory="32MiB", page_size="2MiB") as sp:
+        assert sp.va.base % (2 * MiB) == 0                 # hugetlb-mappable addresses
+        for n in sp.nodes:
+            info = n.info()
+            assert info.backing == n.backing
+            if n.huge:
+                assert info.backing.startswith("hugetlb")
+            else:
+                assert pool["available"] < n.capacity // (2 * MiB)
+                assert "hugetlb pool too small" in info.backing or "no hugetlb" in info.backing
+        _exercise(sp)
+    with ccadgpu.Space(device_memory="8MiB", host_memory="32MiB", page_size="2MiB",
+                       hugetlb=False) as sp:
+        assert all(not n.huge and "not asked for" in n.backing for n in sp.nodes)
+    with ccadgpu.Space(device_memory="8MiB", host_memory="32MiB", page_size="64KiB") as sp:
+        assert all(not n.huge and "not a multiple of 2 MiB" in n.backing for n in sp.nodes)
+
+
+def test_no_hugetlb_memfd_falls_back(monkeypatch):
+    real = os.memfd_create
+
+    def memfd_create(name, flags=os.MFD_CLOEXEC):
+        if flags & os.MFD_HUGETLB:
+            raise OSError(22, "Invalid argument")
+        return real(name, flags)
+    monkeypatch.setattr(os, "memfd_create", memfd_create)
+    with ccadgpu.Space(device_memory="8MiB", host_memory="32MiB", page_size="2MiB") as sp:
+        assert all(not n.huge and "no hugetlb memfd" in n.backing for n in sp.nodes)
+        _exercise(sp)
+
+
+def test_hugetlb_arenas_when_the_pool_has_room():
+    need = (32 + 8) // 2
+    if nodes_mod.hugetlb_pool()["available"] < need:
+        pytest.skip(f"hugetlb pool has fewer than {need} free 2 MiB pages (vm.nr_hugepages)")
+    before = nodes_mod.hugetlb_pool()["available"]
+    with ccadgpu.Space(device_memory="8MiB", host_memory="32MiB", page_size="2MiB") as sp:
+        assert all(n.huge and n.backing.startswith("hugetlb") for n in sp.nodes)
+        assert nodes_mod.hugetlb_pool()["available"] == before - need   # reserved up front
+        _exercise(sp)
+        from ccadgpu import ops
+        x = sp.asarray(np.arange(1.0, 1 + MiB))
+        idx = sp.asarray(np.random.default_rng(0).integers(0, x.size, 1000))
+        out = sp.empty(1000)
+        ops.gather(out, x, idx)
+        assert np.array_equal(out, np.asarray(x)[np.asarray(idx)])
+    assert nodes_mod.hugetlb_pool()["available"] == before               # all given back
