@@ -829,8 +829,8 @@ def _resolve_backend(requested: Any) -> tuple[str, str]:
     :func:`ccadgpu.backends.select_backend`; ``CCADGPU_BACKEND`` overrides ``"auto"``), or a
     backend object (cuda)."""
     if not isinstance(requested, str):
-        from .backends.gpu_space import space_backend
-        if space_backend(requested) is not requested:
+        from .backends.gpu_space import is_backend
+        if not is_backend(requested):
             raise InvalidArgumentError(f"backend must be 'auto', 'cpu', 'cuda' or a CudaBackend, "
                                        f"got {type(requested).__name__}")
         return "cuda", f"given: {requested!r}"

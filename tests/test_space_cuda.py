@@ -272,6 +272,11 @@ def test_verified_move_refuses_pages_that_read_differently(emu_lib):
         np.testing.assert_array_equal(np.asarray(a), np.arange(20_000.0))
 
 
+def test_a_backend_that_is_not_one_is_refused():
+    with pytest.raises(InvalidArgumentError, match="CudaBackend"):
+        ccadgpu.Space(device_memory="1MiB", host_memory="4MiB", backend=5)
+
+
 def test_auto_falls_back_to_cpu_with_a_reason(monkeypatch):
     monkeypatch.delenv("CCADGPU_BACKEND", raising=False)
     with ccadgpu.Space(device_memory="1MiB", host_memory="4MiB") as sp:

@@ -40,16 +40,22 @@ from ..errors import InvalidArgumentError, MigrationError
 from ..runs import runs
 from ..vaspace import VASpace
 
-__all__ = ["GpuMemory", "ManagedVASpace", "space_backend"]
+__all__ = ["GpuMemory", "ManagedVASpace", "is_backend", "space_backend"]
 
 HOST, DEVICE = 0, 1
 
 
+def is_backend(obj: Any) -> bool:
+    """Whether ``obj`` can carry a cuda space (has ``allocate``, ``prefetch``, ``advise``,
+    ``kernels``, as :class:`~ccadgpu.backends.cuda.CudaBackend` does)."""
+    return all(hasattr(obj, a) for a in ("allocate", "prefetch", "advise", "kernels"))
+
+
 def space_backend(requested: Any) -> Any:
     """The backend object a cuda space runs on: ``requested`` itself when it is a backend
-    instance (anything with ``allocate``, ``prefetch``, ``advise``, ``kernels``), else a new
-    :class:`~ccadgpu.backends.cuda.CudaBackend` on GPU 0."""
-    if all(hasattr(requested, a) for a in ("allocate", "prefetch", "advise", "kernels")):
+    instance (:func:`is_backend`), else a new :class:`~ccadgpu.backends.cuda.CudaBackend` on
+    GPU 0."""
+    if is_backend(requested):
         return requested
     from .cuda import CudaBackend
     return CudaBackend(0)
