@@ -73,11 +73,14 @@ def _reserve(size: int, align: int) -> int:
 class VASpace:
     """A reserved virtual range of ``npages`` pages with a first-fit page-range allocator."""
 
-    def __init__(self, npages: int, page_size: int):
+    def __init__(self, npages: int, page_size: int, base: int | None = None):
+        """``base``: the range's address when someone else reserved it (the cuda backend's
+        managed allocation); by default a fresh ``PROT_NONE`` reservation."""
         self.page_size = page_size
         self.npages = npages
         self.size = npages * page_size
-        self.base = _reserve(self.size, HUGE_ALIGN if page_size % HUGE_ALIGN == 0 else 0)
+        self.base = _reserve(self.size, HUGE_ALIGN if page_size % HUGE_ALIGN == 0 else 0) \
+            if base is None else int(base)
         self._free_starts = [0]          # sorted free extents (start, length), coalesced
         self._free_lens = [npages]
         self._lock = threading.Lock()

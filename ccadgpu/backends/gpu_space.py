@@ -31,7 +31,6 @@ placement accounting can lag.
 """
 from __future__ import annotations
 
-import threading
 from typing import Any, Callable
 
 import numpy as np
@@ -68,16 +67,8 @@ class ManagedVASpace(VASpace):
 
     def __init__(self, npages: int, page_size: int, region: Any,
                  on_close: Callable[[], None]):
-        self.page_size = page_size
-        self.npages = npages
-        self.size = npages * page_size
+        super().__init__(npages, page_size, base=int(region.ptr))
         self.region = region
-        self.base = int(region.ptr)
-        self._free_starts = [0]
-        self._free_lens = [npages]
-        self._lock = threading.Lock()
-        self.high_water = 0
-        self.closed = False
         self._on_close = on_close
 
     def _unmap_range(self, start: int, n: int) -> None:

@@ -127,59 +127,65 @@ inline int launch(dim3 grid, dim3 block, const std::function<void()>& fn) {
 
 inline void __syncthreads() { emu::tl_block->bar.wait(); }
 
-inline unsigned __match_any_sync(unsigned mask, unsigned long long value) {
-    if (mask != 0xffffffffu) emu::bad_mask = true;
-    emu::Warp& w = emu::tl_block->warps[emu::tl_warp];
-    w.slot[emu::tl_lane] = value;
+namespace emu {
+// A warp collective: every lane publishes ``bits``, then ``read(slots)`` sees all 32; nobody
+// overwrites a slot before every lane has read.
+template <typename F>
+inline auto warp_exchange(unsigned mask, unsigned long long bits, F&& read) {
+    if (mask != 0xffffffffu) bad_mask = true;
+    Warp& w = tl_block->warps[tl_warp];
+    w.slot[tl_lane] = bits;
     w.bar.wait();
-    unsigned m = 0;
-    for (int i = 0; i < 32; ++i)
-        if (w.slot[i] == value) m |= 1u << i;
-    w.bar.wait();  // nobody overwrites a slot before everyone has read
-    return m;
+    auto out = read(w.slot);
+    w.bar.wait();
+    return out;
+}
+
+template <typename T>
+inline unsigned long long to_bits(T v) {
+    static_assert(sizeof(T) <= 8, "shuffle of at most 8 bytes");
+    unsigned long long bits = 0;
+    std::memcpy(&bits, &v, sizeof(T));
+    return bits;
+}
+}  // namespace emu
+
+inline unsigned __match_any_sync(unsigned mask, unsigned long long value) {
+    return emu::warp_exchange(mask, value, [&](const unsigned long long* slot) {
+        unsigned m = 0;
+        for (int i = 0; i < 32; ++i)
+            if (slot[i] == value) m |= 1u << i;
+        return m;
+    });
+}
+
+inline unsigned __ballot_sync(unsigned mask, bool pred) {
+    return emu::warp_exchange(mask, pred ? 1u : 0u, [](const unsigned long long* slot) {
+        unsigned m = 0;
+        for (int i = 0; i < 32; ++i)
+            if (slot[i]) m |= 1u << i;
+        return m;
+    });
+}
+
+// Lane ``src`` of the warp's values, or the caller's own when ``src`` is outside the warp.
+template <typename T>
+inline T emu_shuffle(unsigned mask, T var, unsigned src) {
+    return emu::warp_exchange(mask, emu::to_bits(var), [&](const unsigned long long* slot) {
+        T out = var;
+        if (src < 32) std::memcpy(&out, &slot[src], sizeof(T));
+        return out;
+    });
 }
 
 template <typename T>
 inline T __shfl_down_sync(unsigned mask, T var, int delta) {
-    static_assert(sizeof(T) <= 8, "shuffle of at most 8 bytes");
-    if (mask != 0xffffffffu) emu::bad_mask = true;
-    emu::Warp& w = emu::tl_block->warps[emu::tl_warp];
-    unsigned long long bits = 0;
-    std::memcpy(&bits, &var, sizeof(T));
-    w.slot[emu::tl_lane] = bits;
-    w.bar.wait();
-    T out = var;
-    const unsigned src = emu::tl_lane + (unsigned)delta;
-    if (src < 32) std::memcpy(&out, &w.slot[src], sizeof(T));
-    w.bar.wait();
-    return out;
+    return emu_shuffle(mask, var, emu::tl_lane + (unsigned)delta);
 }
 
 template <typename T>
 inline T __shfl_sync(unsigned mask, T var, int src_lane) {
-    static_assert(sizeof(T) <= 8, "shuffle of at most 8 bytes");
-    if (mask != 0xffffffffu) emu::bad_mask = true;
-    emu::Warp& w = emu::tl_block->warps[emu::tl_warp];
-    unsigned long long bits = 0;
-    std::memcpy(&bits, &var, sizeof(T));
-    w.slot[emu::tl_lane] = bits;
-    w.bar.wait();
-    T out;
-    std::memcpy(&out, &w.slot[(unsigned)src_lane & 31u], sizeof(T));
-    w.bar.wait();
-    return out;
-}
-
-inline unsigned __ballot_sync(unsigned mask, bool pred) {
-    if (mask != 0xffffffffu) emu::bad_mask = true;
-    emu::Warp& w = emu::tl_block->warps[emu::tl_warp];
-    w.slot[emu::tl_lane] = pred ? 1u : 0u;
-    w.bar.wait();
-    unsigned m = 0;
-    for (int i = 0; i < 32; ++i)
-        if (w.slot[i]) m |= 1u << i;
-    w.bar.wait();
-    return m;
+    return emu_shuffle(mask, var, (unsigned)src_lane & 31u);
 }
 
 inline bool __all_sync(unsigned mask, bool pred) { return __ballot_sync(mask, pred) == ~0u; }
