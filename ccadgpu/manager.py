@@ -91,7 +91,8 @@ class Epoch:
     #: they had (``gone_node``), otherwise ignored (no heat, no moves)
     gone_sectors: np.ndarray | None = None
     gone_node: np.ndarray | None = None
-    #: (live) each page's allocation id and node when the epoch was queued
+    #: each page's allocation id (-1 none, -2 several during a host epoch) and (live) node
+    #: when the epoch was queued
     alloc_ids: np.ndarray | None = None
     rec_node: np.ndarray | None = None
 
@@ -110,9 +111,11 @@ class Epoch:
     @classmethod
     def from_record(cls, rec: "EpochRecord", index: int) -> "Epoch":
         dev = rec.processor == "device"
-        return cls(index, rec.epoch, rec.kernel, DEV if dev else CPU,
-                   np.asarray(rec.vpns, np.int64), np.asarray(rec.sectors, np.int64),
-                   dev, rec.wall_seconds)
+        ep = cls(index, rec.epoch, rec.kernel, DEV if dev else CPU,
+                 np.asarray(rec.vpns, np.int64), np.asarray(rec.sectors, np.int64),
+                 dev, rec.wall_seconds)
+        ep.alloc_ids = np.asarray(rec.alloc, np.int64)
+        return ep
 
 
 class Placement(Protocol):

@@ -777,7 +777,7 @@ class Space:
         ok = self.pt.alloc[ep.vpns] == ids
         if not ok.all():
             ep.gone_sectors, ep.gone_node = ep.sectors[~ok], ep.rec_node[~ok]
-            ep.vpns, ep.sectors = ep.vpns[ok], ep.sectors[ok]
+            ep.vpns, ep.sectors, ep.alloc_ids = ep.vpns[ok], ep.sectors[ok], ids[ok]
             ep.__dict__.pop("_by_proc", None)
         return ep
 

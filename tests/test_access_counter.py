@@ -12,9 +12,9 @@ from ccadgpu.tunables import Tunables
 from test_policies import PS, SWEEP, make_trace, sweeps
 
 
-def run(epochs, npages, device_frames, profile, init=None, **params):
+def run(epochs, npages, device_frames, profile, init=None, allocations=(None,), **params):
     """Step a manager over ``epochs`` (as in make_trace); returns it."""
-    tr = make_trace(epochs, npages, device_frames, profile=profile)
+    tr = make_trace(epochs, npages, device_frames, profile=profile, allocations=allocations)
     init = np.zeros(npages, np.int8) if init is None else init
     mgr = MigrationManager(SimPlacement(PS, [4 * npages, device_frames], init),
                            "access_counter", load_profile(profile), Tunables(), **params)
@@ -36,6 +36,39 @@ def test_payback_moves_a_page_as_soon_as_its_reuse_is_seen():
     mgr = run([("device", sweeps(range(16)))] * 10, 16, 64, "h100-pcie")
     assert moved_at(mgr, "access_counter", 0, 1) == {1: 16}
     assert all(r.remote_bytes == 0 for r in mgr.results[2:])
+
+
+def test_a_page_two_chunks_of_a_stream_share_is_no_evidence_of_reuse():
+    # a stream in chunks that do not end on page boundaries: each boundary page is touched by
+    # two epochs, one sector by the first and the rest by the next; no byte was touched twice
+    half = 8
+    chunk = [({p: SWEEP for p in range(0, half)} | {half: 1}),
+             ({half: SWEEP - 1} | {p: SWEEP for p in range(half + 1, 16)})]
+    rest = [("device", {p: SWEEP}) for p in range(16, 20)]       # the stream goes on
+    mgr = run([("device", c) for c in chunk] + rest, 20, 64, "h100-pcie")
+    assert mgr.summary()["migrated_bytes"] == 0
+    # the same page swept twice moves (the payback rule, as above)
+    chunk[0][half] = chunk[1][half] = SWEEP
+    mgr = run([("device", c) for c in chunk] + rest, 20, 64, "h100-pcie")
+    assert moved_at(mgr, "access_counter", 0, 1) == {1: 1}
+
+
+def test_a_moving_working_set_of_reused_data_is_followed_after_one_epoch():
+    # phase change: pages 0-7 are read for four epochs, then pages 8-15.  The first phase
+    # needs two epochs of evidence; the second moves after its first epoch, since the data
+    # has shown reuse and the previous working set was left
+    phases = [("device", sweeps(range(8)))] * 4 + [("device", sweeps(range(8, 16)))] * 4
+    mgr = run(phases, 16, 64, "h100-pcie")
+    assert moved_at(mgr, "access_counter", 0, 1) == {1: 8, 4: 8}
+    # not when the new pages belong to another allocation (no reuse seen there yet) ...
+    mgr = run(phases, 16, 64, "h100-pcie", allocations=(8, 8))
+    assert moved_at(mgr, "access_counter", 0, 1) == {1: 8, 5: 8}
+    # ... nor when the old working set is still in use (an occasional sweep of cold data:
+    # hot pages 0-3 every epoch, all 16 pages at epoch 3)
+    hot = [("device", sweeps(range(4)))] * 3 + [("device", sweeps(range(16)))] + \
+        [("device", sweeps(range(4)))] * 4
+    mgr = run(hot, 16, 64, "h100-pcie")
+    assert moved_at(mgr, "access_counter", 0, 1) == {1: 4}
 
 
 def test_pages_that_cannot_pay_back_soon_stay_unless_their_rent_adds_up():
@@ -149,6 +182,9 @@ def test_fused_rule_matches_the_documented_rule():
     pol._since[:] = rng.integers(0, 50, n)
     pol._burst[:] = rng.exponential(2000, (n, 2))
     pol._until[:] = rng.integers(0, 60, n)
+    pol._peak[:] = rng.exponential(2000, (n, 2))
+    pol._total[:] = pol._peak * rng.uniform(1.0, 3.0, (n, 2))
+    pol._fast[:] = rng.random((n, 2)) < 0.3
     mgr.last_move[:] = rng.integers(-5, 10, n)
     pol._moved[:] = np.where(rng.random(n) < 0.9, mgr.last_move, -1)
     pages = np.arange(n)
@@ -157,7 +193,9 @@ def test_fused_rule_matches_the_documented_rule():
         frm = 0 if proc == 1 else 1
         value, want_rate = pol.net_value(ctx, pages, proc)
         price = (1.0 if proc == 1 else pol.hysteresis) * pol._price[1 - frm]
-        ok = (ctx.node == frm) & (pol._touches[:, proc] >= pol.min_epochs) & \
+        need = np.where(pol._fast[:, proc], 1, pol.min_epochs)
+        ok = (ctx.node == frm) & (pol._touches[:, proc] >= need) & \
+            ((need == 1) | (pol._total[:, proc] >= (need - 0.5) * pol._peak[:, proc])) & \
             (mgr.last_move == pol._moved) & (pol._until <= ctx.epoch) & (want_rate > 0) & \
             ((value >= pol.break_even * price) | (want_rate * pol.payback_epochs >= price))
         assert ok.sum() > 5 and (~ok).sum() > 5

@@ -16,16 +16,22 @@ PS = 64 << 10
 SWEEP = PS // 32          # sectors of one full pass over a page
 
 
-def make_trace(epochs, npages, device_frames, profile="gh200", host_frames=None):
-    """epochs: list of (processor, {vpn: sectors}) with processor 'cpu' or 'device'."""
+def make_trace(epochs, npages, device_frames, profile="gh200", host_frames=None,
+               allocations=(None,)):
+    """epochs: list of (processor, {vpn: sectors}) with processor 'cpu' or 'device';
+    ``allocations``: page counts of consecutive allocations (default: one of all pages)."""
     prof = load_profile(profile)
+    sizes = [npages if n is None else n for n in allocations]
+    starts = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(int)
+    alloc_of = np.repeat(np.arange(len(sizes), dtype=np.int32), sizes)
     header = {"format": "ccadgpu-trace", "version": 1, "page_size": PS,
               "nodes": [{"id": 0, "name": "host", "frames": host_frames or 4 * npages},
                         {"id": 1, "name": "device", "frames": device_frames}],
               "profile": prof.as_dict(),
-              "allocations": [{"id": 0, "vstart": 0, "npages": npages, "nbytes": npages * PS,
-                               "shape": [npages * PS // 8], "dtype": "<f8", "name": "x",
-                               "placement": "host"}]}
+              "allocations": [{"id": k, "vstart": int(v0), "npages": int(n),
+                               "nbytes": int(n) * PS, "shape": [int(n) * PS // 8],
+                               "dtype": "<f8", "name": f"x{k}", "placement": "host"}
+                              for k, (v0, n) in enumerate(zip(starts, sizes))]}
     recs = []
     for i, (proc, touched) in enumerate(epochs):
         v = np.array(sorted(touched), np.int64)
@@ -35,7 +41,7 @@ def make_trace(epochs, npages, device_frames, profile="gh200", host_frames=None)
         cnt = np.zeros((len(v), 2, 2, 2), np.int64)
         cnt[:, p, 0, 0] = sec[:, p, 0] * 32
         recs.append(EpochRecord(i, "host" if p == 0 else "k", proc, v, cnt, sec,
-                                np.zeros(len(v), np.int8), np.zeros(len(v), np.int32),
+                                np.zeros(len(v), np.int8), alloc_of[v],
                                 0.0, 0.0))
     return Trace(header, recs)
 

@@ -28,7 +28,8 @@ def kernels() -> dict:
 
     @njit(cache=True, nogil=True)
     def candidates(pages, proc, frm, to, node, last_move, preferred, flags, accessed_by,
-                   touches, moved, until, acc, acc_at, since, burst, epoch, min_epochs,
+                   touches, total, peak, fast, moved, until, acc, acc_at, since, burst, epoch,
+                   min_epochs,
                    dtab, wtab, gain_dev, gain_cpu, fault_home, fault_away, fault_return,
                    break_even, price, payback, wait_on, cpu_last, gap, sweep, out_pages,
                    out_rate,
@@ -42,7 +43,11 @@ def kernels() -> dict:
         nw = wtab.shape[0]
         for k in range(pages.shape[0]):
             p = pages[k]
-            if node[p] != frm or touches[p, proc] < min_epochs:
+            # evidence of reuse: epochs touching the page, and more sectors than one burst
+            need = 1 if fast[p, proc] else min_epochs
+            if node[p] != frm or touches[p, proc] < need:
+                continue
+            if need > 1 and total[p, proc] < (need - 0.5) * peak[p, proc]:
                 continue
             if last_move[p] != moved[p] or until[p] > epoch:
                 continue

@@ -160,6 +160,16 @@ class AccessCounter(Policy):
         self._acc_at = np.zeros(0, np.int64)
         self._since = np.zeros(0, np.int64)      # first touch since the last move (-1: none)
         self._touches = np.zeros((0, 2), np.int32)   # epochs touching the page since its move
+        self._total = np.zeros((0, 2))           # sectors since its move (not decayed)
+        self._peak = np.zeros((0, 2))            # most sectors in one epoch since its move
+        self._fast = np.zeros((0, 2), bool)      # one epoch of use suffices (see _learn)
+        self._seen = np.zeros((0, 2), np.int64)  # last epoch each processor touched it
+        # per allocation id and processor: its last epoch on it, pages touched then and how
+        # many of those had shown reuse
+        self._prev_e = np.zeros((0, 2), np.int64)
+        self._prev_n = np.zeros((0, 2), np.int64)
+        self._prev_r = np.zeros((0, 2), np.int64)
+        self._epoch_now = 0
         self._burst = np.zeros((0, 2))           # sectors per touching epoch (running mean)
         self._until = np.zeros(0, np.int64)      # back-off: no move before this epoch
         self._caught = np.zeros(0, np.int16)     # times caught thrashing (doubles the back-off)
@@ -182,6 +192,8 @@ class AccessCounter(Policy):
             return out
         self._acc, self._acc_at = ext(self._acc), ext(self._acc_at)
         self._since, self._touches = ext(self._since, -1), ext(self._touches)
+        self._total, self._peak, self._fast = ext(self._total), ext(self._peak), ext(self._fast)
+        self._seen = ext(self._seen, -2)
         self._burst, self._until = ext(self._burst), ext(self._until)
         self._caught, self._moved = ext(self._caught), ext(self._moved, -(1 << 40))
 
@@ -192,6 +204,10 @@ class AccessCounter(Policy):
             self._acc[lo:hi] = 0.0
             self._since[lo:hi] = -1
             self._touches[lo:hi] = 0
+            self._total[lo:hi] = 0.0
+            self._peak[lo:hi] = 0.0
+            self._fast[lo:hi] = False
+            self._seen[lo:hi] = -2
             self._burst[lo:hi] = 0.0
             self._until[lo:hi] = 0
             self._caught[lo:hi] = 0
@@ -213,18 +229,78 @@ class AccessCounter(Policy):
         acc = self._acc[i] * decay(ctx.epoch - self._acc_at[i], self.owed_halflife_epochs)[:, None]
         touches = self._touches[i]
         since = self._since[i]
+        total, peak = self._total[i], self._peak[i]
         if stale.any():
             acc[stale] = 0.0
             touches[stale] = 0
             since[stale] = -1
+            total[stale] = 0.0
+            peak[stale] = 0.0
         self._acc[i] = acc + bp
         self._acc_at[i] = ctx.epoch
         self._moved[i] = lm
         hit = bp > 0
-        self._touches[i] = touches + hit
+        touches = touches + hit
+        total = total + bp
+        peak = np.maximum(peak, bp)
+        self._touches[i] = touches
+        self._total[i], self._peak[i] = total, peak
+        self._epoch_now = ctx.epoch
+        self._learn(i, ep, hit, (touches >= 2) & (total >= 1.5 * peak))
         self._since[i] = np.where(since < 0, ctx.epoch, since)
         b = self._burst[i]
         self._burst[i] = np.where(hit, np.where(b > 0, 0.5 * (b + bp), bp), b)
+
+    def _learn(self, i: "slice | np.ndarray", ep: "Epoch", hit: np.ndarray,
+               reused: np.ndarray) -> None:
+        """Has a processor's working set in an allocation just moved on, from data it was
+        reusing?  Yes when this epoch left at least half of the pages of the allocation that
+        the processor's previous epoch on it touched, and at least half of those had shown
+        reuse (``reused``: touched in two epochs, with more sectors than the largest burst by
+        half a burst, so that a page two chunks of a stream share is no evidence).  Then the
+        pages it touches now are the new working set and need only one epoch of use
+        (:meth:`_evaluate`): a phase change is followed after one epoch, not two."""
+        ids = ep.alloc_ids
+        if ids is None or len(ids) != len(ep.vpns) or len(ids) == 0:
+            return                           # epochs built by hand: no allocation known
+        ids = np.asarray(ids, np.int64)
+        mine = ids >= 0
+        hi = int(ids.max()) + 1
+        if hi > len(self._prev_e):
+            n = max(hi, 2 * len(self._prev_e))
+
+            def grow(a: np.ndarray, fill: int) -> np.ndarray:
+                out = np.full((n, 2), fill, a.dtype)
+                out[: len(a)] = a
+                return out
+            self._prev_e, self._prev_n = grow(self._prev_e, -1), grow(self._prev_n, 0)
+            self._prev_r = grow(self._prev_r, 0)
+        # an allocation is one contiguous range of pages, and the pages come sorted: runs
+        start = np.flatnonzero(np.concatenate(([True], ids[1:] != ids[:-1])))
+        run_id = ids[start]
+        run_len = np.diff(np.append(start, len(ids)))
+        ok_run = run_id >= 0
+        safe = np.where(mine, ids, 0)
+        seen = self._seen[i]
+        fast = np.zeros((len(ids), 2), bool)
+        for proc in (CPU, DEV):
+            t = hit[:, proc] & mine
+            cont = t & (seen[:, proc] == self._prev_e[safe, proc])
+            n_now = np.add.reduceat(t, start)
+            n_cont = np.add.reduceat(cont, start)
+            n_reused = np.add.reduceat(reused[:, proc] & t, start)
+            rid = np.where(ok_run, run_id, 0)
+            prev = self._prev_n[rid, proc]
+            moved_on = ok_run & (prev > 0) & (2 * (prev - n_cont) >= prev) & \
+                (2 * self._prev_r[rid, proc] >= prev)
+            fast[:, proc] = np.repeat(moved_on, run_len) & t
+            upd = ok_run & (n_now > 0)
+            self._prev_e[run_id[upd], proc] = self._epoch_now
+            self._prev_n[run_id[upd], proc] = n_now[upd]
+            self._prev_r[run_id[upd], proc] = n_reused[upd]
+            seen[:, proc] = np.where(t, self._epoch_now, seen[:, proc])
+        self._seen[i] = seen
+        self._fast[i] = fast | (self._fast[i] & ~hit)
 
     # -- the rules -----------------------------------------------------------------------------
     def _cpu_epoch_cost(self, burst_cpu: np.ndarray, burst_dev: np.ndarray) -> np.ndarray:
@@ -317,7 +393,8 @@ class AccessCounter(Policy):
         out_w = np.empty(len(pages), np.int64)
         n, nw = _fused.kernels()["candidates"](
             pages, proc, frm, to, ctx.node, ctx.last_move, ctx.preferred, ctx.flags,
-            ctx.accessed_by, self._touches, self._moved, self._until, self._acc,
+            ctx.accessed_by, self._touches, self._total, self._peak, self._fast, self._moved,
+            self._until, self._acc,
             self._acc_at, self._since, self._burst, ctx.epoch, self.min_epochs,
             decay_table(h), decayed_window_table(h), self._gain[DEV], self._gain[CPU],
             self._fault_move[HOST], self._fault_move[DEVICE], self.cpu_fault_return,
