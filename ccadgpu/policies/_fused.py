@@ -28,8 +28,7 @@ def kernels() -> dict:
 
     @njit(cache=True, nogil=True)
     def candidates(pages, proc, frm, to, node, last_move, preferred, flags, accessed_by,
-                   touches, total, peak, fast, moved, until, acc, acc_at, since, burst, epoch,
-                   min_epochs,
+                   touches, ready, moved, until, acc, acc_at, since, burst, epoch,
                    dtab, wtab, gain_dev, gain_cpu, fault_home, fault_away, fault_return,
                    break_even, price, payback, wait_on, cpu_last, gap, sweep, out_pages,
                    out_rate,
@@ -43,11 +42,7 @@ def kernels() -> dict:
         nw = wtab.shape[0]
         for k in range(pages.shape[0]):
             p = pages[k]
-            # evidence of reuse: epochs touching the page, and more sectors than one burst
-            need = 1 if fast[p, proc] else min_epochs
-            if node[p] != frm or touches[p, proc] < need:
-                continue
-            if need > 1 and total[p, proc] < (need - 0.5) * peak[p, proc]:
+            if node[p] != frm or not ready[p, proc]:
                 continue
             if last_move[p] != moved[p] or until[p] > epoch:
                 continue
@@ -96,6 +91,44 @@ def kernels() -> dict:
         return c, nwait
 
     @njit(cache=True, nogil=True)
+    def observe(pages, by_proc, last_move, moved, acc, acc_at, since, touches, burst, total,
+                peak, dtab, epoch, min_epochs, evidence):  # pragma: no cover - jitted
+        """``AccessCounter.observe``'s per-page counts for the epoch's pages (sectors
+        ``by_proc[k, processor]``): decayed sectors, touching epochs, running mean burst,
+        sectors and largest burst since the page last moved (reset when it has moved since
+        they were kept), the window's start; ``evidence[k, processor]``: touched in
+        ``min_epochs`` epochs and ``min_epochs - 0.5`` times its largest burst."""
+        nd = dtab.shape[0]
+        for k in range(pages.shape[0]):
+            p = pages[k]
+            lm = last_move[p]
+            stale = lm != moved[p]
+            age = epoch - acc_at[p]
+            d = dtab[age if age < nd else nd - 1]
+            for q in range(2):
+                b = by_proc[k, q]
+                if stale:
+                    a, t, tot, pk = 0.0, 0, 0.0, 0.0
+                else:
+                    a, t, tot, pk = acc[p, q] * d, touches[p, q], total[p, q], peak[p, q]
+                acc[p, q] = a + b
+                if b > 0:
+                    t += 1
+                    bu = burst[p, q]
+                    burst[p, q] = 0.5 * (bu + b) if bu > 0 else b
+                    if b > pk:
+                        pk = b
+                tot += b
+                touches[p, q] = t
+                total[p, q] = tot
+                peak[p, q] = pk
+                evidence[k, q] = t >= min_epochs and tot >= (min_epochs - 0.5) * pk
+            if stale or since[p] < 0:
+                since[p] = epoch
+            acc_at[p] = epoch
+            moved[p] = lm
+
+    @njit(cache=True, nogil=True)
     def cold_pages(node, flags, preferred, heat_val, heat_epoch, last_touch, dtab, epoch,
                    lo, hi, bar, device, out_pages, out_heat, out_touch, c
                    ):  # pragma: no cover - jitted
@@ -134,5 +167,6 @@ def kernels() -> dict:
                 m = h
         return m
 
-    _K.update(candidates=candidates, cold_pages=cold_pages, min_heat=min_heat)
+    _K.update(candidates=candidates, observe=observe, cold_pages=cold_pages,
+              min_heat=min_heat)
     return _K

@@ -11,8 +11,17 @@ rent over the decayed length of the window since the page's first touch (a page 
 in nine epochs has about a quarter of the rate of one touched twice in two).
 
 **Promotion** (after each epoch, pages of the regions the device raised notifications for).  A
-page moves when it has been touched in at least ``min_epochs`` epochs since it last moved (one
-burst says nothing about the next: a page streamed once must never move) and either
+page moves when it has shown reuse (one burst says nothing about the next: a page streamed once
+must never move): it was touched in at least ``min_epochs`` epochs since it last moved, and
+in at least ``min_epochs - 0.5`` times its largest burst's sectors (a page that two chunks of a
+stream share, a few sectors in one epoch and the rest in the next, has had no byte touched
+twice).  One epoch suffices where the processor's working set in the page's allocation has just
+moved on from data it was reusing (the epoch left at least half of the pages its previous epoch
+on the allocation touched, and at least half of those had shown reuse): the new pages are the
+new working set of a phase change.  No per-page history tells, after one epoch, a stream with
+reuse from a stream without it or from a page the CPU takes next, so the first working set of
+an allocation waits for its second epoch (see the README's policy table, ``stream_reuse``).
+Then either
 
 * **payback** (the fast rule): its rate would pay for the move within ``payback_epochs``
   epochs.  Such a page moves as soon as its reuse is seen, since every epoch of waiting costs
@@ -163,6 +172,7 @@ class AccessCounter(Policy):
         self._total = np.zeros((0, 2))           # sectors since its move (not decayed)
         self._peak = np.zeros((0, 2))            # most sectors in one epoch since its move
         self._fast = np.zeros((0, 2), bool)      # one epoch of use suffices (see _learn)
+        self._ready = np.zeros((0, 2), bool)     # has shown reuse enough to move (_ready_of)
         self._seen = np.zeros((0, 2), np.int64)  # last epoch each processor touched it
         # per allocation id and processor: its last epoch on it, pages touched then and how
         # many of those had shown reuse
@@ -193,6 +203,7 @@ class AccessCounter(Policy):
         self._acc, self._acc_at = ext(self._acc), ext(self._acc_at)
         self._since, self._touches = ext(self._since, -1), ext(self._touches)
         self._total, self._peak, self._fast = ext(self._total), ext(self._peak), ext(self._fast)
+        self._ready = ext(self._ready)
         self._seen = ext(self._seen, -2)
         self._burst, self._until = ext(self._burst), ext(self._until)
         self._caught, self._moved = ext(self._caught), ext(self._moved, -(1 << 40))
@@ -207,6 +218,7 @@ class AccessCounter(Policy):
             self._total[lo:hi] = 0.0
             self._peak[lo:hi] = 0.0
             self._fast[lo:hi] = False
+            self._ready[lo:hi] = False
             self._seen[lo:hi] = -2
             self._burst[lo:hi] = 0.0
             self._until[lo:hi] = 0
@@ -222,34 +234,27 @@ class AccessCounter(Policy):
                 g = float(ctx.epoch - self._cpu_last)
                 self._cpu_gap = g if self._cpu_gap < 0 else 0.5 * (self._cpu_gap + g)
             self._cpu_last = ctx.epoch
-        i = as_index(v)
+        limit = min(len(ctx.last_move), len(self._until))
+        if v[0] < 0 or v[-1] >= limit:      # the fused loop does not check bounds
+            raise IndexError(f"epoch pages outside the {limit} pages the policy tracks")
         bp = ep.by_proc
-        lm = ctx.last_move[i]
-        stale = lm != self._moved[i]
-        acc = self._acc[i] * decay(ctx.epoch - self._acc_at[i], self.owed_halflife_epochs)[:, None]
-        touches = self._touches[i]
-        since = self._since[i]
-        total, peak = self._total[i], self._peak[i]
-        if stale.any():
-            acc[stale] = 0.0
-            touches[stale] = 0
-            since[stale] = -1
-            total[stale] = 0.0
-            peak[stale] = 0.0
-        self._acc[i] = acc + bp
-        self._acc_at[i] = ctx.epoch
-        self._moved[i] = lm
-        hit = bp > 0
-        touches = touches + hit
-        total = total + bp
-        peak = np.maximum(peak, bp)
-        self._touches[i] = touches
-        self._total[i], self._peak[i] = total, peak
+        evidence = np.empty(bp.shape, bool)
+        _fused.kernels()["observe"](
+            v, bp, ctx.last_move, self._moved, self._acc, self._acc_at, self._since,
+            self._touches, self._burst, self._total, self._peak,
+            decay_table(self.owed_halflife_epochs), ctx.epoch, self.min_epochs, evidence)
+        i = as_index(v)
         self._epoch_now = ctx.epoch
-        self._learn(i, ep, hit, (touches >= 2) & (total >= 1.5 * peak))
-        self._since[i] = np.where(since < 0, ctx.epoch, since)
-        b = self._burst[i]
-        self._burst[i] = np.where(hit, np.where(b > 0, 0.5 * (b + bp), bp), b)
+        self._learn(i, ep, bp > 0, evidence)
+        self._ready[i] = evidence | (self._fast[i] & (self._touches[i] >= 1))
+
+    def _ready_of(self, touches: np.ndarray, total: np.ndarray, peak: np.ndarray,
+                  fast: np.ndarray) -> np.ndarray:
+        """Whether pages have shown reuse enough to move (the rule :meth:`observe` keeps in
+        ``_ready``): ``min_epochs`` touching epochs and ``min_epochs - 0.5`` times the
+        largest burst's sectors, or one epoch where ``fast``."""
+        m = self.min_epochs
+        return ((touches >= m) & (total >= (m - 0.5) * peak)) | (fast & (touches >= 1))
 
     def _learn(self, i: "slice | np.ndarray", ep: "Epoch", hit: np.ndarray,
                reused: np.ndarray) -> None:
@@ -393,9 +398,8 @@ class AccessCounter(Policy):
         out_w = np.empty(len(pages), np.int64)
         n, nw = _fused.kernels()["candidates"](
             pages, proc, frm, to, ctx.node, ctx.last_move, ctx.preferred, ctx.flags,
-            ctx.accessed_by, self._touches, self._total, self._peak, self._fast, self._moved,
-            self._until, self._acc,
-            self._acc_at, self._since, self._burst, ctx.epoch, self.min_epochs,
+            ctx.accessed_by, self._touches, self._ready, self._moved, self._until, self._acc,
+            self._acc_at, self._since, self._burst, ctx.epoch,
             decay_table(h), decayed_window_table(h), self._gain[DEV], self._gain[CPU],
             self._fault_move[HOST], self._fault_move[DEVICE], self.cpu_fault_return,
             self.break_even,
