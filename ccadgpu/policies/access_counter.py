@@ -68,8 +68,10 @@ Real systems fight three failure modes, and so does this policy:
 * **ping-pong** (thrashing between CPU and device): a page that has already moved
   ``thrash_moves`` times within the manager's thrash window is left where it is, mapped
   remotely, for ``backoff_epochs`` epochs (doubling each time it is caught again), whatever
-  moved it (counters or faults); demotions need ``hysteresis`` times more net rent than
-  promotions;
+  moved it (counters or faults), unless its device burst alone saves more than its way over
+  and back, faults included (a CG search direction the device reads many times per product
+  and the CPU updates in between: ping-pong that pays is not thrashing); demotions need
+  ``hysteresis`` times more net rent than promotions;
 * **migration storms**: promotions to the device are limited to ``rate_limit_mbps`` MB/s per
   1-second window of modeled time (Linux's ``numa_balancing_promote_rate_limit_MBps``);
 * **oversubscription**: when more pages qualify than the device has free frames, the best by
@@ -409,17 +411,25 @@ class AccessCounter(Policy):
             self._pending = np.union1d(self._pending, out_w[:nw])
         return out_p[:n], out_r[:n]
 
-    def _filter_thrash(self, ctx: "PolicyContext", pages: np.ndarray,
-                       score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Drop pages backing off, and catch the ones ping-ponging (see the module docs)."""
+    def _filter_thrash(self, ctx: "PolicyContext", pages: np.ndarray, score: np.ndarray,
+                       proc: int) -> tuple[np.ndarray, np.ndarray]:
+        """Drop pages backing off, and catch the ones ping-ponging (see the module docs), when
+        moving toward processor ``proc``.  A page whose device burst alone saves more than its
+        way over and its way back (faults included) is exempt: moving it on every device touch
+        pays even if the CPU takes it home each time (ping-pong that pays is not thrashing)."""
         if len(pages) == 0:
             return pages, score
         ok = self._until[pages] <= ctx.epoch
+        pays = np.zeros(len(pages), bool)
+        if proc == DEV:
+            pays = self._burst[pages, DEV] * self._gain[DEV] > \
+                self._fault_move[DEVICE] + self._fault_move[HOST]
+            ok |= pays
         if not ok.all():
-            pages, score = pages[ok], score[ok]
+            pages, score, pays = pages[ok], score[ok], pays[ok]
         # ping-pong: moved thrash_moves times, the last one recently (a back-off served, or a
         # quiet spell longer than the thrash window, lets the page move again)
-        hot = ctx.recent_moves[pages] >= self.thrash_moves
+        hot = (ctx.recent_moves[pages] >= self.thrash_moves) & ~pays
         if hot.any():
             lm = ctx.last_move[pages]
             hot &= ((ctx.epoch - lm) <= ctx.tunables.thrash_window_epochs) & \
@@ -508,7 +518,7 @@ class AccessCounter(Policy):
         v, gain = v[ok], gain[ok]
         v_ok = (ctx.preferred[v] != HOST) & ~ctx.pinned_at(v) & \
             ((ctx.accessed_by[v] & (1 << DEVICE)) == 0)
-        v, gain = self._filter_thrash(ctx, v[v_ok], gain[v_ok])
+        v, gain = self._filter_thrash(ctx, v[v_ok], gain[v_ok], DEV)
         if len(v) == 0:
             return []
         return self._promote(ctx, v, gain, "fault")
@@ -530,12 +540,12 @@ class AccessCounter(Policy):
                 score = np.concatenate((score, s2))[order]
                 keep = np.concatenate(([True], up[1:] != up[:-1]))
                 up, score = up[keep], score[keep]
-        up, score = self._filter_thrash(ctx, up, score)
+        up, score = self._filter_thrash(ctx, up, score, DEV)
         if len(up):
             moves += self._promote(ctx, up, score, "access_counter")
         if self.demote:
             down, score = self._candidates(ctx, notes[proc == CPU], CPU)
-            down, score = self._filter_thrash(ctx, down, score)
+            down, score = self._filter_thrash(ctx, down, score, CPU)
             if len(down):
                 moves.append(Move(self._top(down, score, ctx.free(HOST)), HOST,
                                   "access_counter"))
