@@ -24,6 +24,7 @@ MADV_DONTNEED = 4
 MADV_REMOVE = 9
 MADV_HUGEPAGE = 14
 MADV_POPULATE_WRITE = 23
+MADV_COLLAPSE = 25
 _MAP_FAILED = ctypes.c_void_p(-1).value
 
 OS_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -57,6 +58,21 @@ def mmap(addr: int | None, length: int, prot: int, flags: int, fd: int = -1,
     if res is None or res == _MAP_FAILED:
         raise _fail(f"mmap(len={length}, off={offset})")
     return int(res)
+
+
+def reserve(size: int, align: int = 0) -> int:
+    """A ``PROT_NONE`` reservation of ``size`` bytes starting at a multiple of ``align`` (if not
+    0): reserve ``align`` bytes more, then unmap the unaligned head and the tail."""
+    flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE
+    if not align:
+        return mmap(None, size, PROT_NONE, flags)
+    raw = mmap(None, size + align, PROT_NONE, flags)
+    base = -(-raw // align) * align
+    if base > raw:
+        munmap(raw, base - raw)
+    if raw + align > base:
+        munmap(base + size, raw + align - base)
+    return base
 
 
 def map_fixed_shared(addr: int, length: int, fd: int, offset: int) -> None:

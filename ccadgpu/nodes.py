@@ -9,6 +9,7 @@ which the migrator copies frames without touching user mappings.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import threading
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import numpy as np
 
 from . import _sys
 from .errors import CapacityError
-from .runs import bool_runs, runs, sorted_unique
+from .runs import bool_runs, group_counts, member, runs, sorted_unique
 
 #: Freed frames a node keeps populated for reuse instead of handing them back to the OS (at most
 #: this many bytes, and an eighth of the arena), as malloc keeps freed memory: a result allocated
@@ -87,7 +88,8 @@ class Node:
     """
 
     def __init__(self, node_id: int, name: str, kind: str, capacity: int, page_size: int,
-                 prefault: bool, backed: bool = True, hugetlb: bool = False):
+                 prefault: bool, backed: bool = True, hugetlb: bool = False,
+                 collapse: bool = False):
         self.id = node_id
         self.name = name
         self.kind = kind
@@ -116,25 +118,39 @@ class Node:
         why = "4 KiB pages: hugetlb not asked for (tunables.hugetlb)"
         if hugetlb:
             why = self._open_hugetlb(f"ccadgpu-node{node_id}-{name}", size, flags)
+        #: frames per 2 MiB chunk when fresh chunks are collapsed into huge pages, else 0
+        self._chunk = 0
+        #: 2 MiB chunks of fresh frames the kernel has collapsed into huge pages so far
+        self.collapsed_chunks = 0
         if not self.huge:
+            if collapse and (HUGE_PAGE % page_size == 0 or page_size % HUGE_PAGE == 0):
+                self._chunk = max(1, HUGE_PAGE // page_size)
+            thp = page_size % HUGE_PAGE == 0
+            if thp or self._chunk:               # populated below, not by MAP_POPULATE
+                flags &= ~_sys.MAP_POPULATE
             self.fd = os.memfd_create(f"ccadgpu-node{node_id}-{name}", os.MFD_CLOEXEC)
             try:
                 os.ftruncate(self.fd, size)
-                thp = page_size % HUGE_PAGE == 0
-                self.base = _sys.mmap(None, size, _sys.PROT_READ | _sys.PROT_WRITE,
-                                      flags & ~_sys.MAP_POPULATE if thp else flags, self.fd, 0)
+                # 2 MiB-aligned, so that the arena's huge pages (if any) map as huge pages
+                self.base = _sys.mmap(_sys.reserve(size, HUGE_PAGE), size,
+                                      _sys.PROT_READ | _sys.PROT_WRITE, flags | _sys.MAP_FIXED,
+                                      self.fd, 0)
                 if thp:
-                    self._ask_thp(size, prefault)
+                    self._ask_thp(size, prefault and not self._chunk)
             except BaseException:
                 os.close(self.fd)
                 raise
             self.backing = f"memfd, {why}"
+            if self._chunk:
+                self.backing += "; fresh 2 MiB chunks collapsed into transparent huge pages"
         self._size = size
-        if prefault:
-            self._populated[:] = True
-            self._nwarm = self.frames
         # A byte view of the whole arena: the migrator copies frames through it.
         self.view = np.ctypeslib.as_array((ctypes.c_uint8 * size).from_address(self.base))
+        if prefault:
+            if self._chunk:
+                self._populate(np.arange(self.frames, dtype=np.int64))
+            self._populated[:] = True
+            self._nwarm = self.frames
 
     def _ask_thp(self, size: int, prefault: bool) -> None:
         """Ask for transparent huge pages on a memfd arena (page_size a multiple of 2 MiB), then
@@ -222,9 +238,52 @@ class Node:
             self._nfree -= n
             fresh = frames[~self._populated[frames]]
             if len(fresh):
-                self._advise(fresh, _sys.MADV_POPULATE_WRITE, ignore_errors=True)
+                self._populate(np.sort(fresh))
                 self._populated[fresh] = True
         return frames
+
+    def _populate(self, fresh: np.ndarray) -> None:
+        """Fault in never-touched frames (sorted).  Whole 2 MiB-aligned chunks among them
+        become transparent huge pages where the kernel collapses them: one base page touched,
+        then MADV_COLLAPSE, which costs about what faulting in 512 base pages does; a chunk the
+        kernel will not collapse (no huge page free, an old kernel) gets base pages."""
+        rest = fresh
+        if self._chunk:
+            c = self._chunk
+            chunk = fresh // c
+            ids, _, count = group_counts(chunk)
+            whole = ids[count == c]
+            if len(whole):
+                done = self._collapse(whole)
+                if len(done):
+                    rest = fresh[~member(chunk, done)]
+        if len(rest):
+            self._advise(rest, _sys.MADV_POPULATE_WRITE, ignore_errors=True)
+
+    def _collapse(self, chunks: np.ndarray) -> np.ndarray:
+        """Collapse the given 2 MiB chunks (sorted, every frame fresh) into huge pages through
+        the direct map; returns the chunks that were (per run of adjacent chunks: all or
+        none).  A kernel without MADV_COLLAPSE turns the feature off for this node."""
+        cb = self._chunk * self.page_size
+        done = []
+        at, lens = runs(chunks)
+        for s, n in zip(chunks[at].tolist(), lens.tolist()):
+            addr = self.base + s * cb
+            try:
+                for k in range(n):          # collapse needs a populated page in each chunk
+                    _sys.madvise(addr + k * cb, _sys.OS_PAGE, _sys.MADV_POPULATE_WRITE)
+                _sys.madvise(addr, n * cb, _sys.MADV_COLLAPSE)
+            except OSError as exc:
+                if exc.errno == errno.EINVAL:   # no MADV_COLLAPSE here (Linux < 6.1)
+                    self._chunk = 0
+                    self.backing = self.backing.replace(
+                        "; fresh 2 MiB chunks collapsed into transparent huge pages",
+                        "; no MADV_COLLAPSE on this kernel (base pages)")
+                    break
+                continue                        # EAGAIN/ENOMEM: base pages for this run
+            done.append(np.arange(s, s + n, dtype=np.int64))
+            self.collapsed_chunks += n
+        return np.concatenate(done) if done else np.zeros(0, np.int64)
 
     def give(self, frames: np.ndarray, release: bool = False) -> None:
         """Return frames to the free pool; ``release`` also hands their memory back to the OS,

@@ -159,10 +159,10 @@ class Space:
             else:
                 huge = self.tunables.hugetlb
                 self.nodes.append(Node(HOST, "host", "host", host, ps, prefault=False,
-                                       hugetlb=huge))
+                                       hugetlb=huge, collapse=self.tunables.thp_collapse))
                 # device memory is pre-faulted: migrations then run at memcpy speed
                 self.nodes.append(Node(DEVICE, "device", "device", dev, ps, prefault=True,
-                                       hugetlb=huge))
+                                       hugetlb=huge, collapse=self.tunables.thp_collapse))
                 total = sum(n.frames for n in self.nodes)
                 self.va = VASpace(2 * total + 1024, ps)
         except BaseException:

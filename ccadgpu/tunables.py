@@ -52,6 +52,12 @@ register(Knob("hugetlb", bool, True,
               "a multiple of 2 MiB and the OS's pool (vm.nr_hugepages) can reserve the node's "
               "whole capacity; else, or when False, 4 KiB memfd pages.  Read when a Space is "
               "created (space.node_info() says what each node got and why)."))
+register(Knob("thp_collapse", bool, True,
+              "On memfd arenas, fault in each whole 2 MiB-aligned chunk of fresh frames as one "
+              "transparent huge page (MADV_COLLAPSE, Linux 6.1+, which shmem THP's sysfs "
+              "setting does not govern) instead of 512 base pages, so that pages mapped at "
+              "matching 2 MiB-aligned addresses get 2 MiB TLB entries as NumPy's arrays do.  "
+              "Read when a Space is created (space.node_info() says what each node got)."))
 register(Knob("allow_pinned_on_device", bool, True,
               "Allow explicit placement='device' with pinned=True and pin() of device pages. "
               "Such pages block device offline until unpinned."))

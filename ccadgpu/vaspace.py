@@ -49,25 +49,11 @@ class _MapBudget:
 
 MAP_BUDGET = _MapBudget()
 
-#: Pages whose size is a multiple of this start at addresses aligned to it, so that hugetlb
-#: arenas can be mapped there (MAP_FIXED of a hugetlb file needs 2 MiB-aligned addresses) and
-#: shmem huge pages could be mapped by one PMD where the OS allows them.
+#: The range starts at a multiple of this when the page size divides it or is a multiple of it,
+#: so that hugetlb arenas can be mapped there (MAP_FIXED of a hugetlb file needs 2 MiB-aligned
+#: addresses) and an arena's 2 MiB huge pages are mapped by one PMD wherever a run of pages
+#: sits at the same offset within 2 MiB in the range as in its arena.
 HUGE_ALIGN = 2 << 20
-
-
-def _reserve(size: int, align: int) -> int:
-    """A PROT_NONE reservation of ``size`` bytes starting at a multiple of ``align`` (if not 0):
-    reserve ``align`` bytes more, then unmap the unaligned head and the tail."""
-    flags = _sys.MAP_PRIVATE | _sys.MAP_ANONYMOUS | _sys.MAP_NORESERVE
-    if not align:
-        return _sys.mmap(None, size, _sys.PROT_NONE, flags)
-    raw = _sys.mmap(None, size + align, _sys.PROT_NONE, flags)
-    base = -(-raw // align) * align
-    if base > raw:
-        _sys.munmap(raw, base - raw)
-    if raw + align > base:
-        _sys.munmap(base + size, raw + align - base)
-    return base
 
 
 class VASpace:
@@ -79,8 +65,8 @@ class VASpace:
         self.page_size = page_size
         self.npages = npages
         self.size = npages * page_size
-        self.base = _reserve(self.size, HUGE_ALIGN if page_size % HUGE_ALIGN == 0 else 0) \
-            if base is None else int(base)
+        huge = page_size % HUGE_ALIGN == 0 or HUGE_ALIGN % page_size == 0
+        self.base = _sys.reserve(self.size, HUGE_ALIGN if huge else 0) if base is None else int(base)
         self._free_starts = [0]          # sorted free extents (start, length), coalesced
         self._free_lens = [npages]
         self._lock = threading.Lock()

@@ -75,3 +75,42 @@ def test_hugetlb_arenas_when_the_pool_has_room():
         ops.gather(out, x, idx)
         assert np.array_equal(out, np.asarray(x)[np.asarray(idx)])
     assert nodes_mod.hugetlb_pool()["available"] == before               # all given back
+
+
+def _pmd_mapped_kib(addr):
+    """ShmemPmdMapped (kB) of the mapping that holds ``addr``."""
+    with open("/proc/self/smaps") as f:
+        blocks = f.read().split("\n")
+    inside, total = False, 0
+    for line in blocks:
+        head = line.split(" ", 1)[0]
+        if "-" in head and ":" not in head:
+            lo, hi = (int(x, 16) for x in head.split("-"))
+            inside = lo <= addr < hi
+        elif inside and line.startswith("ShmemPmdMapped:"):
+            total += int(line.split()[1])
+    return total
+
+
+def test_fresh_chunks_become_transparent_huge_pages():
+    """With 64 KiB pages, an allocation's whole 2 MiB chunks of fresh host frames are
+    collapsed into huge pages (MADV_COLLAPSE) and mapped by PMDs; data stays right through
+    migration, offline and reuse."""
+    ref = np.random.default_rng(4).standard_normal(8 * MiB // 8)
+    with ccadgpu.Space(device_memory="16MiB", host_memory="64MiB") as sp:
+        host = sp.nodes[0]
+        assert sp.va.base % (2 * MiB) == 0 and host.base % (2 * MiB) == 0
+        a = sp.asarray(ref)
+        assert np.array_equal(a, ref)
+        if host.collapsed_chunks == 0:
+            pytest.skip(f"the kernel collapsed no chunk here ({host.backing})")
+        assert "collapsed into transparent huge pages" in host.info().backing
+        addr = a.__array_interface__["data"][0]
+        assert _pmd_mapped_kib(addr) >= 2048 * min(host.collapsed_chunks, 3)
+        _exercise(sp)
+        assert np.array_equal(a, ref)
+    with ccadgpu.Space(device_memory="16MiB", host_memory="64MiB", thp_collapse=False) as sp:
+        a = sp.asarray(ref)
+        assert sp.nodes[0].collapsed_chunks == 0 and "collapsed" not in sp.nodes[0].backing
+        assert _pmd_mapped_kib(a.__array_interface__["data"][0]) == 0
+        assert np.array_equal(a, ref)
