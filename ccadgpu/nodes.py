@@ -210,10 +210,13 @@ class Node:
                 f"page_size={self.page_size})")
 
     # -- frame allocation ----------------------------------------------------------------------
-    def take(self, n: int, partial: bool = False) -> np.ndarray:
-        """Take ``n`` free frames (fewer if ``partial``).  Frames that are already populated go
-        first, lowest address first, so that requests get contiguous runs and copies never pay
-        for page faults; never-touched frames are populated before they are handed out."""
+    def take(self, n: int, partial: bool = False, phase: int = 0,
+             period: int = 1) -> np.ndarray:
+        """Take ``n`` free frames (fewer if ``partial``).  With ``period`` > 1, the first free
+        run of ``n`` frames starting at ``phase`` modulo ``period`` if there is one (a run of
+        pages then maps its huge pages as such).  Otherwise frames that are already populated
+        go first, lowest address first, so that requests get contiguous runs and copies never
+        pay for page faults; never-touched frames are populated before they are handed out."""
         with self._lock:
             if n > self._nfree and not partial:
                 raise CapacityError(f"node {self.id} ({self.name}) has {self._nfree} free frames, "
@@ -221,6 +224,10 @@ class Node:
             n = min(n, self._nfree)
             if n == 0:
                 return np.zeros(0, np.int64)
+            if period > 1 and n >= period:
+                run = self._aligned_run(n, phase % period, period)
+                if run is not None:
+                    return self._hand_out(run)
             # Early-stopping scans: a host arena has as many frames as the machine has pages,
             # and a full scan per allocation would cost more than a small allocation itself.
             frames = self._first_free(True, min(n, self._nwarm)) if self._nwarm else \
@@ -232,14 +239,28 @@ class Node:
                 # the warm count went out of step with the masks: never hand out too few
                 rest = np.setdiff1d(np.flatnonzero(self._free), frames)[: n - len(frames)]
                 frames = np.sort(np.concatenate((frames, rest)))
-            frames = frames.astype(np.int64)
-            self._nwarm -= int(np.count_nonzero(self._populated[frames]))
-            self._free[frames] = False
-            self._nfree -= n
-            fresh = frames[~self._populated[frames]]
-            if len(fresh):
-                self._populate(np.sort(fresh))
-                self._populated[fresh] = True
+            return self._hand_out(frames.astype(np.int64))
+
+    def _aligned_run(self, n: int, phase: int, period: int) -> np.ndarray | None:
+        """The first ``n`` free frames in a row starting at ``phase`` modulo ``period``, or
+        None.  One pass over the free mask (requests of 2 MiB and more only).  Lock held."""
+        starts, lens = bool_runs(self._free)
+        first = starts + (phase - starts) % period
+        ok = np.flatnonzero(first + n <= starts + lens)
+        if len(ok) == 0:
+            return None
+        return np.arange(first[ok[0]], first[ok[0]] + n, dtype=np.int64)
+
+    def _hand_out(self, frames: np.ndarray) -> np.ndarray:
+        """Mark ``frames`` (distinct, free) taken, populating the never-touched ones.  Lock
+        held."""
+        self._nwarm -= int(np.count_nonzero(self._populated[frames]))
+        self._free[frames] = False
+        self._nfree -= len(frames)
+        fresh = frames[~self._populated[frames]]
+        if len(fresh):
+            self._populate(np.sort(fresh))
+            self._populated[fresh] = True
         return frames
 
     def _populate(self, fresh: np.ndarray) -> None:

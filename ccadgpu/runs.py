@@ -25,6 +25,17 @@ def runs(*seqs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return starts, lengths
 
 
+def run_phase(seq: np.ndarray, period: int) -> int:
+    """``(seq[k] - k) % period`` at the start ``k`` of the longest run of ``seq`` (see
+    :func:`runs`): the phase that a run of consecutive numbers paired with ``seq`` needs for its
+    longest run to sit at the same offset modulo ``period`` as its partner."""
+    if period <= 1 or len(seq) == 0:
+        return 0
+    at, lens = runs(seq)
+    k = int(at[int(np.argmax(lens))])
+    return int(seq[k] - k) % period
+
+
 def bool_runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Runs of True in a boolean mask: ``(starts, lengths)``."""
     m = np.concatenate(([False], np.asarray(mask, bool), [False]))

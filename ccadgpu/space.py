@@ -38,7 +38,8 @@ from .telemetry import VmStat
 from .trace import Trace
 from .tunables import Tunables
 from .units import parse_size
-from .vaspace import MAP_BUDGET, VASpace, count_breaks
+from .runs import run_phase
+from .vaspace import HUGE_ALIGN, MAP_BUDGET, VASpace, count_breaks
 
 HOST, DEVICE = 0, 1
 
@@ -359,6 +360,15 @@ class Space:
             return nodes, colour
         return aligned, 0
 
+    @property
+    def _huge_period(self) -> int:
+        """Pages per 2 MiB when arenas may hold huge pages that a run of pages can be mapped by
+        (CPU stand-in, page size dividing 2 MiB), else 1: runs of pages are placed at the same
+        offset within 2 MiB in the virtual range as their frames in the arena."""
+        if self.gpu is not None or HUGE_ALIGN % self.page_size:
+            return 1
+        return HUGE_ALIGN // self.page_size
+
     def _empty(self, shape: Any, dtype: Any, placement: Any, pinned: bool, name: Any,
                place_now: bool) -> ManagedArray:
         self._reap()
@@ -387,7 +397,8 @@ class Space:
                     f = self.nodes[n].take(int(sel.sum()))
                     taken.append((n, f))
                     frames[sel] = f
-                vstart = self.va.allocate(npages)
+                period = self._huge_period if npages >= self._huge_period else 1
+                vstart = self.va.allocate(npages, run_phase(frames, period), period)
                 if self.gpu is None:
                     charged = count_breaks(nodes, frames)
                     MAP_BUDGET.charge(charged, f"allocating {npages} pages")
@@ -700,19 +711,28 @@ class Space:
 
     # -- the migration manager ---------------------------------------------------------------------
     def _queue_epoch(self, epoch: int, kernel: str, processor: int, tally: Any,
-                     wall: float) -> None:
+                     wall: float) -> np.ndarray | None:
         """Hand a finished epoch to the manager (space lock held); it runs in
         :meth:`_run_manager`, outside every lock and writer section.  Each page's allocation
         and node are captured now, so that pages freed (and perhaps reused) before the manager
-        gets to the epoch are recognised."""
+        gets to the epoch are recognised.  Returns the allocation ids (for the trace record:
+        they are the same now)."""
         from .manager import Epoch
         if len(tally.vpns):
             v = np.asarray(tally.vpns, np.int64)
             ep = Epoch(0, epoch, kernel, processor, v, np.asarray(tally.sectors, np.int64),
                        processor == DEVICE, wall)
-            ep.alloc_ids = self.pt.alloc[v].copy()
+            ep.alloc_ids = self._alloc_ids(v)
             ep.rec_node = np.asarray(tally.node, np.int8)
             self._mq.append(ep)
+            return ep.alloc_ids
+        return None
+
+    def _alloc_ids(self, v: np.ndarray) -> np.ndarray:
+        """Allocation id of pages ``v`` (sorted, unique), a copy (space lock held)."""
+        if len(v) and int(v[-1]) - int(v[0]) + 1 == len(v):      # one run: a slice
+            return self.pt.alloc[int(v[0]): int(v[-1]) + 1].copy()
+        return self.pt.alloc[v]
 
     def _device_view(self, lo: int, hi: int) -> np.ndarray:
         """Node of pages ``[lo, hi)`` as the device sees them: a read-mostly page with a device
@@ -774,7 +794,10 @@ class Space:
         ids = getattr(ep, "alloc_ids", None)
         if ids is None:
             return ep
-        ok = self.pt.alloc[ep.vpns] == ids
+        v = ep.vpns
+        now = self.pt.alloc[int(v[0]): int(v[-1]) + 1] \
+            if len(v) and int(v[-1]) - int(v[0]) + 1 == len(v) else self.pt.alloc[v]
+        ok = now == ids
         if not ok.all():
             ep.gone_sectors, ep.gone_node = ep.sectors[~ok], ep.rec_node[~ok]
             ep.vpns, ep.sectors, ep.alloc_ids = ep.vpns[ok], ep.sectors[ok], ids[ok]

@@ -73,17 +73,29 @@ class VASpace:
         self.high_water = 0
         self.closed = False
 
-    def allocate(self, n: int) -> int:
-        """First-fit ``n`` pages; returns the first virtual page number."""
+    def allocate(self, n: int, phase: int = 0, period: int = 1) -> int:
+        """First-fit ``n`` pages; returns the first virtual page number.  With ``period`` > 1,
+        the first free place whose start is ``phase`` modulo ``period`` pages, if there is one
+        (else first fit): a run of pages then sits at the same offset within a 2 MiB block as
+        its frames do in their arena, so that huge pages there can be mapped as such."""
         with self._lock:
-            for i, ln in enumerate(self._free_lens):
-                if ln >= n:
-                    start = self._free_starts[i]
-                    if ln == n:
-                        del self._free_starts[i], self._free_lens[i]
+            for fit in ((phase % period, period),) * (period > 1) + ((0, 1),):
+                for i, ln in enumerate(self._free_lens):
+                    first = self._free_starts[i]
+                    start = first + (fit[0] - first) % fit[1]
+                    if start + n > first + ln:
+                        continue
+                    tail = first + ln - (start + n)
+                    if start > first:           # the skipped head stays free
+                        self._free_lens[i] = start - first
+                        if tail:
+                            self._free_starts.insert(i + 1, start + n)
+                            self._free_lens.insert(i + 1, tail)
+                    elif tail:
+                        self._free_starts[i] = start + n
+                        self._free_lens[i] = tail
                     else:
-                        self._free_starts[i] += n
-                        self._free_lens[i] -= n
+                        del self._free_starts[i], self._free_lens[i]
                     self.high_water = max(self.high_water, start + n)
                     return start
         raise CapacityError(f"virtual range exhausted: no {n} contiguous free pages")

@@ -100,13 +100,20 @@ def test_fresh_chunks_become_transparent_huge_pages():
     with ccadgpu.Space(device_memory="16MiB", host_memory="64MiB") as sp:
         host = sp.nodes[0]
         assert sp.va.base % (2 * MiB) == 0 and host.base % (2 * MiB) == 0
+        small = sp.asarray(ref[:10000])      # two pages: what follows is not 2 MiB-aligned
         a = sp.asarray(ref)
         assert np.array_equal(a, ref)
         if host.collapsed_chunks == 0:
             pytest.skip(f"the kernel collapsed no chunk here ({host.backing})")
         assert "collapsed into transparent huge pages" in host.info().backing
         addr = a.__array_interface__["data"][0]
-        assert _pmd_mapped_kib(addr) >= 2048 * min(host.collapsed_chunks, 3)
+        # the allocation's pages sit at their frames' offsets within 2 MiB: 3 whole chunks
+        # (of the 4 and a bit it spans) are mapped by PMDs, on the host and, after a move, on
+        # the device (whose arena was collapsed when it was created), and back
+        for where in ("host", "device", "host"):
+            assert sp.move_pages(a, where).ok and np.array_equal(a, ref)
+            assert _pmd_mapped_kib(addr) >= 3 * 2048, where
+        assert np.array_equal(small, ref[:10000])
         _exercise(sp)
         assert np.array_equal(a, ref)
     with ccadgpu.Space(device_memory="16MiB", host_memory="64MiB", thp_collapse=False) as sp:
