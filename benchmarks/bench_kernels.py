@@ -9,8 +9,9 @@ For each kernel, at ``--size`` per main array (>= 256 MiB for the recorded table
 * **plain**: the Numba kernel itself (``ccadgpu.kernels.cpu``) on plain NumPy arrays, as NumPy
   allocates them (NumPy asks for transparent huge pages on large arrays).  Indexed kernels run
   with their index check on, as ``ccadgpu.ops`` runs them;
-* **plain 4K**: the same on plain arrays allocated without huge pages (4 KiB PTEs, like the
-  memfd-backed managed arrays, whose shmem huge pages are off on such machines);
+* **plain 4K**: the same on plain arrays allocated without huge pages (4 KiB PTEs, as the
+  managed arrays had before the arenas collapsed fresh 2 MiB chunks into huge pages, and still
+  have where the kernel cannot: ``tunables.thp_collapse``);
 * **raw**: the same Numba kernel on plain views of the *managed* arrays (the memory layout of
   the stand-in, none of the library's work);
 * **off**: ``ccadgpu.ops.<kernel>`` on managed arrays with ``access_counters=False`` (validation,
@@ -35,7 +36,9 @@ memory without huge pages), ``off / raw`` (what the library adds on the same mem
 plus the manager's step, as a user gets it) and ``check`` (``plain / unchecked``).
 ``modeled`` is the launch's modeled time on the gh200 profile (arrays on the host, so the
 device streams them over NVLink-C2C).  ``arena`` says how the space's arenas are backed
-(hugetlb 2 MiB pages need ``--page-size 2MiB`` and a big enough ``vm.nr_hugepages``).
+(hugetlb 2 MiB pages need ``--page-size 2MiB`` and a big enough ``vm.nr_hugepages``; with
+64 KiB pages, fresh 2 MiB chunks collapsed into transparent huge pages, where the kernel has
+MADV_COLLAPSE).
 """
 from __future__ import annotations
 
@@ -155,7 +158,10 @@ def bench_kernel(kernel: str, n: int, page: int, repeat: int, rng: np.random.Gen
     host = -(-host // page) * page
     with ccadgpu.Space(device_memory=max(page, 64 << 20), host_memory=host, page_size=page,
                        profile="gh200") as sp:
-        arena = sp.nodes[0].backing.split(":")[0].split(" (")[0]
+        host = sp.nodes[0]
+        arena = host.backing.split(":")[0].split(" (")[0]
+        if host.collapsed_chunks:
+            arena += f", {host.collapsed_chunks} chunks collapsed into 2 MiB huge pages"
         managed = {k: sp.asarray(v, name=k) for k, v in base.items()}
         del base
         gc.collect()
