@@ -63,7 +63,9 @@ def huge_pages_summary() -> str:
         shmem = "unknown"
     return (f"hugetlb 2 MiB pool: {pool['total']} pages ({pool['available']} available; "
             f"arenas use it when page_size is a multiple of 2 MiB and a node's whole capacity "
-            f"fits); shmem transparent huge pages: {shmem}")
+            f"fits); shmem transparent huge pages: {shmem} (with pages dividing 2 MiB, arenas "
+            f"collapse fresh 2 MiB chunks into huge pages with MADV_COLLAPSE, Linux 6.1+, "
+            f"whatever this setting: tunables.thp_collapse)")
 
 
 @dataclass(frozen=True)
