@@ -39,6 +39,7 @@ NumPy functions' partial reads (a ``np.take`` is counted as a read of its whole 
 """
 from __future__ import annotations
 
+import bisect
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
@@ -59,6 +60,9 @@ LOCAL, REMOTE = 0, 1
 PROC_NAMES = ("cpu", "device")
 RW_NAMES = ("read", "write")
 LOC_NAMES = ("local", "remote")
+#: the vmstat counter of each (proc, rw, loc), in ``proc*4 + rw*2 + loc`` order
+_BYTE_STATS = tuple(f"access_bytes_{p}_{r}_{lc}" for p in PROC_NAMES for r in RW_NAMES
+                    for lc in LOC_NAMES)
 
 
 
@@ -90,18 +94,63 @@ register(Knob("access_counter_buffer", int, 1 << 16,
 # --------------------------------------------------------------------------------------------
 @dataclass
 class Footprint:
-    """Per-page traffic of one access to one array: pages ``[vlo, vlo + len(nbytes))``."""
+    """Per-page traffic of one access to one array: pages ``[vlo, vlo + len(nbytes))``.
+    ``full``: every page has bytes (None: not known)."""
     vlo: int
     nbytes: np.ndarray     # int64 bytes per page
     sectors: np.ndarray    # int64 32-byte sectors per page
+    full: bool | None = None
 
     @property
     def vhi(self) -> int:
         return self.vlo + len(self.nbytes)
 
+    def is_full(self) -> bool:
+        if self.full is None:
+            self.full = bool(len(self.nbytes)) and bool(self.nbytes.all())
+        return self.full
+
 
 def _sectors_of(nbytes: np.ndarray) -> np.ndarray:
     return (nbytes + (SECTOR - 1)) // SECTOR
+
+
+class _RangeCache:
+    """Per-page bytes and sectors of one contiguous byte range, by (page size, pages, offset
+    in the first page, bytes): the same for every launch over the same array, so they are
+    computed once and shared (read-only) by every footprint and tally that uses them, trace
+    records included.  Bounded by the pages it holds (oldest entries go first)."""
+
+    def __init__(self, max_pages: int = 1 << 20):
+        self.max_pages = max_pages
+        self._d: dict[tuple[int, int, int, int], tuple[np.ndarray, np.ndarray]] = {}
+        self._pages = 0
+        self._lock = threading.Lock()
+
+    def get(self, P: int, n: int, lo: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+        key = (P, n, lo, size)
+        hit = self._d.get(key)
+        if hit is not None:
+            return hit
+        nbytes = np.full(n, P, np.int64)
+        hi = lo + size
+        nbytes[0] = min(hi, P) - lo
+        if n > 1:
+            nbytes[-1] = hi - (n - 1) * P
+        sectors = _sectors_of(nbytes)
+        nbytes.flags.writeable = False
+        sectors.flags.writeable = False
+        with self._lock:
+            if key not in self._d and n <= self.max_pages:
+                while self._d and self._pages + n > self.max_pages:
+                    old = next(iter(self._d))
+                    self._pages -= len(self._d.pop(old)[0])
+                self._d[key] = (nbytes, sectors)
+                self._pages += n
+        return nbytes, sectors
+
+
+_RANGES = _RangeCache()
 
 
 def _span(space: "Space", arr: np.ndarray) -> tuple[int, int]:
@@ -116,25 +165,24 @@ def _base_offset(space: "Space", arr: np.ndarray, vlo: int) -> int:
     return int(arr.__array_interface__["data"][0] - space.va.addr(vlo))
 
 
-def dense_footprint(space: "Space", arr: np.ndarray) -> Footprint:
-    """Bytes of ``arr`` in each page it spans, computed arithmetically (any strides).
+def dense_footprint(space: "Space", arr: np.ndarray,
+                    span: tuple[int, int] | None = None) -> Footprint:
+    """Bytes of ``arr`` in each page it spans, computed arithmetically (any strides);
+    ``span``: ``arr``'s (first vpn, pages) if the caller has them.
 
-    C/F-contiguous arrays are one byte range; other layouts are split into their contiguous
-    inner blocks, whose per-page coverage is summed with sorted prefix sums (no per-element
-    Python work; memory proportional to the number of blocks)."""
-    vlo, n = _span(space, arr)
+    C/F-contiguous arrays are one byte range (cached: see :class:`_RangeCache`); other
+    layouts are split into their contiguous inner blocks, whose per-page coverage is summed
+    with sorted prefix sums (no per-element Python work; memory proportional to the number of
+    blocks)."""
+    vlo, n = _span(space, arr) if span is None else span
     P = space.page_size
+    if arr.size and (arr.flags.c_contiguous or arr.flags.f_contiguous):
+        # one byte range from an offset in [0, P): read-only arrays shared by every launch
+        nbytes, sectors = _RANGES.get(P, n, _base_offset(space, arr, vlo), arr.nbytes)
+        return Footprint(vlo, nbytes, sectors, True)
     nbytes = np.zeros(n, np.int64)
     if arr.size == 0:
-        return Footprint(vlo, nbytes, nbytes.copy())
-    if arr.flags.c_contiguous or arr.flags.f_contiguous:
-        lo = _base_offset(space, arr, vlo)     # in [0, P)
-        hi = lo + arr.nbytes
-        nbytes[:] = P
-        nbytes[0] = min(hi, P) - lo
-        if n > 1:
-            nbytes[-1] = hi - (n - 1) * P
-        return Footprint(vlo, nbytes, _sectors_of(nbytes))
+        return Footprint(vlo, nbytes, nbytes.copy(), False)
     bounds = np.arange(n + 1, dtype=np.int64) * P     # page boundaries, relative to page 0
     # Strided: starts of the contiguous inner blocks of length L bytes.
     shape, strides, isz = arr.shape, arr.strides, arr.itemsize
@@ -287,27 +335,39 @@ class Tally:
     placement ``node[n]`` the local/remote split was made with, bytes
     ``counts[n, proc, rw, loc]`` and 32-byte ``sectors[n, proc, rw]``.
 
-    Built column by column (only the (proc, rw, loc) columns an epoch touched exist, in
-    ``cols``/``scols``, keyed ``proc*4 + rw*2 + loc`` and ``proc*2 + rw``); the full
-    ``counts``/``sectors`` matrices are materialised on first access.  ``totals[proc, rw, loc]``
-    and ``by_node[proc, node]`` (sectors) summarise it; ``remote_sectors[proc, n]`` feeds the
-    notification accumulators."""
+    Held in one of three forms, all read through the same methods: the full matrices; column
+    by column (only the (proc, rw, loc) columns an epoch touched exist, in ``cols``/``scols``,
+    keyed ``proc*4 + rw*2 + loc`` and ``proc*2 + rw``; the matrices are materialised on first
+    access); or, when every access of the epoch touched every page of its span (dense sweeps,
+    the common case), as those accesses themselves: ``parts``, each (first row, processor, rw,
+    footprint, node, byte column) over the rows ``runs`` (merged spans ``(first vpn, end)``);
+    a part on one node has that node and its column, one on both sides its per-page nodes
+    and -1.  A dense sweep's footprint is shared with every other launch over the same array
+    (:class:`_RangeCache`), so nothing per page is kept: vpns, nodes, columns and matrices are
+    computed when asked for, and not kept (a trace holds thousands of tallies).
+    ``totals[proc, rw, loc]`` and ``by_node[proc, node]`` (sectors) summarise it;
+    ``remote_sectors[proc, n]`` feeds the notification accumulators."""
 
-    def __init__(self, vpns: np.ndarray, node: np.ndarray,
+    def __init__(self, vpns: np.ndarray | None, node: np.ndarray | None,
                  counts: np.ndarray | None = None, sectors: np.ndarray | None = None,
                  cols: dict[int, np.ndarray] | None = None,
                  scols: dict[int, np.ndarray] | None = None,
                  totals: np.ndarray | None = None, by_node: np.ndarray | None = None,
-                 remote_sectors: np.ndarray | None = None):
-        self.vpns = vpns
-        self.node = node
+                 remote_sectors: np.ndarray | None = None, parts: list | None = None,
+                 local: tuple[int, int] = (0, 1), runs: list | None = None):
+        self._vpns = vpns
+        self._node = node
         self._counts = counts
         self._sectors = sectors
-        self.cols = cols
-        self.scols = scols
+        self._cols = cols
+        self._scols = scols
         self.totals = totals
         self.by_node = by_node
         self.remote_sectors = remote_sectors
+        self.parts = parts
+        self.local = local
+        self.runs = runs
+        self.n = len(vpns) if vpns is not None else sum(b - a for a, b in runs or ())
 
     @staticmethod
     def empty() -> "Tally":
@@ -317,35 +377,141 @@ class Tally:
                      remote_sectors=np.zeros((2, 0), np.int64))
 
     @property
+    def vpns(self) -> np.ndarray:
+        if self._vpns is not None:
+            return self._vpns
+        runs = self.runs or []
+        if len(runs) == 1:
+            return np.arange(runs[0][0], runs[0][1], dtype=np.int64)
+        return np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in runs])
+
+    @property
+    def node(self) -> np.ndarray:
+        if self._node is not None:
+            return self._node
+        node = np.full(self.n, -1, np.int8)
+        for row, _proc, _rw, fp, nd, _kk in self.parts or ():
+            node[row: row + len(fp.nbytes)] = nd
+        return node
+
+    # -- the parts form ------------------------------------------------------------------------
+    def _pieces(self, local: tuple[int, int] | None = None) -> Any:
+        """Per part (and, for a part on both sides, per side): (first row, first vpn, byte
+        column, sector column, bytes, sectors, remote?)."""
+        local = self.local if local is None else local
+        for row, proc, rw, fp, nd, kk in self.parts or ():
+            k, ks = proc * 4 + rw * 2, proc * 2 + rw
+            if kk >= 0:
+                yield row, fp.vlo, kk, ks, fp.nbytes, fp.sectors, nd != local[proc]
+                continue
+            remote = nd != local[proc]
+            for side, mask in ((LOCAL, ~remote), (REMOTE, remote)):
+                yield (row, fp.vlo, k + side, ks, np.where(mask, fp.nbytes, 0),
+                       np.where(mask, fp.sectors, 0), side == REMOTE)
+
+    def _matrix(self, width: int, sectors: bool) -> np.ndarray:
+        m = np.zeros((self.n, width), np.int64)
+        for row, _v, kk, ks, b, s, _r in self._pieces():
+            if sectors:
+                m[row: row + len(s), ks] += s
+            else:
+                m[row: row + len(b), kk] += b
+        return m
+
+    def _columns(self, sectors: bool) -> dict[int, np.ndarray]:
+        out: dict[int, np.ndarray] = {}
+        for row, _v, kk, ks, b, s, _r in self._pieces():
+            key, val = (ks, s) if sectors else (kk, b)
+            if key not in out:
+                out[key] = np.zeros(self.n, np.int64)
+            out[key][row: row + len(val)] += val
+        return out
+
+    def alloc_ids(self, alloc: np.ndarray) -> np.ndarray | list[int]:
+        """The allocation id of every row, from the page table's ``alloc`` now; in the parts
+        form one per part (each lies in one allocation: see :meth:`expand_alloc`)."""
+        if self.parts is not None:
+            return [int(alloc[fp.vlo]) for _r, _p, _w, fp, _nd, _kk in self.parts]
+        v = self.vpns
+        if len(v) and int(v[-1]) - int(v[0]) + 1 == len(v):      # one run: a slice
+            return alloc[int(v[0]): int(v[-1]) + 1].copy()
+        return alloc[v]
+
+    def expand_alloc(self, ids: np.ndarray | list[int]) -> np.ndarray:
+        """:meth:`alloc_ids` as one int32 per row."""
+        if not isinstance(ids, list):
+            return ids
+        out = np.full(self.n, -1, np.int32)
+        for (row, _p, _w, fp, _nd, _kk), i in zip(self.parts or (), ids):
+            out[row: row + len(fp.nbytes)] = i
+        return out
+
+    def add_bytes(self, table: np.ndarray) -> None:
+        """Add the bytes to ``table[vpn, proc*4 + rw*2 + loc]`` (the counters' table)."""
+        if self.parts is not None:
+            for _row, v0, kk, _ks, b, _s, _r in self._pieces():
+                table[v0: v0 + len(b), kk] += b
+            return
+        vp = self.vpns
+        n = len(vp)
+        if n and vp[-1] - vp[0] + 1 == n:               # one contiguous run
+            runs_ = [(0, n)]
+        else:
+            brk = np.flatnonzero(np.diff(vp) != 1) + 1
+            runs_ = list(zip([0, *brk.tolist()], [*brk.tolist(), n])) if len(brk) < 32 \
+                else None
+        for k, c in self.byte_columns():
+            if runs_ is None:
+                table[vp, k] += c                          # vpns are unique
+            else:
+                for a, b in runs_:
+                    table[vp[a]: vp[a] + (b - a), k] += c[a:b]
+
+    # -- columns and matrices -------------------------------------------------------------------
+    @property
+    def cols(self) -> dict[int, np.ndarray] | None:
+        return self._columns(False) if self.parts is not None else self._cols
+
+    @property
+    def scols(self) -> dict[int, np.ndarray] | None:
+        return self._columns(True) if self.parts is not None else self._scols
+
+    @property
     def counts(self) -> np.ndarray:
+        if self.parts is not None:
+            return self._matrix(8, False).reshape(-1, 2, 2, 2)
         if self._counts is None:
-            c = np.zeros((len(self.vpns), 8), np.int64)
-            for k, col in (self.cols or {}).items():
+            c = np.zeros((self.n, 8), np.int64)
+            for k, col in (self._cols or {}).items():
                 c[:, k] = col
             self._counts = c.reshape(-1, 2, 2, 2)
         return self._counts
 
     @property
     def sectors(self) -> np.ndarray:
+        if self.parts is not None:
+            return self._matrix(4, True).reshape(-1, 2, 2)
         if self._sectors is None:
-            c = np.zeros((len(self.vpns), 4), np.int64)
-            for k, col in (self.scols or {}).items():
+            c = np.zeros((self.n, 4), np.int64)
+            for k, col in (self._scols or {}).items():
                 c[:, k] = col
             self._sectors = c.reshape(-1, 2, 2)
         return self._sectors
 
     def byte_columns(self) -> list[tuple[int, np.ndarray]]:
         """(proc*4 + rw*2 + loc, bytes per page) of every column that may be nonzero."""
-        if self.cols is not None:
-            return list(self.cols.items())
+        cols = self.cols
+        if cols is not None:
+            return list(cols.items())
         flat = self.counts.reshape(-1, 8)
         return [(k, flat[:, k]) for k in range(8) if flat[:, k].any()]
 
     def sector_column(self, proc: int) -> np.ndarray:
         """Sectors per page of processor ``proc`` (reads + writes)."""
-        if self.scols is not None:
-            out = np.zeros(len(self.vpns), np.int64)
-            for k, col in self.scols.items():
+        scols = self.scols
+        if scols is not None:
+            out = np.zeros(self.n, np.int64)
+            for k, col in scols.items():
                 if k // 2 == proc:
                     out += col
             return out
@@ -378,14 +544,105 @@ class Tally:
         return out
 
     def get_remote_sectors(self, local: tuple[int, int]) -> np.ndarray:
-        if self.remote_sectors is None:
-            rs = np.zeros((2, len(self.vpns)), np.int64)
-            for p in range(2):
-                w = self.sector_column(p)
-                if w.any():
-                    rs[p] = np.where(self.node != local[p], w, 0)
-            self.remote_sectors = rs
-        return self.remote_sectors
+        """``[proc, n]`` sectors on pages not local to each processor (kept, except in the
+        parts form)."""
+        if self.remote_sectors is not None:
+            return self.remote_sectors
+        if self.parts is not None:
+            return np.stack([np.zeros(self.n, np.int64) if r is None else r
+                             for r in self.remote_rows(local)])
+        rs = np.zeros((2, self.n), np.int64)
+        for p in range(2):
+            w = self.sector_column(p)
+            if w.any():
+                rs[p] = np.where(self.node != local[p], w, 0)
+        self.remote_sectors = rs
+        return rs
+
+    def remote_rows(self, local: tuple[int, int]) -> tuple[Any, Any]:
+        """:meth:`get_remote_sectors` per processor, None for one without any; in the parts
+        form a part that alone covers every row gives its own array (nothing is copied)."""
+        if self.parts is None:
+            rs = self.get_remote_sectors(local)
+            return rs[0], rs[1]
+        n = self.n
+        out: list[Any] = [None, None]
+        own = [False, False]
+        for row, _v, _kk, ks, _b, s, remote in self._pieces(local):
+            if not remote:
+                continue
+            p = ks // 2
+            if out[p] is None and row == 0 and len(s) == n:
+                out[p] = s
+                continue
+            if not own[p]:
+                out[p] = np.zeros(n, np.int64) if out[p] is None else out[p].copy()
+                own[p] = True
+            out[p][row: row + len(s)] += s
+        return out[0], out[1]
+
+
+def _sum_parts(parts: list, rows: list[int], n: int, local: tuple[int, int], nnodes: int,
+               columns: bool) -> tuple:
+    """Sum footprints ``parts`` (proc, rw, footprint, node), part ``i`` from row ``rows[i]``
+    of ``n``: returns the node per row, the totals ``[proc, rw, loc]``, sectors by node
+    ``[proc, node]``, each part's byte column (-1: its pages lie on both sides) and, with
+    ``columns``, the byte and sector columns, remote sectors ``[proc, row]`` and the touched
+    rows (else None for those, and for the nodes)."""
+    cols: dict[int, np.ndarray] = {}
+    scols: dict[int, np.ndarray] = {}
+    rsec: dict[int, np.ndarray] = {}
+
+    def col(d: dict[int, np.ndarray], k: int) -> np.ndarray:
+        c = d.get(k)
+        if c is None:
+            c = d[k] = np.zeros(n, np.int64)
+        return c
+
+    node = np.full(n, -1, np.int8) if columns else None
+    touched = np.zeros(n, bool) if columns else None
+    totals = np.zeros(8, np.int64)
+    by_node = np.zeros((2, nnodes))
+    kks = []
+    for (proc, rw, fp, nd), row in zip(parts, rows):
+        s = slice(row, row + len(fp.nbytes))
+        k = proc * 4 + rw * 2
+        nmin, nmax = int(nd.min()), int(nd.max())
+        ssum = int(fp.sectors.sum())
+        if nmin == nmax:                        # the whole span on one node
+            kk = k + (LOCAL if nmin == local[proc] else REMOTE)
+            totals[kk] += int(fp.nbytes.sum())
+            if columns:
+                col(cols, kk)[s] += fp.nbytes
+                if kk == k + REMOTE:
+                    col(rsec, proc)[s] += fp.sectors
+            if 0 <= nmin < nnodes:
+                by_node[proc, nmin] += ssum
+        else:
+            kk = -1
+            remote = nd != local[proc]
+            rb = np.where(remote, fp.nbytes, 0)
+            r = int(rb.sum())
+            totals[k + REMOTE] += r
+            totals[k + LOCAL] += int(fp.nbytes.sum()) - r
+            if columns:
+                col(cols, k + REMOTE)[s] += rb
+                col(cols, k + LOCAL)[s] += fp.nbytes - rb
+                col(rsec, proc)[s] += np.where(remote, fp.sectors, 0)
+            ok = nd >= 0
+            by_node[proc] += np.bincount(nd[ok].astype(np.intp), weights=fp.sectors[ok],
+                                         minlength=nnodes)[:nnodes]
+        kks.append(kk)
+        if columns:
+            node[s] = nd
+            col(scols, proc * 2 + rw)[s] += fp.sectors
+            touched[s] |= fp.nbytes > 0
+    rs = None
+    if columns:
+        rs = np.zeros((2, n), np.int64)
+        for p, c in rsec.items():
+            rs[p] = c
+    return node, totals.reshape(2, 2, 2), by_node, kks, cols, scols, rs, touched
 
 
 class TallyBuilder:
@@ -405,6 +662,8 @@ class TallyBuilder:
         parts = self.parts
         if not parts:
             return Tally.empty()
+        if all(p[2].is_full() for p in parts):
+            return self._build_parts()
         lo = min(p[2].vlo for p in parts)
         hi = max(p[2].vhi for p in parts)
         total = sum(len(p[2].nbytes) for p in parts)
@@ -416,63 +675,40 @@ class TallyBuilder:
                 return fast
         # Dense accumulation over the hull of the spans, one 1-D array per (proc, rw, loc)
         # column that occurs; then keep the touched rows.  Summaries come from the parts.
-        n = hi - lo
-        cols: dict[int, np.ndarray] = {}
-        scols: dict[int, np.ndarray] = {}
-        rsec: dict[int, np.ndarray] = {}
-
-        def col(d: dict[int, np.ndarray], k: int) -> np.ndarray:
-            c = d.get(k)
-            if c is None:
-                c = d[k] = np.zeros(n, np.int64)
-            return c
-
-        node = np.full(n, -1, np.int8)
-        touched = np.zeros(n, bool)
-        totals = np.zeros(8, np.int64)
-        by_node = np.zeros((2, self.nnodes))
-        for proc, rw, fp, nd in parts:
-            s = slice(fp.vlo - lo, fp.vhi - lo)
-            k = proc * 4 + rw * 2
-            nmin, nmax = int(nd.min()), int(nd.max())
-            ssum = int(fp.sectors.sum())
-            if nmin == nmax:                        # the whole span on one node
-                kk = k + (LOCAL if nmin == self.local[proc] else REMOTE)
-                col(cols, kk)[s] += fp.nbytes
-                totals[kk] += int(fp.nbytes.sum())
-                if kk == k + REMOTE:
-                    col(rsec, proc)[s] += fp.sectors
-                if 0 <= nmin < self.nnodes:
-                    by_node[proc, nmin] += ssum
-            else:
-                remote = nd != self.local[proc]
-                rb = np.where(remote, fp.nbytes, 0)
-                col(cols, k + REMOTE)[s] += rb
-                col(cols, k + LOCAL)[s] += fp.nbytes - rb
-                r = int(rb.sum())
-                totals[k + REMOTE] += r
-                totals[k + LOCAL] += int(fp.nbytes.sum()) - r
-                col(rsec, proc)[s] += np.where(remote, fp.sectors, 0)
-                ok = nd >= 0
-                by_node[proc] += np.bincount(nd[ok].astype(np.intp), weights=fp.sectors[ok],
-                                             minlength=self.nnodes)[: self.nnodes]
-            col(scols, proc * 2 + rw)[s] += fp.sectors
-            node[s] = nd
-            touched[s] |= fp.nbytes > 0
-        rs = np.zeros((2, n), np.int64) if len(rsec) < 2 else None
-        if rs is None:
-            rs = np.stack([rsec[0], rsec[1]])
-        else:
-            for p, c in rsec.items():
-                rs[p] = c
+        node, totals, by_node, _, cols, scols, rs, touched = _sum_parts(
+            parts, [p[2].vlo - lo for p in parts], hi - lo, self.local, self.nnodes, True)
         if touched.all():
             return Tally(np.arange(lo, hi, dtype=np.int64), node, cols=cols, scols=scols,
-                         totals=totals.reshape(2, 2, 2), by_node=by_node, remote_sectors=rs)
+                         totals=totals, by_node=by_node, remote_sectors=rs)
         keep = np.flatnonzero(touched)
         return Tally(keep + lo, node[keep], cols={k: c[keep] for k, c in cols.items()},
                      scols={k: c[keep] for k, c in scols.items()},
-                     totals=totals.reshape(2, 2, 2), by_node=by_node,
-                     remote_sectors=rs[:, keep])
+                     totals=totals, by_node=by_node, remote_sectors=rs[:, keep])
+
+    def _build_parts(self) -> Tally:
+        """Every part touches every page of its span: the rows are the union of the spans,
+        and the tally keeps the parts (see :class:`Tally`)."""
+        runs: list[list[int]] = []          # [first vpn, end, first row] of merged spans
+        n = 0
+        for lo, hi in sorted({(p[2].vlo, p[2].vhi) for p in self.parts}):
+            if runs and lo <= runs[-1][1]:
+                if hi > runs[-1][1]:
+                    n += hi - runs[-1][1]
+                    runs[-1][1] = hi
+            else:
+                runs.append([lo, hi, n])
+                n += hi - lo
+        starts = [r[0] for r in runs]
+        rows = []
+        for p in self.parts:
+            r = runs[bisect.bisect_right(starts, p[2].vlo) - 1]
+            rows.append(r[2] + p[2].vlo - r[0])
+        _, totals, by_node, kks, *_ = _sum_parts(self.parts, rows, n, self.local, self.nnodes,
+                                                 False)
+        parts = [(row, proc, rw, fp, int(nd[0]) if kk >= 0 else nd, kk)
+                 for row, (proc, rw, fp, nd), kk in zip(rows, self.parts, kks)]
+        return Tally(None, None, totals=totals, by_node=by_node, parts=parts,
+                     local=self.local, runs=[(a, b) for a, b, _ in runs])
 
     def _build_one_span(self, parts: list) -> Tally | None:
         """Every part covers the same pages, all on one node (a host operation on one array,
@@ -525,7 +761,7 @@ class TallyBuilder:
 def merge_tallies(tallies: list[Tally]) -> Tally:
     """Sum tallies page by page (the node of the last tally that touched a page wins; the
     summaries add up; ``remote_sectors`` is recomputed on demand)."""
-    tallies = [t for t in tallies if len(t.vpns)]
+    tallies = [t for t in tallies if t.n]
     if not tallies:
         return Tally.empty()
     if len(tallies) == 1:
@@ -604,31 +840,18 @@ class AccessCounters:
     def _apply(self, t: Tally, epoch: int) -> int:
         """Add a tally to the per-page counters, accumulate remote sectors per region and queue
         notifications.  Returns the number of notifications raised."""
-        n = len(t.vpns)
+        n = t.n
         if n == 0:
             return 0
         sp = self._space
         self._ensure()
         vp = t.vpns
-        flat = self.bytes.reshape(-1, 8)
-        if vp[-1] - vp[0] + 1 == n:                     # one contiguous run
-            runs_ = [(0, n)]
-        else:
-            brk = np.flatnonzero(np.diff(vp) != 1) + 1
-            runs_ = list(zip([0, *brk.tolist()], [*brk.tolist(), n])) if len(brk) < 32 \
-                else None
-        for k, c in t.byte_columns():
-            if runs_ is None:
-                flat[vp, k] += c                          # vpns are unique
-            else:
-                for a, b in runs_:
-                    flat[vp[a]: vp[a] + (b - a), k] += c[a:b]
+        t.add_bytes(self.bytes.reshape(-1, 8))
         tot = t.get_totals()
-        sp.vmstat.add_named({
-            f"access_bytes_{PROC_NAMES[p]}_{RW_NAMES[r]}_{LOC_NAMES[lc]}": int(tot[p, r, lc])
-            for p in range(2) for r in range(2) for lc in range(2) if tot[p, r, lc]})
-        rsec = t.get_remote_sectors(self.local_nodes())
-        new = raise_notifications(self._acc, vp, rsec, self._region_pages,
+        sp.vmstat.add_named({name: v for name, v in zip(_BYTE_STATS, tot.reshape(-1).tolist())
+                             if v})
+        new = raise_notifications(self._acc, vp, t.remote_rows(self.local_nodes()),
+                                  self._region_pages,
                                   sp.tunables.access_counter_threshold, epoch)
         if not len(new):
             return 0
@@ -683,7 +906,7 @@ class AccessCounters:
                 if "w" in mode:
                     b.add(CPU, WRITE, fp, node)
             t = b.build()
-            if len(t.vpns) == 0:
+            if t.n == 0:
                 return
             modeled = sp.clock.tally_seconds(t.sectors_by_node(len(sp.nodes)), launch=False)
             sp.clock.advance("host", modeled)

@@ -122,7 +122,8 @@ def _serial() -> Any:
     return _SERIAL if layer == "workqueue" else contextlib.nullcontext()
 
 
-def _check_space(space: "Space", arr: Any, what: str) -> None:
+def _check_space(space: "Space", arr: Any, what: str) -> tuple[int, int]:
+    """Validate a launch operand; returns its (first vpn, pages)."""
     if not isinstance(arr, np.ndarray):
         raise InvalidArgumentError(f"{what}: expected an array, got {type(arr).__name__}")
     buf = buffer_of(arr)
@@ -132,7 +133,8 @@ def _check_space(space: "Space", arr: Any, what: str) -> None:
     if buf.space is not space:
         raise ForeignArrayError(f"{what}: array (shape {arr.shape}, {arr.dtype}) belongs to "
                                 "another space than the device's")
-    space._resolve(arr)     # freed / closed raise here
+    alloc, first, n = space._resolve(arr)     # freed / closed raise here
+    return alloc.vstart + first, n
 
 
 def execute(space: "Space", name: str, run: Callable[[bool], tuple[Any, Sequence[np.ndarray]]],
@@ -140,15 +142,14 @@ def execute(space: "Space", name: str, run: Callable[[bool], tuple[Any, Sequence
     """Run ``run(counting)`` as one device launch over ``accesses`` (see the module docs).
     ``run`` returns ``(value, histograms)``: one per-page histogram per ``"kernel"`` access when
     ``counting`` is true."""
-    for a in accesses:
-        _check_space(space, a.array, name)
+    span = [_check_space(space, a.array, name) for a in accesses]
     counters = space.counters
     counting = counters.enabled
     pre: list[Footprint | None] = []
     if counting:
-        for a in accesses:
+        for a, sp_ in zip(accesses, span):
             if a.kind == "dense":
-                pre.append(dense_footprint(space, a.array))
+                pre.append(dense_footprint(space, a.array, sp_))
             elif a.kind == "indexed":
                 pre.append(indexed_footprint(space, a.array, a.index))
             else:
@@ -162,9 +163,8 @@ def execute(space: "Space", name: str, run: Callable[[bool], tuple[Any, Sequence
             spans: list[tuple[int, np.ndarray]] = []
             if counting:
                 with space._cond:
-                    for a in accesses:
-                        _, lo, hi = space._span_vpns(a.array)
-                        spans.append((lo, space._device_view(lo, hi)))
+                    for lo, n in span:
+                        spans.append((lo, space._device_view(lo, lo + n)))
             with _serial():
                 t0 = time.perf_counter()
                 value, hists = run(counting)
@@ -191,11 +191,13 @@ def execute(space: "Space", name: str, run: Callable[[bool], tuple[Any, Sequence
                 modeled = space.clock.tally_seconds(t.sectors_by_node(len(space.nodes)),
                                                     launch=True)
                 nnot = counters._apply(t, epoch)
-                space._queue_epoch(epoch, name, DEVICE, t, wall)
+                ids = t.alloc_ids(space.pt.alloc)
+                space._queue_epoch(epoch, name, DEVICE, t, wall, ids)
                 space.clock.advance("kernel", modeled, wall)
                 rec = None
                 if space.trace._recording():
-                    rec = space.trace._record(epoch, name, "device", t, wall, modeled, None, nnot)
+                    rec = space.trace._record(epoch, name, "device", t, wall, modeled, None, nnot,
+                                              ids)
                     space.trace._append(rec)
             space.vmstat.add(kernel_launches=1, kernel_wall_seconds=wall,
                              kernel_modeled_seconds=modeled)

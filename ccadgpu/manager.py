@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from . import notify
+from . import notify, upkeep
 from . import pagetable as ptf
 from .clock import Clock, Profile
 from .policies import Move, Policy, make_policy
@@ -213,9 +213,13 @@ class LivePlacement:
     def seen_by(self, proc: int, v: np.ndarray) -> np.ndarray:
         """Node of pages ``v`` as processor ``proc`` sees them: a read-mostly duplicate makes a
         host page local to the device."""
-        node = self.space.pt.node[v]
+        iv = as_index(v)                          # a slice for one run of pages
+        node = self.space.pt.node[iv]
+        node = node.copy() if isinstance(iv, slice) else node
         if proc == DEV:
-            node = np.where(self.space.pt.dup[v] >= 0, DEVICE, node).astype(node.dtype)
+            dup = self.space.pt.dup[iv] >= 0
+            if dup.any():
+                node[dup] = DEVICE
         return node
 
     def duplicated(self, v: np.ndarray) -> np.ndarray:
@@ -576,34 +580,9 @@ class MigrationManager:
         decide = time.perf_counter() - t_dec
         n_regions = len(sorted_unique(faulted // self._rp)) if len(faulted) else 0
         res.fault_s = n_regions * prof.fault + self._extra_fault
-        # (2) the accesses, under the placement they now see
-        node = self.placement.seen_by(ep.processor, v)
-        if ep.gone_sectors is not None and len(ep.gone_sectors):
-            res.access_s = self.clock.epoch_seconds(
-                np.concatenate((ep.sectors, ep.gone_sectors)),
-                np.concatenate((node, ep.gone_node)), launch=ep.launch)
-        else:
-            res.access_s = self.clock.epoch_seconds(ep.sectors, node, launch=ep.launch)
-        by_proc = ep.by_proc                                   # [n, proc]
-        local = np.array([HOST, DEVICE])
-        remote = node[:, None] != local[None, :]
-        res.touched_bytes = int(by_proc.sum()) * 32
-        res.remote_bytes = int((by_proc * remote).sum()) * 32
-        if ep.gone_sectors is not None and len(ep.gone_sectors):
-            gp = ep.gone_sectors.sum(axis=2)
-            res.touched_bytes += int(gp.sum()) * 32
-            res.remote_bytes += int((gp * (ep.gone_node[:, None] != local[None, :])).sum()) * 32
-        # (3) counters: heat, recency, notifications
-        iv = as_index(v)
-        self.heat_val[iv] = ctx.heat(v) + by_proc
-        self.heat_epoch[iv] = ctx.epoch
-        lt = self.last_touch[iv]
-        lt[by_proc > 0] = ctx.epoch
-        self.last_touch[iv] = lt
-        notes = notify.raise_notifications(self._acc, v, notify.remote_sectors(node, ep.sectors,
-                                                                              local),
-                                           self._rp, self.tunables.access_counter_threshold,
-                                           ctx.epoch)
+        # (2) the accesses, under the placement they now see; (3) counters: heat, recency,
+        # notifications (one fused pass over the pages, ccadgpu.upkeep)
+        notes = upkeep.account_epoch(self, ep, self.placement.seen_by(ep.processor, v), res)
         res.notifications = len(notes)
         self.policy.observe(ctx, ep)
         # (4) decisions from counters

@@ -711,28 +711,20 @@ class Space:
 
     # -- the migration manager ---------------------------------------------------------------------
     def _queue_epoch(self, epoch: int, kernel: str, processor: int, tally: Any,
-                     wall: float) -> np.ndarray | None:
+                     wall: float, ids: Any = None) -> None:
         """Hand a finished epoch to the manager (space lock held); it runs in
         :meth:`_run_manager`, outside every lock and writer section.  Each page's allocation
         and node are captured now, so that pages freed (and perhaps reused) before the manager
-        gets to the epoch are recognised.  Returns the allocation ids (for the trace record:
-        they are the same now)."""
+        gets to the epoch are recognised (``ids``: ``tally.alloc_ids`` if the caller has
+        them)."""
         from .manager import Epoch
-        if len(tally.vpns):
-            v = np.asarray(tally.vpns, np.int64)
-            ep = Epoch(0, epoch, kernel, processor, v, np.asarray(tally.sectors, np.int64),
-                       processor == DEVICE, wall)
-            ep.alloc_ids = self._alloc_ids(v)
+        if tally.n:
+            ep = Epoch(0, epoch, kernel, processor, np.asarray(tally.vpns, np.int64),
+                       np.asarray(tally.sectors, np.int64), processor == DEVICE, wall)
+            ep.alloc_ids = tally.expand_alloc(tally.alloc_ids(self.pt.alloc) if ids is None
+                                              else ids)
             ep.rec_node = np.asarray(tally.node, np.int8)
             self._mq.append(ep)
-            return ep.alloc_ids
-        return None
-
-    def _alloc_ids(self, v: np.ndarray) -> np.ndarray:
-        """Allocation id of pages ``v`` (sorted, unique), a copy (space lock held)."""
-        if len(v) and int(v[-1]) - int(v[0]) + 1 == len(v):      # one run: a slice
-            return self.pt.alloc[int(v[0]): int(v[-1]) + 1].copy()
-        return self.pt.alloc[v]
 
     def _device_view(self, lo: int, hi: int) -> np.ndarray:
         """Node of pages ``[lo, hi)`` as the device sees them: a read-mostly page with a device

@@ -46,41 +46,46 @@ register(Knob("trace_max_epochs", int, 10000,
               lambda v: v >= 1, ">= 1"))
 
 
+def _from_tally(name: str, doc: str) -> property:
+    return property(lambda self: getattr(self._tally, name), doc=doc)
+
+
 class EpochRecord:
     """One epoch's sparse per-page counts (see the module docs).
 
     ``counts[i, proc, rw, loc]`` are bytes for page ``vpns[i]`` (proc: 0 cpu, 1 device; rw: 0
     read, 1 write; loc: 0 local, 1 remote, relative to ``node[i]``); ``sectors[i, proc, rw]`` are
     32-byte sectors; ``alloc[i]`` the page's allocation id.  ``wall_seconds`` is NaN for host
-    epochs (CPU work between launches is not timed).  ``counts`` and ``sectors`` may be built
-    lazily from the launch's :class:`~ccadgpu.counters.Tally` (pass it as ``counts``)."""
+    epochs (CPU work between launches is not timed).  A record may hold the launch's
+    :class:`~ccadgpu.counters.Tally` (pass it as ``counts``; ``vpns`` and ``node`` are then
+    the tally's, and ``alloc`` may be its compact :meth:`~ccadgpu.counters.Tally.alloc_ids`):
+    the arrays are then built when read, and a record of a dense launch keeps no per-page
+    array at all."""
 
-    def __init__(self, epoch: int, kernel: str, processor: str, vpns: np.ndarray,
-                 counts: "np.ndarray | Tally", sectors: np.ndarray | None, node: np.ndarray,
-                 alloc: np.ndarray, wall_seconds: float, modeled_seconds: float,
-                 t_start: float = 0.0, notifications: int = 0):
+    def __init__(self, epoch: int, kernel: str, processor: str, vpns: np.ndarray | None,
+                 counts: "np.ndarray | Tally", sectors: np.ndarray | None,
+                 node: np.ndarray | None, alloc: "np.ndarray | list[int]", wall_seconds: float,
+                 modeled_seconds: float, t_start: float = 0.0, notifications: int = 0):
         from .counters import Tally
         self.epoch = epoch
         self.kernel = kernel
         self.processor = processor
-        self.vpns = vpns
         self._tally = counts if isinstance(counts, Tally) else Tally(vpns, node, counts, sectors)
-        self.node = node
-        self.alloc = alloc
+        self._alloc = alloc
         self.wall_seconds = wall_seconds
         self.modeled_seconds = modeled_seconds
         self.t_start = t_start
         self.notifications = notifications
 
-    @property
-    def counts(self) -> np.ndarray:
-        """``int64[n, proc, rw, loc]`` bytes."""
-        return self._tally.counts
+    vpns = _from_tally("vpns", "``int64[n]`` the touched pages (sorted).")
+    node = _from_tally("node", "``int8[n]`` where each page was (the local/remote split).")
+    counts = _from_tally("counts", "``int64[n, proc, rw, loc]`` bytes.")
+    sectors = _from_tally("sectors", "``int64[n, proc, rw]`` 32-byte sectors.")
 
     @property
-    def sectors(self) -> np.ndarray:
-        """``int64[n, proc, rw]`` 32-byte sectors."""
-        return self._tally.sectors
+    def alloc(self) -> np.ndarray:
+        """``int32[n]`` each page's allocation id."""
+        return self._tally.expand_alloc(self._alloc)
 
     @property
     def nbytes(self) -> int:
@@ -96,7 +101,7 @@ class EpochRecord:
 
     def __repr__(self) -> str:
         wall = "-" if math.isnan(self.wall_seconds) else f"{self.wall_seconds:.3g}s"
-        return (f"EpochRecord(epoch={self.epoch}, kernel={self.kernel!r}, pages={len(self.vpns)}, "
+        return (f"EpochRecord(epoch={self.epoch}, kernel={self.kernel!r}, pages={self._tally.n}, "
                 f"bytes={self.nbytes}, wall={wall}, modeled={self.modeled_seconds:.3g}s)")
 
 
@@ -198,14 +203,16 @@ class Trace:
         return rec
 
     def _record(self, epoch: int, kernel: str, processor: str, t: "Tally", wall: float,
-                modeled: float, t_start: float | None = None, notifications: int = 0
-                ) -> EpochRecord:
+                modeled: float, t_start: float | None = None, notifications: int = 0,
+                alloc: "np.ndarray | list[int] | None" = None) -> EpochRecord:
+        """``alloc``: ``t.alloc_ids`` now, if the caller has them (kept, read only)."""
         sp = self._space
         assert sp is not None
-        alloc = sp.pt.alloc[t.vpns].copy() if len(t.vpns) else np.zeros(0, np.int32)
+        if alloc is None:
+            alloc = t.alloc_ids(sp.pt.alloc) if t.n else np.zeros(0, np.int32)
         if t_start is None:
             t_start = time.perf_counter() - self._t0 - (wall if math.isfinite(wall) else 0.0)
-        return EpochRecord(epoch, kernel, processor, t.vpns, t, None, t.node, alloc, wall,
+        return EpochRecord(epoch, kernel, processor, None, t, None, None, alloc, wall,
                            modeled, t_start, notifications)
 
     def _append(self, rec: EpochRecord) -> None:
@@ -214,10 +221,14 @@ class Trace:
             mx = sp.tunables.trace_max_epochs
             if self.records.maxlen != mx:
                 self.records = collections.deque(self.records, maxlen=mx)
-            a = rec.alloc                     # runs along the sorted vpns
-            starts = np.flatnonzero(np.concatenate(([True], a[1:] != a[:-1]))) if len(a) \
-                else np.zeros(0, np.int64)
-            for aid in set(a[starts].tolist()):
+            a = rec._alloc                    # runs along the sorted vpns (or one per part)
+            if isinstance(a, list):
+                seen = set(a)
+            else:
+                starts = np.flatnonzero(np.concatenate(([True], a[1:] != a[:-1]))) if len(a) \
+                    else np.zeros(0, np.int64)
+                seen = set(a[starts].tolist())
+            for aid in seen:
                 if aid >= 0 and aid not in self.allocations and aid in sp._allocs:
                     self.allocations[aid] = _alloc_meta(sp._allocs[aid])
         if self.records.maxlen is not None and len(self.records) == self.records.maxlen:
