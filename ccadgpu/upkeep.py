@@ -90,6 +90,10 @@ def kernels() -> dict:
         r = -1
         s0 = 0
         s1 = 0
+        b00 = 0                         # by_node[proc, node] for nodes 0 and 1, in registers
+        b01 = 0
+        b10 = 0
+        b11 = 0
         for i in range(vpns.shape[0]):
             v = vpns[i]
             if v >= (r + 1) * rp:       # a new region: settle the last one
@@ -117,7 +121,17 @@ def kernels() -> dict:
                             s1 += s
                     if nodei >= nn:
                         outside += 1
-                    elif nodei >= 0:
+                    elif nodei == 0:
+                        if p == 0:
+                            b00 += s
+                        else:
+                            b10 += s
+                    elif nodei == 1:
+                        if p == 0:
+                            b01 += s
+                        else:
+                            b11 += s
+                    elif nodei > 1:
                         by_node[p, nodei] += s
                     last_touch[v, p] = epoch
                 heat_val[v, p] = h + s
@@ -125,6 +139,12 @@ def kernels() -> dict:
             settle(acc, 0, r, s0, threshold, out_region, out_sectors, counts)
         if s1 > 0:
             settle(acc, 1, r, s1, threshold, out_region, out_sectors, counts)
+        if nn > 0:
+            by_node[0, 0] += b00
+            by_node[1, 0] += b10
+        if nn > 1:
+            by_node[0, 1] += b01
+            by_node[1, 1] += b11
         return touched, far, outside
 
     _K.update(notify=notify, account=account)
