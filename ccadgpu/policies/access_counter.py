@@ -419,28 +419,32 @@ class AccessCounter(Policy):
         pays even if the CPU takes it home each time (ping-pong that pays is not thrashing)."""
         if len(pages) == 0:
             return pages, score
-        ok = self._until[pages] <= ctx.epoch
-        pays = np.zeros(len(pages), bool)
-        if proc == DEV:
-            pays = self._burst[pages, DEV] * self._gain[DEV] > \
-                self._fault_move[DEVICE] + self._fault_move[HOST]
-            ok |= pays
-        if not ok.all():
-            pages, score, pays = pages[ok], score[ok], pays[ok]
+        i = as_index(pages)               # a slice for one run of pages: no gathers
+        ok = self._until[i] <= ctx.epoch
         # ping-pong: moved thrash_moves times, the last one recently (a back-off served, or a
         # quiet spell longer than the thrash window, lets the page move again)
-        hot = (ctx.recent_moves[pages] >= self.thrash_moves) & ~pays
+        hot = ctx.recent_moves[i] >= self.thrash_moves
         if hot.any():
-            lm = ctx.last_move[pages]
-            hot &= ((ctx.epoch - lm) <= ctx.tunables.thrash_window_epochs) & \
-                (self._until[pages] <= lm)
+            h = np.flatnonzero(hot)
+            lm = ctx.last_move[pages[h]]
+            hot[h] = ((ctx.epoch - lm) <= ctx.tunables.thrash_window_epochs) & \
+                (self._until[pages[h]] <= lm)
+        held = ~ok | hot
+        if proc == DEV and held.any():    # ... unless the device burst pays the round trip
+            h = np.flatnonzero(held)
+            pays = self._burst[pages[h], DEV] * self._gain[DEV] > \
+                self._fault_move[DEVICE] + self._fault_move[HOST]
+            ok[h[pays]] = True
+            hot[h[pays]] = False
         if hot.any():
             caught = pages[hot]
             k = np.minimum(self._caught[caught], 10).astype(np.int64)
             self._until[caught] = ctx.epoch + self.backoff_epochs * (1 << k)
             self._caught[caught] += 1
             ctx.note_thrashing(caught)
-            pages, score = pages[~hot], score[~hot]
+        keep = ok & ~hot
+        if not keep.all():
+            pages, score = pages[keep], score[keep]
         return pages, score
 
     @staticmethod
