@@ -158,10 +158,6 @@ def bench_kernel(kernel: str, n: int, page: int, repeat: int, rng: np.random.Gen
     host = -(-host // page) * page
     with ccadgpu.Space(device_memory=max(page, 64 << 20), host_memory=host, page_size=page,
                        profile="gh200") as sp:
-        host = sp.nodes[0]
-        arena = host.backing.split(":")[0].split(" (")[0]
-        if host.collapsed_chunks:
-            arena += f", {host.collapsed_chunks} chunks collapsed into 2 MiB huge pages"
         managed = {k: sp.asarray(v, name=k) for k, v in base.items()}
         del base
         gc.collect()
@@ -170,6 +166,10 @@ def bench_kernel(kernel: str, n: int, page: int, repeat: int, rng: np.random.Gen
         aligned = {k: sp.asarray(v.view(np.ndarray), name=f"{k}-aligned")
                    for k, v in managed.items()}
         sp.tunables.cache_colouring = True
+        node = sp.nodes[0]
+        arena = node.backing.split(":")[0].split(" (")[0]
+        if node.collapsed_chunks:
+            arena += " + fresh 2 MiB chunks collapsed into huge pages"
         calls = {"plain": plain_call(kernel, plain, K, nch),
                  "plain4k": plain_call(kernel, plain4k, K, nch),
                  "raw": plain_call(kernel, raw, K, nch),
