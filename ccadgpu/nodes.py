@@ -245,13 +245,20 @@ class Node:
 
     def _aligned_run(self, n: int, phase: int, period: int) -> np.ndarray | None:
         """The first ``n`` free frames in a row starting at ``phase`` modulo ``period``, or
-        None.  One pass over the free mask (requests of 2 MiB and more only).  Lock held."""
-        starts, lens = bool_runs(self._free)
-        first = starts + (phase - starts) % period
-        ok = np.flatnonzero(first + n <= starts + lens)
-        if len(ok) == 0:
-            return None
-        return np.arange(first[ok[0]], first[ok[0]] + n, dtype=np.int64)
+        None.  Scans the free mask in growing windows and gives up after ``max(64 n, 2^18)``
+        frames, so that a request costs about its own size, not the arena's.  Lock held."""
+        lo, step, budget = 0, max(4 * n, 1 << 16), max(64 * n, 1 << 18)
+        while lo < self.frames and budget > 0:
+            hi = min(self.frames, lo + step + n)        # overlap: a run may cross windows
+            starts, lens = bool_runs(self._free[lo:hi])
+            starts = starts + lo
+            first = starts + (phase - starts) % period
+            ok = np.flatnonzero(first + n <= starts + lens)
+            if len(ok):
+                return np.arange(first[ok[0]], first[ok[0]] + n, dtype=np.int64)
+            budget -= hi - lo
+            lo, step = lo + step, step * 2
+        return None
 
     def _hand_out(self, frames: np.ndarray) -> np.ndarray:
         """Mark ``frames`` (distinct, free) taken, populating the never-touched ones.  Lock

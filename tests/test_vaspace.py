@@ -1,9 +1,11 @@
-"""The virtual range allocator: first fit, and phase-aligned fit for runs of pages that should
-sit at their frames' offset within 2 MiB."""
+"""The virtual range and frame allocators: first fit, and phase-aligned fits for runs of pages
+that should sit at their frames' offset within 2 MiB (huge pages map as such)."""
+import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ccadgpu.errors import CapacityError
+from ccadgpu.runs import bool_runs
 from ccadgpu.vaspace import VASpace
 
 PS = 64 << 10
@@ -41,3 +43,24 @@ def test_allocations_never_overlap_and_keep_their_phase(ops):
             assert sum(ln for _, ln in ext) + sum(live.values()) == va.npages
     finally:
         va.close()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, 4095), max_size=300), st.integers(32, 600), st.integers(0, 31))
+def test_frames_for_a_run_of_pages_start_at_its_phase(taken, n, phase):
+    """Node.take(n, phase=, period=32): the first free run of n frames starting at ``phase``
+    modulo 32 when there is one, else frames as usual; never a taken frame."""
+    from ccadgpu.nodes import Node
+    node = Node(1, "device", "device", 4096 * PS, PS, prefault=False, backed=False)
+    held = node.take(len(set(taken)), partial=True) if taken else None
+    if held is not None:       # free some again, to leave holes of every size
+        node.give(held[np.isin(held, np.array(sorted(set(taken))), invert=True)])
+    free_before = node._free.copy()
+    got = node.take(n, partial=True, phase=phase, period=32)
+    assert len(got) == min(n, int(free_before.sum()))
+    assert free_before[got].all() and not node._free[got].any()
+    starts, lens = bool_runs(free_before)
+    first = starts + (phase - starts) % 32
+    fits = np.flatnonzero(first + n <= starts + lens)
+    if len(fits):
+        assert got[0] == first[fits[0]] and (np.diff(got) == 1).all()
