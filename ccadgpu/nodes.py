@@ -9,7 +9,6 @@ which the migrator copies frames without touching user mappings.
 from __future__ import annotations
 
 import ctypes
-import errno
 import os
 import threading
 from dataclasses import dataclass
@@ -31,6 +30,9 @@ POISON = np.frombuffer(bytes.fromhex("efbeadde"), dtype=np.uint8)
 
 #: The hugetlb page size the arenas use (x86-64 and arm64 with 4 KiB base pages: 2 MiB).
 HUGE_PAGE = 2 << 20
+
+#: Chunks left in base pages after a collapse fails (1 GiB of 2 MiB chunks).
+COLLAPSE_BACKOFF = 512
 
 
 def hugetlb_pool() -> dict[str, int]:
@@ -110,6 +112,12 @@ class Node:
         #: whether the arena is hugetlb memory (2 MiB PTEs), and why it is or is not
         self.huge = False
         self.backing = "none (cuda: capacity accounting)"
+        #: frames per 2 MiB chunk when fresh chunks are collapsed into huge pages, else 0
+        self._chunk = 0
+        #: chunks of fresh frames (2 MiB, or a page where pages are larger) the kernel has
+        #: collapsed into huge pages so far
+        self.collapsed_chunks = 0
+        self._backoff = 0        # chunks to leave in base pages after a failed collapse
         if not backed:
             self.fd, self.base, self._size, self.view = -1, 0, 0, None
             self._populated[:] = True
@@ -120,10 +128,6 @@ class Node:
         why = "4 KiB pages: hugetlb not asked for (tunables.hugetlb)"
         if hugetlb:
             why = self._open_hugetlb(f"ccadgpu-node{node_id}-{name}", size, flags)
-        #: frames per 2 MiB chunk when fresh chunks are collapsed into huge pages, else 0
-        self._chunk = 0
-        #: 2 MiB chunks of fresh frames the kernel has collapsed into huge pages so far
-        self.collapsed_chunks = 0
         if not self.huge:
             if collapse and (HUGE_PAGE % page_size == 0 or page_size % HUGE_PAGE == 0):
                 self._chunk = max(1, HUGE_PAGE // page_size)
@@ -134,9 +138,13 @@ class Node:
             try:
                 os.ftruncate(self.fd, size)
                 # 2 MiB-aligned, so that the arena's huge pages (if any) map as huge pages
-                self.base = _sys.mmap(_sys.reserve(size, HUGE_PAGE), size,
-                                      _sys.PROT_READ | _sys.PROT_WRITE, flags | _sys.MAP_FIXED,
-                                      self.fd, 0)
+                where = _sys.reserve(size, HUGE_PAGE)
+                try:
+                    self.base = _sys.mmap(where, size, _sys.PROT_READ | _sys.PROT_WRITE,
+                                          flags | _sys.MAP_FIXED, self.fd, 0)
+                except OSError:
+                    _sys.munmap(where, size)
+                    raise
                 if thp:
                     self._ask_thp(size, prefault and not self._chunk)
             except BaseException:
@@ -144,7 +152,12 @@ class Node:
                 raise
             self.backing = f"memfd, {why}"
             if self._chunk:
-                self.backing += "; fresh 2 MiB chunks collapsed into transparent huge pages"
+                no = self._can_collapse()
+                if no:
+                    self._chunk = 0
+                    self.backing += f"; {no}"
+                else:
+                    self.backing += "; fresh 2 MiB chunks collapsed into transparent huge pages"
         self._size = size
         # A byte view of the whole arena: the migrator copies frames through it.
         self.view = np.ctypeslib.as_array((ctypes.c_uint8 * size).from_address(self.base))
@@ -291,29 +304,49 @@ class Node:
             self._advise(rest, _sys.MADV_POPULATE_WRITE, ignore_errors=True)
 
     def _collapse(self, chunks: np.ndarray) -> np.ndarray:
-        """Collapse the given 2 MiB chunks (sorted, every frame fresh) into huge pages through
-        the direct map; returns the chunks that were (per run of adjacent chunks: all or
-        none).  A kernel without MADV_COLLAPSE turns the feature off for this node."""
+        """Collapse the given chunks (sorted, every frame fresh; a chunk is 2 MiB, or one page
+        when pages are larger) into huge pages through the direct map; returns the chunks
+        that were (per run of adjacent chunks: all or none).  A run the kernel will not
+        collapse (EAGAIN/ENOMEM: no free huge page; EINVAL/EBUSY: something in the range)
+        gets base pages, and so do the next :data:`COLLAPSE_BACKOFF` chunks: collapsing
+        compacts memory synchronously, and a machine short of huge pages should not pay for
+        that on every allocation."""
         cb = self._chunk * self.page_size
         done = []
         at, lens = runs(chunks)
         for s, n in zip(chunks[at].tolist(), lens.tolist()):
+            if self._backoff > 0:
+                self._backoff -= n
+                continue
             addr = self.base + s * cb
             try:
-                for k in range(n):          # collapse needs a populated page in each chunk
-                    _sys.madvise(addr + k * cb, _sys.OS_PAGE, _sys.MADV_POPULATE_WRITE)
+                # collapse needs a populated base page in each 2 MiB it makes huge
+                for off in range(0, n * cb, HUGE_PAGE):
+                    _sys.madvise(addr + off, _sys.OS_PAGE, _sys.MADV_POPULATE_WRITE)
                 _sys.madvise(addr, n * cb, _sys.MADV_COLLAPSE)
-            except OSError as exc:
-                if exc.errno == errno.EINVAL:   # no MADV_COLLAPSE here (Linux < 6.1)
-                    self._chunk = 0
-                    self.backing = self.backing.replace(
-                        "; fresh 2 MiB chunks collapsed into transparent huge pages",
-                        "; no MADV_COLLAPSE on this kernel (base pages)")
-                    break
-                continue                        # EAGAIN/ENOMEM: base pages for this run
+            except OSError:
+                self._backoff = COLLAPSE_BACKOFF
+                continue
             done.append(np.arange(s, s + n, dtype=np.int64))
             self.collapsed_chunks += n
         return np.concatenate(done) if done else np.zeros(0, np.int64)
+
+    def _can_collapse(self) -> str:
+        """Why this arena's fresh chunks cannot be collapsed into huge pages, or "" if they
+        can: the kernel knows MADV_COLLAPSE (a zero-length call says so) and its PMD huge
+        page is the 2 MiB the arenas and the virtual range are aligned to."""
+        try:
+            with open("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size") as f:
+                pmd = int(f.read())
+        except (OSError, ValueError):
+            return "no transparent huge pages on this kernel (base pages)"
+        if pmd != HUGE_PAGE:
+            return f"PMD huge pages are {pmd} bytes here, not 2 MiB (base pages)"
+        try:
+            _sys.madvise(self.base, 0, _sys.MADV_COLLAPSE)
+        except OSError:
+            return "no MADV_COLLAPSE on this kernel (base pages)"
+        return ""
 
     def give(self, frames: np.ndarray, release: bool = False) -> None:
         """Return frames to the free pool; ``release`` also hands their memory back to the OS,

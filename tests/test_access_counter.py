@@ -71,6 +71,28 @@ def test_a_moving_working_set_of_reused_data_is_followed_after_one_epoch():
     assert moved_at(mgr, "access_counter", 0, 1) == {1: 4}
 
 
+def test_epochs_without_a_known_allocation_and_huge_allocation_ids():
+    """Pages of no allocation (-1: freed before the epoch closed; -2: several during a host
+    epoch) teach nothing and break nothing, first epoch included; allocation ids in the
+    millions cost no more state than small ones (a fixed, tagged table)."""
+    prof = load_profile("h100-pcie")
+    mgr = MigrationManager(SimPlacement(PS, [64, 64], np.zeros(16, np.int8)), "access_counter",
+                           prof, Tunables())
+    v = np.arange(8)
+    sec = np.zeros((8, 2, 2), np.int64)
+    sec[:, 1, 0] = SWEEP
+    for e, ids in enumerate(([-1] * 8, [-2] * 8, [-1] * 4 + [7] * 4, [2_000_000] * 8,
+                             [2_000_000 + 4096] * 8, [2_000_000] * 8)):
+        ep = Epoch(e, e, "k", 1, v, sec, True)
+        ep.alloc_ids = np.array(ids, np.int64)
+        mgr.step(ep)
+    pol = mgr.policy
+    assert pol._tag.nbytes + pol._prev_e.nbytes + pol._prev_n.nbytes + pol._prev_r.nbytes \
+        < 1 << 20
+    # the two big ids share a slot: the later one took it over, then the first took it back
+    assert pol._tag[2_000_000 % len(pol._tag)] == 2_000_000
+
+
 def test_pages_that_cannot_pay_back_soon_stay_unless_their_rent_adds_up():
     # gh200: a sweep over NVLink-C2C is ~7% of a move (the per-page cost dominates): a page
     # swept once an epoch needs ~14 epochs to pay back, beyond the 8-epoch horizon, so it

@@ -116,8 +116,42 @@ def test_fresh_chunks_become_transparent_huge_pages():
         assert np.array_equal(small, ref[:10000])
         _exercise(sp)
         assert np.array_equal(a, ref)
+    # pages larger than 2 MiB: each page is a chunk of two huge pages
+    with ccadgpu.Space(device_memory="16MiB", host_memory="64MiB", page_size="4MiB",
+                       hugetlb=False) as sp:
+        a = sp.asarray(ref)
+        assert sp.nodes[0].collapsed_chunks >= 2 and sp.nodes[1].collapsed_chunks == 4
+        assert _pmd_mapped_kib(a.__array_interface__["data"][0]) >= 2 * 4096
+        _exercise(sp)
+        assert np.array_equal(a, ref)
     with ccadgpu.Space(device_memory="16MiB", host_memory="64MiB", thp_collapse=False) as sp:
         a = sp.asarray(ref)
         assert sp.nodes[0].collapsed_chunks == 0 and "collapsed" not in sp.nodes[0].backing
         assert _pmd_mapped_kib(a.__array_interface__["data"][0]) == 0
         assert np.array_equal(a, ref)
+
+
+def test_a_failed_collapse_gives_base_pages_and_backs_off(monkeypatch):
+    """A kernel that will not collapse (no free huge page) leaves base pages, right data, and
+    is not asked again for the next COLLAPSE_BACKOFF chunks."""
+    from ccadgpu import _sys
+    real, calls = _sys.madvise, []
+
+    def madvise(addr, length, advice):
+        if advice == _sys.MADV_COLLAPSE and length:
+            calls.append(length)
+            raise OSError(11, "Resource temporarily unavailable")
+        return real(addr, length, advice)
+    monkeypatch.setattr(_sys, "madvise", madvise)
+    ref = np.random.default_rng(5).standard_normal(8 * MiB // 8)
+    with ccadgpu.Space(device_memory="16MiB", host_memory="64MiB") as sp:
+        host = sp.nodes[0]
+        if not host._chunk:
+            pytest.skip(host.backing)
+        n_dev = len(calls)                     # the device arena's prefault tried once
+        a = sp.asarray(ref)
+        b = sp.asarray(ref[::-1])
+        assert np.array_equal(a, ref) and np.array_equal(b, ref[::-1])
+        assert host.collapsed_chunks == 0 and len(calls) == n_dev + 1
+        assert 0 < host._backoff <= nodes_mod.COLLAPSE_BACKOFF
+        _exercise(sp)

@@ -11,15 +11,17 @@ import ccadgpu
 from ccadgpu import errors as E
 
 PS = 16 << 10
-F = PS // 8
 
 
 class SpaceMachine(RuleBasedStateMachine):
     arrays = Bundle("arrays")
+    PS = PS
+    DEVICE_PAGES, HOST_PAGES = 12, 48
 
     def __init__(self):
         super().__init__()
-        self.sp = ccadgpu.Space(device_memory=12 * PS, host_memory=48 * PS, page_size=PS)
+        self.sp = ccadgpu.Space(device_memory=self.DEVICE_PAGES * self.PS,
+                                host_memory=self.HOST_PAGES * self.PS, page_size=self.PS)
         self.model = {}      # id -> (array, reference, pinned pages mask)
         self.next = 0
 
@@ -30,7 +32,7 @@ class SpaceMachine(RuleBasedStateMachine):
           placement=st.sampled_from(["host", "device", "preferred:device", "interleave"]),
           seed=st.integers(0, 1000))
     def allocate(self, npages, placement, seed):
-        ref = np.random.default_rng(seed).standard_normal(npages * F - seed % 7)
+        ref = np.random.default_rng(seed).standard_normal(npages * (self.PS // 8) - seed % 7)
         try:
             a = self.sp.asarray(ref, placement=placement)
         except E.CapacityError:
@@ -94,7 +96,7 @@ class SpaceMachine(RuleBasedStateMachine):
         n = len(pinned)
         lo = min(lo, n - 1)
         hi = min(n, lo + ln)
-        view = a[lo * F: min(hi * F, a.size)]
+        view = a[lo * (self.PS // 8): min(hi * (self.PS // 8), a.size)]
         if view.size == 0:
             return
         if on and self.sp.device.state != "online" and (self.sp.placement(view) == 1).any():
@@ -115,7 +117,7 @@ class SpaceMachine(RuleBasedStateMachine):
             return
         assert not pinned_on_dev
         assert self.sp.device.state == ("online" if reset else "offline")
-        assert rep.pages * PS == rep.bytes
+        assert rep.pages * self.PS == rep.bytes
         for a, ref, _ in self.model.values():
             assert (self.sp.placement(a) == 0).all() and np.array_equal(a, ref)
 
@@ -149,6 +151,32 @@ class SpaceMachine(RuleBasedStateMachine):
         assert self.sp.nodes[0].free_frames >= self.sp.nodes[1].used_frames
 
 
+    @invariant()
+    def each_frame_backs_one_page(self):
+        for n, node in enumerate(self.sp.nodes):
+            fr = [self.sp.pt.frame[al.vstart: al.vstart + al.npages][
+                self.sp.pt.node[al.vstart: al.vstart + al.npages] == n]
+                for al in (self.sp._resolve(a)[0] for a, _, _ in self.model.values())]
+            fr = np.concatenate(fr) if fr else np.zeros(0, np.int64)
+            assert len(np.unique(fr)) == len(fr), "a frame backs two pages"
+            assert not node._free[fr].any(), "a mapped frame is marked free"
+            assert node._nfree == int(node._free.sum())
+            assert node._nwarm == int((node._free & node._populated).sum())
+
+
+class HugeChunkMachine(SpaceMachine):
+    """64 KiB pages and allocations of 20-90 pages: the paths where runs of 32 pages (2 MiB)
+    are collapsed into huge pages and placed at their frames' offset within 2 MiB."""
+    PS = 64 << 10
+    DEVICE_PAGES, HOST_PAGES = 96, 320
+
+    @rule(target=SpaceMachine.arrays, npages=st.integers(20, 90),
+          placement=st.sampled_from(["host", "device", "interleave"]),
+          seed=st.integers(0, 1000))
+    def allocate_big(self, npages, placement, seed):
+        return self.allocate(npages, placement, seed)
+
+
 def ccadgpu_none():
     from hypothesis.stateful import multiple
     return multiple()
@@ -157,3 +185,9 @@ def ccadgpu_none():
 SpaceMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None,
                                           suppress_health_check=[HealthCheck.too_slow])
 TestSpaceMachine = SpaceMachine.TestCase
+
+
+HugeChunkMachine.TestCase.settings = settings(max_examples=25, stateful_step_count=25,
+                                              deadline=None,
+                                              suppress_health_check=[HealthCheck.too_slow])
+TestHugeChunkMachine = HugeChunkMachine.TestCase

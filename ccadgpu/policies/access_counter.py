@@ -99,6 +99,8 @@ if TYPE_CHECKING:
     from ..manager import Epoch, PolicyContext
 
 SECTOR = 32
+#: slots of the per-allocation table of the phase-change rule (see ``AccessCounter._learn``)
+ALLOC_SLOTS = 4096
 
 _WINDOW: dict[float, np.ndarray] = {}
 
@@ -176,11 +178,12 @@ class AccessCounter(Policy):
         self._fast = np.zeros((0, 2), bool)      # one epoch of use suffices (see _learn)
         self._ready = np.zeros((0, 2), bool)     # has shown reuse enough to move (_ready_of)
         self._seen = np.zeros((0, 2), np.int64)  # last epoch each processor touched it
-        # per allocation id and processor: its last epoch on it, pages touched then and how
-        # many of those had shown reuse
-        self._prev_e = np.zeros((0, 2), np.int64)
-        self._prev_n = np.zeros((0, 2), np.int64)
-        self._prev_r = np.zeros((0, 2), np.int64)
+        # per allocation (slot: id modulo ALLOC_SLOTS, tagged) and processor: its last epoch
+        # on it, the pages it touched then and how many of those had shown reuse
+        self._tag = np.full(ALLOC_SLOTS, -1, np.int64)
+        self._prev_e = np.full((ALLOC_SLOTS, 2), -1, np.int64)
+        self._prev_n = np.zeros((ALLOC_SLOTS, 2), np.int64)
+        self._prev_r = np.zeros((ALLOC_SLOTS, 2), np.int64)
         self._epoch_now = 0
         self._burst = np.zeros((0, 2))           # sectors per touching epoch (running mean)
         self._until = np.zeros(0, np.int64)      # back-off: no move before this epoch
@@ -263,48 +266,50 @@ class AccessCounter(Policy):
         """Has a processor's working set in an allocation just moved on, from data it was
         reusing?  Yes when this epoch left at least half of the pages of the allocation that
         the processor's previous epoch on it touched, and at least half of those had shown
-        reuse (``reused``: touched in two epochs, with more sectors than the largest burst by
-        half a burst, so that a page two chunks of a stream share is no evidence).  Then the
-        pages it touches now are the new working set and need only one epoch of use
-        (:meth:`_evaluate`): a phase change is followed after one epoch, not two."""
+        reuse (``reused``: the evidence of :meth:`_ready_of` without ``fast``, so that a page
+        two chunks of a stream share is no evidence).  Then the pages it touches now are the
+        new working set and need only one epoch of use (:meth:`_evaluate`): a phase change is
+        followed after one epoch, not two.
+
+        The per-allocation state lives in a direct-mapped table of :data:`ALLOC_SLOTS` slots
+        tagged with the allocation id (ids only grow, so a table indexed by id would too); an
+        allocation that lands on a slot another one holds starts again from nothing, which
+        only means waiting for the usual two epochs."""
         ids = ep.alloc_ids
         if ids is None or len(ids) != len(ep.vpns) or len(ids) == 0:
             return                           # epochs built by hand: no allocation known
         ids = np.asarray(ids, np.int64)
-        mine = ids >= 0
-        hi = int(ids.max()) + 1
-        if hi > len(self._prev_e):
-            n = max(hi, 2 * len(self._prev_e))
-
-            def grow(a: np.ndarray, fill: int) -> np.ndarray:
-                out = np.full((n, 2), fill, a.dtype)
-                out[: len(a)] = a
-                return out
-            self._prev_e, self._prev_n = grow(self._prev_e, -1), grow(self._prev_n, 0)
-            self._prev_r = grow(self._prev_r, 0)
+        mine = ids >= 0                      # -1: no allocation, -2: several (a host epoch)
+        if not mine.any():
+            return
         # an allocation is one contiguous range of pages, and the pages come sorted: runs
         start = np.flatnonzero(np.concatenate(([True], ids[1:] != ids[:-1])))
         run_id = ids[start]
         run_len = np.diff(np.append(start, len(ids)))
         ok_run = run_id >= 0
-        safe = np.where(mine, ids, 0)
+        slot_r = np.where(ok_run, run_id, 0) % ALLOC_SLOTS
+        claim = ok_run & (self._tag[slot_r] != run_id)
+        if claim.any():                      # a new allocation takes the slot over
+            c = slot_r[claim]
+            self._tag[c] = run_id[claim]
+            self._prev_e[c], self._prev_n[c], self._prev_r[c] = -1, 0, 0
+        slot = np.repeat(slot_r, run_len)
         seen = self._seen[i]
         fast = np.zeros((len(ids), 2), bool)
         for proc in (CPU, DEV):
             t = hit[:, proc] & mine
-            cont = t & (seen[:, proc] == self._prev_e[safe, proc])
+            cont = t & (seen[:, proc] == self._prev_e[slot, proc])
             n_now = np.add.reduceat(t, start)
             n_cont = np.add.reduceat(cont, start)
             n_reused = np.add.reduceat(reused[:, proc] & t, start)
-            rid = np.where(ok_run, run_id, 0)
-            prev = self._prev_n[rid, proc]
+            prev = self._prev_n[slot_r, proc]
             moved_on = ok_run & (prev > 0) & (2 * (prev - n_cont) >= prev) & \
-                (2 * self._prev_r[rid, proc] >= prev)
+                (2 * self._prev_r[slot_r, proc] >= prev)
             fast[:, proc] = np.repeat(moved_on, run_len) & t
             upd = ok_run & (n_now > 0)
-            self._prev_e[run_id[upd], proc] = self._epoch_now
-            self._prev_n[run_id[upd], proc] = n_now[upd]
-            self._prev_r[run_id[upd], proc] = n_reused[upd]
+            self._prev_e[slot_r[upd], proc] = self._epoch_now
+            self._prev_n[slot_r[upd], proc] = n_now[upd]
+            self._prev_r[slot_r[upd], proc] = n_reused[upd]
             seen[:, proc] = np.where(t, self._epoch_now, seen[:, proc])
         self._seen[i] = seen
         self._fast[i] = fast | (self._fast[i] & ~hit)
