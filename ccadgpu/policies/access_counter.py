@@ -477,7 +477,9 @@ class AccessCounter(Policy):
         if k > free:
             top = self._top(pages, score, k)
             heat_val, heat_epoch, dtab = ctx.heat_tables()
-            top = top[top < min(len(heat_val), len(heat_epoch))]
+            lim = min(len(heat_val), len(heat_epoch))
+            if len(top) and top[-1] >= lim:          # sorted: one look at the last page
+                top = top[top < lim]
             bar = _fused.kernels()["min_heat"](top, heat_val, heat_epoch, dtab, ctx.epoch,
                                                DEV) / self.hysteresis
             cold = self._cold(ctx, k - free, bar, top, order=False)
