@@ -1,6 +1,7 @@
 """Policies against the oracle: modeled time of every policy on every workload, per profile.
 
     python benchmarks/bench_policies.py [--size 64MiB] [--page-size 64KiB] [--seed 0]
+                                        [--profiles gh200,h100-pcie] [--param NAME=VALUE ...]
 
 Each workload runs once for real on the CPU stand-in (kernels, counters, a recorded trace,
 results checked against NumPy); the trace is then replayed under every policy and profile
@@ -68,11 +69,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", default="64MiB")
     ap.add_argument("--page-size", default="64KiB")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--profiles", default=",".join(PROFILES),
+                    help=f"comma-separated profiles (default {','.join(PROFILES)})")
+    ap.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                    help="an access_counter parameter for this run (repeatable), e.g. "
+                         "min_epochs=1")
     args = ap.parse_args(argv)
+    params = {}
+    for kv in args.param:
+        name, _, value = kv.partition("=")
+        params[name] = float(value) if "." in value or "e" in value else int(value)
     size = ccadgpu.parse_size(args.size)
     page = ccadgpu.parse_size(args.page_size)
     print(f"# bench_policies: working set {ccadgpu.format_bytes(size)}, pages "
-          f"{ccadgpu.format_bytes(page)}, seed {args.seed}, {machine()}")
+          f"{ccadgpu.format_bytes(page)}, seed {args.seed}, {machine()}"
+          + (f"; access_counter with {params}" if params else ""))
     with tempfile.TemporaryDirectory() as d:
         traces = {}
         for name in WORKLOADS:
@@ -81,10 +92,12 @@ def main(argv: list[str] | None = None) -> int:
             if not ok:
                 print(f"!! {name}: results differ from NumPy")
                 return 1
-        for prof in PROFILES:
+        for prof in args.profiles.split(","):
             rows, ratios, notes = [], [], []
             for name, tr in traces.items():
-                res = {p: replay(tr, p, profile=prof) for p in POLICIES}
+                res = {p: replay(tr, p, profile=prof,
+                                 **(params if p == "access_counter" else {}))
+                       for p in POLICIES}
                 o = res["oracle"]["modeled_s"]
                 rows.append([name] + [f"{res[p]['modeled_s'] * 1e3:.3f} ({res[p]['modeled_s'] / o:.2f})"
                                       for p in POLICIES] +

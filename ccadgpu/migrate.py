@@ -24,7 +24,7 @@ import numpy as np
 
 from . import pagetable as ptf
 from .errors import MigrationError
-from .runs import node_steps, run_phase, runs
+from .runs import node_steps, runs
 from .telemetry import CAUSES, record_migration
 from .vaspace import MAP_BUDGET, count_breaks
 
@@ -130,9 +130,8 @@ class Migrator:
         pos = np.flatnonzero(todo)
         if len(pos) == 0:
             return None
-        period = sp._huge_period if len(pos) >= sp._huge_period else 1
-        frames = sp.nodes[target].take(len(pos), partial=True,
-                                       phase=run_phase(vpns[pos], period), period=period)
+        phase, period = sp._huge_phase(vpns[pos])
+        frames = sp.nodes[target].take(len(pos), partial=True, phase=phase, period=period)
         if len(frames) < len(pos):
             status[pos[len(frames):]] = -errno.ENOMEM
             pos = pos[: len(frames)]

@@ -312,18 +312,18 @@ class Node:
         compacts memory synchronously, and a machine short of huge pages should not pay for
         that on every allocation."""
         cb = self._chunk * self.page_size
+        # collapse needs a populated base page in each 2 MiB it makes huge: write the zero
+        # that fresh memory holds anyway into the first byte of each
+        first = (chunks[:, None] * cb + np.arange(0, cb, HUGE_PAGE)).reshape(-1)
+        self.view[first] = 0
         done = []
         at, lens = runs(chunks)
         for s, n in zip(chunks[at].tolist(), lens.tolist()):
             if self._backoff > 0:
                 self._backoff -= n
                 continue
-            addr = self.base + s * cb
             try:
-                # collapse needs a populated base page in each 2 MiB it makes huge
-                for off in range(0, n * cb, HUGE_PAGE):
-                    _sys.madvise(addr + off, _sys.OS_PAGE, _sys.MADV_POPULATE_WRITE)
-                _sys.madvise(addr, n * cb, _sys.MADV_COLLAPSE)
+                _sys.madvise(self.base + s * cb, n * cb, _sys.MADV_COLLAPSE)
             except OSError:
                 self._backoff = COLLAPSE_BACKOFF
                 continue

@@ -360,14 +360,17 @@ class Space:
             return nodes, colour
         return aligned, 0
 
-    @property
-    def _huge_period(self) -> int:
-        """Pages per 2 MiB when arenas may hold huge pages that a run of pages can be mapped by
-        (CPU stand-in, page size dividing 2 MiB), else 1: runs of pages are placed at the same
-        offset within 2 MiB in the virtual range as their frames in the arena."""
-        if self.gpu is not None or HUGE_ALIGN % self.page_size:
-            return 1
-        return HUGE_ALIGN // self.page_size
+    def _huge_phase(self, seq: np.ndarray) -> tuple[int, int]:
+        """``(phase, period)`` that puts the longest run of ``seq`` (frames for a new range of
+        pages, or pages for new frames) at the same offset within 2 MiB on the other side, so
+        that arena huge pages map as such: ``period`` is the pages per 2 MiB on the CPU
+        stand-in when the page size divides 2 MiB and ``seq`` spans at least that many, else
+        1 (no alignment asked for)."""
+        if self.gpu is not None or HUGE_ALIGN % self.page_size or \
+                len(seq) < HUGE_ALIGN // self.page_size:
+            return 0, 1
+        period = HUGE_ALIGN // self.page_size
+        return run_phase(seq, period), period
 
     def _empty(self, shape: Any, dtype: Any, placement: Any, pinned: bool, name: Any,
                place_now: bool) -> ManagedArray:
@@ -397,8 +400,7 @@ class Space:
                     f = self.nodes[n].take(int(sel.sum()))
                     taken.append((n, f))
                     frames[sel] = f
-                period = self._huge_period if npages >= self._huge_period else 1
-                vstart = self.va.allocate(npages, run_phase(frames, period), period)
+                vstart = self.va.allocate(npages, *self._huge_phase(frames))
                 if self.gpu is None:
                     charged = count_breaks(nodes, frames)
                     MAP_BUDGET.charge(charged, f"allocating {npages} pages")

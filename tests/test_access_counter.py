@@ -207,7 +207,9 @@ def test_fused_rule_matches_the_documented_rule():
     pol._peak[:] = rng.exponential(2000, (n, 2))
     pol._total[:] = pol._peak * rng.uniform(1.0, 3.0, (n, 2))
     pol._fast[:] = rng.random((n, 2)) < 0.3
-    pol._ready[:] = pol._ready_of(pol._touches, pol._total, pol._peak, pol._fast)
+    m = pol.min_epochs         # the state observe keeps: the evidence, or fast and touched
+    pol._ready[:] = ((pol._touches >= m) & (pol._total >= (m - 0.5) * pol._peak)) | \
+        (pol._fast & (pol._touches >= 1))
     mgr.last_move[:] = rng.integers(-5, 10, n)
     pol._moved[:] = np.where(rng.random(n) < 0.9, mgr.last_move, -1)
     pages = np.arange(n)

@@ -176,7 +176,7 @@ class AccessCounter(Policy):
         self._total = np.zeros((0, 2))           # sectors since its move (not decayed)
         self._peak = np.zeros((0, 2))            # most sectors in one epoch since its move
         self._fast = np.zeros((0, 2), bool)      # one epoch of use suffices (see _learn)
-        self._ready = np.zeros((0, 2), bool)     # has shown reuse enough to move (_ready_of)
+        self._ready = np.zeros((0, 2), bool)     # has shown reuse enough to move (observe)
         self._seen = np.zeros((0, 2), np.int64)  # last epoch each processor touched it
         # per allocation (slot: id modulo ALLOC_SLOTS, tagged) and processor: its last epoch
         # on it, the pages it touched then and how many of those had shown reuse
@@ -184,7 +184,6 @@ class AccessCounter(Policy):
         self._prev_e = np.full((ALLOC_SLOTS, 2), -1, np.int64)
         self._prev_n = np.zeros((ALLOC_SLOTS, 2), np.int64)
         self._prev_r = np.zeros((ALLOC_SLOTS, 2), np.int64)
-        self._epoch_now = 0
         self._burst = np.zeros((0, 2))           # sectors per touching epoch (running mean)
         self._until = np.zeros(0, np.int64)      # back-off: no move before this epoch
         self._caught = np.zeros(0, np.int16)     # times caught thrashing (doubles the back-off)
@@ -249,25 +248,17 @@ class AccessCounter(Policy):
             self._touches, self._burst, self._total, self._peak,
             decay_table(self.owed_halflife_epochs), ctx.epoch, self.min_epochs, evidence)
         i = as_index(v)
-        self._epoch_now = ctx.epoch
-        self._learn(i, ep, bp > 0, evidence)
+        self._learn(i, ep, bp > 0, evidence, ctx.epoch)
+        # ready to move: the evidence, or one touching epoch of a page of a new working set
         self._ready[i] = evidence | (self._fast[i] & (self._touches[i] >= 1))
 
-    def _ready_of(self, touches: np.ndarray, total: np.ndarray, peak: np.ndarray,
-                  fast: np.ndarray) -> np.ndarray:
-        """Whether pages have shown reuse enough to move (the rule :meth:`observe` keeps in
-        ``_ready``): ``min_epochs`` touching epochs and ``min_epochs - 0.5`` times the
-        largest burst's sectors, or one epoch where ``fast``."""
-        m = self.min_epochs
-        return ((touches >= m) & (total >= (m - 0.5) * peak)) | (fast & (touches >= 1))
-
     def _learn(self, i: "slice | np.ndarray", ep: "Epoch", hit: np.ndarray,
-               reused: np.ndarray) -> None:
+               reused: np.ndarray, epoch: int) -> None:
         """Has a processor's working set in an allocation just moved on, from data it was
         reusing?  Yes when this epoch left at least half of the pages of the allocation that
         the processor's previous epoch on it touched, and at least half of those had shown
-        reuse (``reused``: the evidence of :meth:`_ready_of` without ``fast``, so that a page
-        two chunks of a stream share is no evidence).  Then the pages it touches now are the
+        reuse (``reused``: ``min_epochs`` touching epochs and ``min_epochs - 0.5`` times the
+        largest burst's sectors, so that a page two chunks of a stream share is no evidence).  Then the pages it touches now are the
         new working set and need only one epoch of use (:meth:`_evaluate`): a phase change is
         followed after one epoch, not two.
 
@@ -307,10 +298,10 @@ class AccessCounter(Policy):
                 (2 * self._prev_r[slot_r, proc] >= prev)
             fast[:, proc] = np.repeat(moved_on, run_len) & t
             upd = ok_run & (n_now > 0)
-            self._prev_e[slot_r[upd], proc] = self._epoch_now
+            self._prev_e[slot_r[upd], proc] = epoch
             self._prev_n[slot_r[upd], proc] = n_now[upd]
             self._prev_r[slot_r[upd], proc] = n_reused[upd]
-            seen[:, proc] = np.where(t, self._epoch_now, seen[:, proc])
+            seen[:, proc] = np.where(t, epoch, seen[:, proc])
         self._seen[i] = seen
         self._fast[i] = fast | (self._fast[i] & ~hit)
 
