@@ -1,10 +1,13 @@
-"""A/B of compile-time variants of the instrumented indexed kernels on a GPU.
+"""A/B of variants of the instrumented indexed kernels on a GPU.
 
 For gather and CSR SpMV with counters over the indexed operand's pages (as a Space counts),
-times the plain kernel and the counted one built with each variant, and checks every variant's
-per-page counts against the reference.  Variants are preprocessor settings of
-``ccadgpu/kernels/cuda/ccad_counters.cuh`` (e.g. ``CCAD_WARP_VOTE=0``: no whole-warp fast path,
-one shared atomic per lane).  Run on a lent GPU machine::
+times the plain kernel and the counted one built or launched each way, and checks every
+variant's per-page counts against the reference.  Variants: the grid as launched
+(``CudaKernels.launch`` cuts it to one wave of resident blocks; "8 blocks per SM" is the planned
+grid as is, what launches were before), and preprocessor settings of
+``ccadgpu/kernels/cuda/ccad_counters.cuh`` (``CCAD_WARP_VOTE=0``: no whole-warp fast path, one
+shared atomic per lane).  Columns: registers and resident blocks per SM, plain/counted.
+Run on a lent GPU machine::
 
     python benchmarks/gpu_variants.py [--n 22000000] [--repeat 7]
 """
@@ -24,7 +27,12 @@ from _util import table  # noqa: E402
 from ccadgpu.backends import cuda_kernels as ck  # noqa: E402
 from ccadgpu.backends.cuda_reference import expected_counts  # noqa: E402
 
-VARIANTS = {"default": (), "no warp vote": ("-DCCAD_WARP_VOTE=0",)}
+#: label -> (compile options, launch the planned grid as is instead of one resident wave)
+VARIANTS = {
+    "default (one wave)": ((), False),
+    "8 blocks per SM (before)": ((), True),
+    "no warp vote": (("-DCCAD_WARP_VOTE=0",), False),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,26 +72,44 @@ def main(argv: list[str] | None = None) -> int:
     lo = ck.array_address(x) & ~(page - 1)
     cases = {"gather": (y, x, idx), "spmv": (v, indptr, indices, data, x)}
     rows, ok_all = [], True
-    for name, opts in VARIANTS.items():
-        kern = type("K", (CudaKernels,), {"OPTIONS": CudaKernels.OPTIONS + opts})(b)
+    built: dict[tuple[str, ...], CudaKernels] = {}
+    for name, (opts, as_planned) in VARIANTS.items():
+        kern = built.get(opts)
+        if kern is None:
+            kern = built[opts] = type("K", (CudaKernels,),
+                                      {"OPTIONS": CudaKernels.OPTIONS + opts})(b)
         for op, arrays in cases.items():
             cnt = b.new_counters(lo, x.nbytes + (ck.array_address(x) - lo), page, "indexed")
             plain = ck.plan(op, *arrays, max_blocks=kern.max_blocks)
             counted = ck.plan(op, *arrays, counters=cnt, max_blocks=kern.max_blocks)
-            t_p = b.median_time(lambda: kern.launch(plain), args.repeat, 1)
-            t_c = b.median_time(lambda: kern.launch(counted), args.repeat, 1)
+            fns = [kern.function(p.module, p.name) for p in (plain, counted)]
+            res = [kern.resident_blocks(f, ck.BLOCK) for f in fns]
+            grids = [p.grid if as_planned else ck.fit_grid(p.grid, r)
+                     for p, r in zip((plain, counted), res)]
+
+            def go(i: int) -> None:
+                p = (plain, counted)[i]
+                with b._dev, b.stream:
+                    fns[i](grids[i], p.block, p.args)
+
+            t_p = b.median_time(lambda: go(0), args.repeat, 1)
+            t_c = b.median_time(lambda: go(1), args.repeat, 1)
             b.clear_counters(cnt)
-            kern.launch(counted)
+            go(1)
             rd, wr = b.read_counters(cnt)
             ref = expected_counts(op, *arrays, base=cnt.base, shift=cnt.shift,
                                   npages=cnt.npages, mode="indexed")
             ok = bool(np.array_equal(rd, ref[0]) and np.array_equal(wr, ref[1]))
             ok_all &= ok
             rows.append([name, op, f"{t_p * 1e3:.3f} ms", f"{t_c * 1e3:.3f} ms",
-                         f"{t_c / t_p:.2f}", "ok" if ok else "WRONG"])
+                         f"{t_c / t_p:.2f}",
+                         "/".join(str(getattr(f, "num_regs", "?")) for f in fns),
+                         "/".join(str(r // b.sm_count) for r in res),
+                         f"{grids[0][0]}/{grids[1][0]}", "ok" if ok else "WRONG"])
     print(f"GPU: {b.name}; {n} elements, {nrows} CSR rows x {per}, 64 KiB pages, "
           f"median of {args.repeat}")
-    print(table(["variant", "op", "plain", "counted", "ratio", "counts"], rows))
+    print(table(["variant", "op", "plain", "counted", "ratio", "regs p/c", "blocks/SM p/c",
+                 "grid p/c", "counts"], rows))
     b.free(region)
     b.close()
     return 0 if ok_all else 1

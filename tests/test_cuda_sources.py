@@ -8,11 +8,13 @@ warnings as errors; the PTX kept from the same call lists the ``.entry`` points.
 """
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import subprocess
 
 import pytest
+from hypothesis import given, strategies as st
 
 from ccadgpu.backends import cuda_kernels as ck
 
@@ -73,3 +75,36 @@ def test_nvcc_compiles_every_source(tmp_path):
         want = set(ck.kernel_names(mod))
         assert entries == want, (f"{mod}.cu: missing {sorted(want - entries)}, "
                                  f"unexpected {sorted(entries - want)}")
+
+
+@given(st.tuples(*[st.integers(1, 5000)] * 3), st.integers(1, 3000))
+def test_fit_grid_cuts_a_grid_to_one_wave(grid, resident):
+    got = ck.fit_grid(grid, resident)
+    assert all(1 <= g <= o for g, o in zip(got, grid))
+    assert got[0] * got[1] * got[2] <= max(resident, 1)
+    if grid[0] * grid[1] * grid[2] <= resident:
+        assert got == grid
+    elif grid[0] <= resident:
+        assert got[0] == grid[0]          # rows of a 2-D launch stay whole
+
+
+def test_launch_cuts_the_grid_to_resident_blocks():
+    from ccadgpu.backends.cuda import CudaKernels
+
+    class Fn:
+        def __init__(self):
+            self.calls = []
+
+        def __call__(self, grid, block, args):
+            self.calls.append(grid)
+
+    class B:
+        sm_count, _dev, stream = 4, contextlib.nullcontext(), contextlib.nullcontext()
+        cp = None
+
+    k = CudaKernels.__new__(CudaKernels)
+    k.b, k.cp, k._resident = B(), None, {}
+    fn = Fn()
+    k._functions = {"dense:f": fn}
+    k.launch(ck.Launch("dense", "f", (1000, 1, 1), (256, 1, 1), ()))
+    assert fn.calls == [(32, 1, 1)]       # no occupancy calculator: 8 blocks per SM

@@ -131,10 +131,16 @@ class _Driver:
         self.prefetch_v1 = getattr(lib, "cuMemPrefetchAsync", None)
         if self.prefetch_v1 is not None:
             self.prefetch_v1.argtypes = [u64, sz, c_int, vp]
+        # CUDA 13: remap managed ranges to a location without moving their contents
+        self.discard_prefetch = getattr(lib, "cuMemDiscardAndPrefetchBatchAsync", None)
+        if self.discard_prefetch is not None:
+            self.discard_prefetch.argtypes = [
+                ctypes.POINTER(u64), ctypes.POINTER(sz), sz, ctypes.POINTER(_CUmemLocation),
+                ctypes.POINTER(sz), sz, ctypes.c_ulonglong, vp]
         self.range_attr = lib.cuMemRangeGetAttribute
         self.range_attr.argtypes = [vp, sz, c_int, u64, sz]
         for f in (self.advise_v2, self.advise_v1, self.prefetch_v2, self.prefetch_v1,
-                  self.range_attr):
+                  self.discard_prefetch, self.range_attr):
             if f is not None:
                 f.restype = c_int
         self.get_name = lib.cuGetErrorName
@@ -168,6 +174,25 @@ class _Driver:
             self.check(self.prefetch_v1(ptr, nbytes, device, stream), "cuMemPrefetchAsync")
         else:
             raise CudaError("the CUDA driver exports no cuMemPrefetchAsync")
+
+    @property
+    def can_discard(self) -> bool:
+        return self.discard_prefetch is not None
+
+    def discard_prefetch_batch(self, ranges: Sequence[tuple[int, int]], device: int,
+                               stream: int) -> None:
+        """``cuMemDiscardAndPrefetchBatchAsync``: the ranges' pages are placed on ``device``
+        and their contents become undefined (nothing is copied)."""
+        if self.discard_prefetch is None:
+            raise CudaError("the CUDA driver exports no cuMemDiscardAndPrefetchBatchAsync "
+                            "(CUDA 13+ drivers)")
+        k = len(ranges)
+        ptrs = (ctypes.c_uint64 * k)(*[int(p) for p, _ in ranges])
+        sizes = (ctypes.c_size_t * k)(*[int(n) for _, n in ranges])
+        locs = (_CUmemLocation * 1)(self._loc(device))
+        first = (ctypes.c_size_t * 1)(0)
+        self.check(self.discard_prefetch(ptrs, sizes, k, locs, first, 1, 0, stream),
+                   "cuMemDiscardAndPrefetchBatchAsync")
 
     def attribute(self, ptr: int, nbytes: int, attr: int, count: int = 1) -> list[int]:
         buf = (ctypes.c_int * count)()
@@ -695,6 +720,7 @@ class CudaKernels:
         self.cp = backend.cp
         self._modules: dict[str, Any] = {}
         self._functions: dict[str, Any] = {}
+        self._resident: dict[tuple[int, int], int] = {}
         self._lock = threading.Lock()
 
     # -- loading ------------------------------------------------------------------------------
@@ -728,13 +754,30 @@ class CudaKernels:
                 self.function(mod, name)
         return time.perf_counter() - t0
 
+    def resident_blocks(self, fn: Any, threads: int) -> int:
+        """Blocks of ``fn`` (a compiled kernel) at ``threads`` threads each that the whole GPU
+        holds at once (CUDA's occupancy calculator; 8 per SM when it cannot say)."""
+        key = (id(fn), threads)
+        n = self._resident.get(key)
+        if n is None:
+            try:
+                per_sm = int(self.cp.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(
+                    fn.kernel.ptr, threads, 0))
+            except Exception:  # noqa: BLE001 - old CuPy: fall back to the planned grid
+                per_sm = 8
+            n = self._resident[key] = self.b.sm_count * max(1, per_sm)
+        return n
+
     def launch(self, plan: Launch | None) -> None:
-        """Queue one planned launch on the backend's stream."""
+        """Queue one planned launch on the backend's stream, its grid cut to one wave of
+        resident blocks (:func:`~ccadgpu.backends.cuda_kernels.fit_grid`)."""
         if plan is None:
             return
         fn = self.function(plan.module, plan.name)
+        threads = plan.block[0] * plan.block[1] * plan.block[2]
+        grid = ck.fit_grid(plan.grid, self.resident_blocks(fn, threads))
         with self.b._dev, self.b.stream:
-            fn(plan.grid, plan.block, plan.args)
+            fn(grid, plan.block, plan.args)
 
     # -- ops ----------------------------------------------------------------------------------
     @property

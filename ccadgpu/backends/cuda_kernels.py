@@ -37,7 +37,7 @@ from ..errors import InvalidArgumentError
 __all__ = ["SOURCE_DIR", "HEADER", "MODULES", "OPS", "FLOAT_TYPES", "INT_TYPES", "INDEX_TYPES",
            "VALUE_TYPES", "COUNT_MODES", "BLOCK",
            "ITEMS", "PageCounters", "Launch", "kernel_name", "kernel_names", "source_files",
-           "load_source", "array_address", "plan"]
+           "load_source", "array_address", "plan", "fit_grid"]
 
 SOURCE_DIR = Path(__file__).resolve().parent.parent / "kernels" / "cuda"
 HEADER = "ccad_counters.cuh"
@@ -305,6 +305,20 @@ class Launch:
     grid: tuple[int, int, int]
     block: tuple[int, int, int]
     args: tuple
+
+
+def fit_grid(grid: tuple[int, int, int], resident: int) -> tuple[int, int, int]:
+    """``grid`` cut to at most ``resident`` blocks (what the GPU holds at once), the last
+    dimensions first.  Every kernel here strides over its work by the grid's size, so any grid
+    computes the same; one that is larger than a wave runs a second, mostly idle one.  The
+    counted kernels need more registers than the plain ones (6 resident blocks of 256 threads
+    per SM instead of 8 on an H100), so a grid of 8 per SM cost counted SpMV 1.11x its plain
+    kernel where one wave costs 1.02x (benchmarks/gpu_variants.py)."""
+    gx, gy, gz = (max(1, int(g)) for g in grid)
+    cap = max(1, int(resident))
+    gz = max(1, min(gz, cap // (gx * gy))) if gx * gy <= cap else 1
+    gy = max(1, min(gy, cap // gx)) if gx <= cap else 1
+    return (min(gx, cap), gy, gz)
 
 
 def _dense_grid(n: int, max_blocks: int) -> tuple[int, int, int]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import hashlib
 import shutil
 import subprocess
@@ -101,9 +102,14 @@ class EmuKernels(CudaKernels):
         self.lib = lib
         self.launches: list[str] = []
 
+    #: resident blocks of the imitated GPU: below max_blocks, so launches are cut to one wave
+    #: as on a card (CudaKernels.launch), and every kernel must stride over what is left
+    RESIDENT = 3
+
     def launch(self, plan: ck.Launch | None) -> None:
         if plan is not None:
             self.launches.append(plan.name)
+            plan = dataclasses.replace(plan, grid=ck.fit_grid(plan.grid, self.RESIDENT))
         run(self.lib, plan)
 
     def _reduce(self, op: str, arrays: list[Any], counters: Any) -> Any:
