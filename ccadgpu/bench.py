@@ -77,7 +77,9 @@ def run_workload(workload: str, policy: str = "static", profile: str = "gh200",
         vp = np.flatnonzero(init >= 0)
         frames = int(rec.trace.header["nodes"][1]["frames"])
         from .clock import load_profile
-        sched = plan_oracle(eps, load_profile(profile), ps, frames, init[vp], vp)
+        # the live space has the recording's tunables (the backend's cpu_access among them)
+        mode = rec.trace.header.get("tunables", {}).get("cpu_access", "coherent")
+        sched = plan_oracle(eps, load_profile(profile), ps, frames, init[vp], vp, mode)
         pol = make_policy("oracle", schedule=sched)
         extra["lower_bound_s"] = sched.lower_bound
     with Space(device_memory=wl.device_bytes(nbytes, ps), page_size=ps, profile=profile,

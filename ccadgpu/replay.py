@@ -75,7 +75,7 @@ def replay(trace: Trace, policy: "str | Policy", profile: "str | Profile | None"
     extra: dict[str, Any] = {}
     if policy == "oracle":
         vp = np.flatnonzero(init >= 0)
-        sched = plan_oracle(epochs, prof, ps, dev_frames, init[vp], vp)
+        sched = plan_oracle(epochs, prof, ps, dev_frames, init[vp], vp, tun.cpu_access)
         pol: "str | Policy" = make_policy("oracle", schedule=sched)
         extra = {"lower_bound_s": sched.lower_bound, "oracle_planned_s": sched.planned_cost}
     else:

@@ -199,6 +199,20 @@ def test_cpu_access_modes():
         replay(tr, "static", tunables={"cpu_access": "sometimes"})
 
 
+def test_oracle_plans_for_cpu_faults_bringing_pages_home():
+    """Under migrate_on_cpu_fault the CPU cannot use a device page where it is: a schedule that
+    leaves pages on the device across CPU epochs (the coherent optimum on gh200) would be
+    faulted home and back every round."""
+    tr = make_trace([("device", sweeps(range(4), 8)), ("cpu", sweeps(range(4), 8))] * 6, 4, 8)
+    hmm = {"cpu_access": "migrate_on_cpu_fault"}
+    coherent = replay(tr, "oracle")
+    assert coherent["migrated_bytes"] > 0       # on gh200 the device copy pays when coherent
+    o, static = replay(tr, "oracle", tunables=hmm), replay(tr, "static", tunables=hmm)
+    assert o["migrated_bytes_by_cause"].get("fault", 0) == 0
+    assert o["modeled_s"] <= static["modeled_s"] * (1 + 1e-9)
+    assert o["lower_bound_s"] <= o["modeled_s"] * (1 + 1e-9)
+
+
 def test_migration_switch_stops_every_policy():
     tr = make_trace([("device", sweeps(range(8), 8))] * 10, 8, 8)
     for pol in ("on_demand", "access_counter", "first_touch"):
@@ -232,18 +246,22 @@ epoch_strategy = st.lists(
 
 @settings(max_examples=40, deadline=None)
 @given(epochs=epoch_strategy, dev=st.integers(1, 12),
-       profile=st.sampled_from(["gh200", "h100-pcie", "cxl-type2"]))
-def test_oracle_bounds_every_policy(epochs, dev, profile):
+       profile=st.sampled_from(["gh200", "h100-pcie", "cxl-type2"]),
+       cpu_access=st.sampled_from(["coherent", "migrate_on_cpu_fault"]))
+def test_oracle_bounds_every_policy(epochs, dev, profile, cpu_access):
     """The lower bound is below every policy; without capacity pressure the oracle is the
-    optimum, so no policy beats it either."""
+    optimum, so no policy beats it either.  Under migrate_on_cpu_fault too: the oracle must
+    plan for the CPU faulting device pages home (it moves them first, and never faults)."""
     tr = make_trace(epochs, 12, dev, profile=profile)
-    o = replay(tr, "oracle")
+    tun = {"cpu_access": cpu_access}
+    o = replay(tr, "oracle", tunables=tun)
+    assert o["migrated_bytes_by_cause"].get("fault", 0) == 0
     eps = 1e-12 + 1e-9 * o["modeled_s"]
     # the schedule is optimal for traffic and migrations; an epoch that it splits over both
     # nodes may pay one more per-node latency than a policy that keeps them on one
     lat = load_profile(profile).latency.max() * len(epochs)
     for pol in ("static", "first_touch", "on_demand", "access_counter", "autonuma"):
-        r = replay(tr, pol)
+        r = replay(tr, pol, tunables=tun)
         assert o["lower_bound_s"] <= r["modeled_s"] + eps
         if dev >= 12:
             assert o["modeled_s"] <= r["modeled_s"] + lat + eps, pol

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from ..manager import Epoch, PolicyContext
 
 SECTOR = 32
+CPU_PROC = 0               # the CPU's processor index in an epoch's sectors
 
 
 @dataclass
@@ -91,13 +92,28 @@ def _dp(ch: np.ndarray, cd: np.ndarray, init_dev: np.ndarray, up: float, down: f
 
 
 def plan_oracle(epochs: Sequence["Epoch"], profile: "Profile", page_size: int,
-                device_frames: int, initial_node: np.ndarray, vpns: np.ndarray
-                ) -> OracleSchedule:
-    """Plan the schedule for pages ``vpns`` (sorted) starting on ``initial_node``."""
+                device_frames: int, initial_node: np.ndarray, vpns: np.ndarray,
+                cpu_access: str = "coherent") -> OracleSchedule:
+    """Plan the schedule for pages ``vpns`` (sorted) starting on ``initial_node``.
+
+    ``cpu_access`` is the space's (tunable ``cpu_access``): under ``"migrate_on_cpu_fault"`` a
+    page the CPU touches in an epoch cannot stay on the device for it (the space would fault it
+    home), so the schedule has it on the host for that epoch, moved there beforehand."""
+    if cpu_access not in ("coherent", "migrate_on_cpu_fault"):
+        raise ValueError(f"cpu_access must be 'coherent' or 'migrate_on_cpu_fault', got "
+                         f"{cpu_access!r}")
     vpns = np.asarray(vpns, np.int64)
     ch, cd = _costs(epochs, vpns, profile)
     up = page_size / profile.link[HOST, DEVICE] + profile.per_page
     down = page_size / profile.link[DEVICE, HOST] + profile.per_page
+    if cpu_access == "migrate_on_cpu_fault":
+        # dearer than any whole schedule that keeps the page on the host (always allowed), so
+        # no optimum and no capacity price ever puts a page on the device for such an epoch
+        forbid = float(ch.sum() + cd.sum()) + (up + down) * (len(epochs) + 1) + 1.0
+        for e, ep in enumerate(epochs):
+            if len(ep.vpns):
+                cpu = ep.vpns[ep.sectors[:, CPU_PROC, :].sum(axis=1) > 0]
+                cd[e, np.searchsorted(vpns, cpu)] += forbid
     init_dev = np.asarray(initial_node) == DEVICE
     on, cost = _dp(ch, cd, init_dev, up, down)
     # placement-independent terms, so that the bound compares with whole modeled times: launch
