@@ -478,40 +478,59 @@ class MigrationManager:
         order (so that a cut for capacity keeps what the policy ranked first)."""
         node = self.placement.node
         v = np.asarray(m.vpns, np.int64)
+        if not self.tunables.migration_enabled and m.cause != "evacuation":
+            return v[:0]
+        veto_pref, veto_access = -1, False
+        if m.cause in POLICY_CAUSES and not m.mandatory:
+            veto_pref = HOST if m.target == DEVICE else -1 if m.cause == "eviction" else DEVICE
+            # the target's processor maps these pages remotely: it never pulls them over
+            veto_access = m.cause != "eviction"
+        # the usual move (pages ascending, within the tables) in one fused pass, the rest below
+        out = np.empty(len(v), np.int64)
+        n = upkeep.kernels()["may_move"](
+            v, node, self.placement.flags(), self.placement.preferred(),
+            self.placement.accessed_by(), m.target, veto_pref, veto_access, ptf.PINNED, out)
+        if n >= 0:
+            v = out[:n]
+        else:
+            v = self._filter_any(v, m.target, veto_pref, veto_access)
+        if m.target == DEVICE and len(v):
+            dup = self.placement.duplicated(v)       # already local to the device for reads
+            if dup.any():
+                v = v[~dup]
+        return v
+
+    def _filter_any(self, v: np.ndarray, target: int, veto_pref: int, veto_access: bool
+                    ) -> np.ndarray:
+        """:meth:`_filter`'s tests for pages in any order, duplicates and pages outside the
+        space included."""
+        node = self.placement.node
         if len(v) and (v.min() < 0 or v.max() >= len(node)):
             v = v[(v >= 0) & (v < len(node))]
         increasing = len(v) < 2 or bool((np.diff(v) > 0).all())
         if not increasing:
             v = v[self._first_of_each(v)]                  # duplicates: keep the first of each
-        if not self.tunables.migration_enabled and m.cause != "evacuation":
-            return v[:0]
         # one mask, one compression: a decision costs a few passes over its own pages
         i = as_index(v) if increasing else v
         nd = node[i]
-        ok = (nd >= 0) & (nd != m.target) & ((self.placement.flags()[i] & ptf.PINNED) == 0)
-        if m.cause in POLICY_CAUSES and not m.mandatory:
-            pref = self.placement.preferred()[i]
-            if m.target == DEVICE:
-                ok &= pref != HOST
-            elif m.cause != "eviction":
-                ok &= pref != DEVICE
-            if m.cause != "eviction":
-                # the target's processor maps these pages remotely: it never pulls them over
-                ok &= (self.placement.accessed_by()[i] & (1 << m.target)) == 0
-        v = v[ok]
-        if m.target == DEVICE and len(v):
-            v = v[~self.placement.duplicated(v)]     # already local to the device for reads
-        return v
+        ok = (nd >= 0) & (nd != target) & ((self.placement.flags()[i] & ptf.PINNED) == 0)
+        if veto_pref >= 0:
+            ok &= self.placement.preferred()[i] != veto_pref
+        if veto_access:
+            ok &= (self.placement.accessed_by()[i] & (1 << target)) == 0
+        return v[ok]
 
     def _execute(self, v: np.ndarray, target: int, cause: str, res: StepResult) -> np.ndarray:
         if len(v) == 0:
             return v
-        src = self.placement.node[v].copy()
-        v, src = v[src >= 0], src[src >= 0]          # freed meanwhile: nothing to move
+        src = self.placement.node[v]                 # a gather: a copy the move leaves alone
+        there = src >= 0
+        if not there.all():
+            v, src = v[there], src[there]            # freed meanwhile: nothing to move
         if len(v) == 0:
             return v
         moved, wall = self.placement.move(v, target, cause)
-        mv, ms = v[moved], src[moved]
+        mv, ms = (v, src) if moved.all() else (v[moved], src[moved])
         if len(mv) == 0:
             return mv
         res.migrate_s += self.clock.migration_seconds(ms, target, self.placement.page_size)
@@ -520,12 +539,7 @@ class MigrationManager:
             if c:
                 key = (cause, s, int(target))
                 res.moved[key] = res.moved.get(key, 0) + c
-        e = self.ctx.epoch
-        im = as_index(mv)
-        close = (e - self.last_move[im]) <= self.tunables.thrash_window_epochs
-        self.recent_moves[im] = np.where(close, self.recent_moves[im] + 1, 1)
-        self.last_move[im] = e
-        notify.clear_regions(self._acc, mv, self._rp)
+        upkeep.note_moves(self, mv)
         return mv
 
     def _apply(self, moves: list[Move], res: StepResult) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Fused per-page loops of the per-epoch upkeep (Numba, compiled on first use and cached on
 disk): the access-counter unit's notification accumulators (live and in the manager's replay
-of them) and the migration manager's accounting of one epoch (its modeled traffic, heat,
-recency and remote sectors).
+of them), the migration manager's accounting of one epoch (its modeled traffic, heat,
+recency and remote sectors) and its bookkeeping of the pages that moved.
 
 Every launch ends in this upkeep, and a launch over a few 256 MiB arrays touches ten thousand
 pages or more.  As NumPy passes it was some twenty temporaries per epoch (and 2-D fancy
@@ -147,7 +147,64 @@ def kernels() -> dict:
             by_node[1, 1] += b11
         return touched, far, outside
 
-    _K.update(notify=notify, account=account)
+    @njit(cache=True, nogil=True)
+    def moved(vpns, last_move, recent_moves, epoch, window, acc,
+              rp):  # pragma: no cover - jitted
+        """Pages ``vpns`` (distinct) have just moved: count the moves within ``window``
+        epochs of the previous one (``recent_moves``, else restart at 1), stamp ``last_move``
+        and clear the notification accumulators of their regions (clear-on-migrate).
+        Returns False, having changed nothing, if a page is outside the tables."""
+        n = min(last_move.shape[0], recent_moves.shape[0])
+        for i in range(vpns.shape[0]):
+            if vpns[i] < 0 or vpns[i] >= n:
+                return False
+        nr = acc.shape[1]
+        last = -1
+        for i in range(vpns.shape[0]):
+            v = vpns[i]
+            if epoch - last_move[v] <= window:
+                recent_moves[v] += 1
+            else:
+                recent_moves[v] = 1
+            last_move[v] = epoch
+            r = v // rp
+            if r != last and r < nr:   # pages come in runs: once per run of a region's pages
+                for q in range(acc.shape[0]):
+                    acc[q, r] = 0
+                last = r
+        return True
+
+    @njit(cache=True, nogil=True)
+    def may_move(vpns, node, flags, preferred, accessed_by, target, veto_pref, veto_access,
+                 pinned, out):  # pragma: no cover - jitted
+        """The manager's say over a move of pages ``vpns`` to node ``target``: writes to
+        ``out``, in order, the allocated pages not already there, not ``pinned``, not
+        preferred on node ``veto_pref`` (-1: none) and, with ``veto_access``, not mapped
+        remotely by the target's processor; returns their count.  -1 (nothing written) if
+        ``vpns`` is not strictly increasing or reaches outside the tables: the caller's
+        general path handles duplicates and strays."""
+        n = min(node.shape[0], flags.shape[0], preferred.shape[0], accessed_by.shape[0])
+        prev = -1
+        for i in range(vpns.shape[0]):
+            v = vpns[i]
+            if v <= prev or v >= n:
+                return -1
+            prev = v
+        c = 0
+        for i in range(vpns.shape[0]):
+            v = vpns[i]
+            nd = node[v]
+            if nd < 0 or nd == target or (flags[v] & pinned) != 0:
+                continue
+            if veto_pref >= 0 and preferred[v] == veto_pref:
+                continue
+            if veto_access and (accessed_by[v] >> target) & 1:
+                continue
+            out[c] = v
+            c += 1
+        return c
+
+    _K.update(notify=notify, account=account, moved=moved, may_move=may_move)
     return _K
 
 
@@ -187,6 +244,16 @@ def notifications(acc: np.ndarray, vpns: np.ndarray, remote: Any, rp: int, thres
     outs = _outputs(vpns, rp)
     kernels()["notify"](acc, vpns, r0, r1, rp, threshold, *outs)
     return _records(*outs, rp, epoch, dtype)
+
+
+def note_moves(mgr: "MigrationManager", vpns: np.ndarray) -> None:
+    """The manager's bookkeeping of pages that have just moved (distinct): ping-pong counts
+    (``recent_moves``, ``last_move``) and clear-on-migrate of the notification accumulators;
+    one pass over the pages."""
+    v = np.asarray(vpns, np.int64)
+    if not kernels()["moved"](v, mgr.last_move, mgr.recent_moves, mgr.ctx.epoch,
+                              mgr.tunables.thrash_window_epochs, mgr._acc, mgr._rp):
+        raise IndexError(f"moved pages outside the manager's {len(mgr.last_move)}")
 
 
 def account_epoch(mgr: "MigrationManager", ep: "Epoch", node: np.ndarray,

@@ -15,6 +15,15 @@ import numpy as np
 _K: dict = {}
 
 PINNED = 1          # ccadgpu.pagetable.PINNED (checked in kernels())
+ONES = np.uint64(0x0101010101010101)     # a byte-wise test on eight int8 nodes at once
+HIGHS = np.uint64(0x8080808080808080)
+
+
+def node_words(node: np.ndarray) -> np.ndarray:
+    """``node`` (int8) seen as 64-bit words, for ``cold_pages`` (empty where it cannot be)."""
+    if node.dtype.itemsize == 1 and node.flags.c_contiguous and node.ctypes.data % 8 == 0:
+        return node[: len(node) // 8 * 8].view(np.uint64)
+    return np.zeros(0, np.uint64)
 
 
 def kernels() -> dict:
@@ -26,68 +35,85 @@ def kernels() -> dict:
     from .. import pagetable as ptf
     assert ptf.PINNED == PINNED
 
+    @njit(cache=True, nogil=True, inline="always")
+    def cpu_home(burst, p, gain_dev, fault_home, fault_away):  # pragma: no cover - jitted
+        """With fault-return, what a CPU touch of page ``p`` on the device costs: the way
+        home and what the device then loses (its next burst read remotely, or the move
+        back, whichever is cheaper)."""
+        away = burst[p, 1] * gain_dev
+        if away > fault_away:
+            away = fault_away
+        return fault_home + away
+
     @njit(cache=True, nogil=True)
-    def candidates(pages, proc, frm, to, node, last_move, preferred, flags, accessed_by,
-                   touches, ready, moved, until, acc, acc_at, since, burst, epoch,
+    def candidates(starts, span, proc, frm, to, node, last_move, preferred, flags,
+                   accessed_by, touches, ready, moved, until, acc, acc_at, since, burst, epoch,
                    dtab, wtab, gain_dev, gain_cpu, fault_home, fault_away, fault_return,
                    break_even, price, payback, wait_on, cpu_last, gap, sweep, out_pages,
                    out_rate,
                    out_wait):  # pragma: no cover - jitted
-        """Pages of ``pages`` (sorted) that pass every test of ``AccessCounter._evaluate``,
-        written to ``out_pages`` / ``out_rate``, and those held back only to see the CPU's
-        next run, written to ``out_wait``; returns both counts."""
+        """Pages ``starts[j] + o`` (``o < span``; ascending and disjoint) that pass every test
+        of ``AccessCounter._evaluate``, written to ``out_pages`` / ``out_rate``, and those
+        held back only to see the CPU's next run, written to ``out_wait``; returns both
+        counts.  Whole regions come as their first pages and ``span`` (no page list to build
+        and read back), a page list as itself and ``span = 1``."""
         c = 0
         nwait = 0
         nd = dtab.shape[0]
         nw = wtab.shape[0]
-        for k in range(pages.shape[0]):
-            p = pages[k]
-            if node[p] != frm or not ready[p, proc]:
-                continue
-            if last_move[p] != moved[p] or until[p] > epoch:
-                continue
-            age = epoch - acc_at[p]
-            d = dtab[age if age < nd else nd - 1]
-            dev = acc[p, 1] * d * gain_dev
-            a_cpu = acc[p, 0] * d
-            # what one CPU-touching epoch costs with the page on the device: its burst read
-            # remotely, or (fault-return) the way home and what the device then loses
-            home = np.inf
-            if fault_return:
-                away = burst[p, 1] * gain_dev
-                if away > fault_away:
-                    away = fault_away
-                home = fault_home + away
-            cpu = 0.0
-            if a_cpu > 0.0:
-                b = burst[p, 0]
-                if b < 1.0:
-                    b = 1.0
-                per = gain_cpu
-                if home / b < per:
-                    per = home / b
-                cpu = a_cpu * per
-            value = dev - cpu if proc == 1 else cpu - dev
-            w = epoch - since[p] + 1
-            if w < 1:
-                w = 1
-            if w > nw - 1:
-                w = nw - 1
-            rate = value / wtab[w]
-            if rate <= 0.0:
-                continue
-            if not (value >= break_even * price or (payback > 0.0 and rate * payback >= price)):
-                continue
-            if preferred[p] == frm or (flags[p] & PINNED) != 0 or ((accessed_by[p] >> to) & 1):
-                continue
-            if wait_on and touches[p, 0] == 0 and cpu_last < since[p] and \
-                    min(sweep * gain_cpu, home) > rate * gap:
-                out_wait[nwait] = p
-                nwait += 1
-                continue
-            out_pages[c] = p
-            out_rate[c] = rate
-            c += 1
+        for j in range(starts.shape[0]):
+            for p in range(starts[j], starts[j] + span):
+                if node[p] != frm or not ready[p, proc]:
+                    continue
+                if last_move[p] != moved[p] or until[p] > epoch:
+                    continue
+                age = epoch - acc_at[p]
+                d = dtab[age if age < nd else nd - 1]
+                dev = acc[p, 1] * d * gain_dev
+                a_cpu = acc[p, 0] * d
+                # what one CPU-touching epoch costs with the page on the device: its burst read
+                # remotely, or (fault-return) the way home and what the device then loses;
+                # worked out only where a rule needs it (most pages: no CPU use, no wait), so
+                # that the bursts are not read for nothing
+                home = np.inf
+                homed = False
+                cpu = 0.0
+                if a_cpu > 0.0:
+                    if fault_return:
+                        home = cpu_home(burst, p, gain_dev, fault_home, fault_away)
+                        homed = True
+                    b = burst[p, 0]
+                    if b < 1.0:
+                        b = 1.0
+                    per = gain_cpu
+                    if home / b < per:
+                        per = home / b
+                    cpu = a_cpu * per
+                value = dev - cpu if proc == 1 else cpu - dev
+                w = epoch - since[p] + 1
+                if w < 1:
+                    w = 1
+                if w > nw - 1:
+                    w = nw - 1
+                rate = value / wtab[w]
+                if rate <= 0.0:
+                    continue
+                if not (value >= break_even * price or
+                        (payback > 0.0 and rate * payback >= price)):
+                    continue
+                if preferred[p] == frm or (flags[p] & PINNED) != 0 or \
+                        ((accessed_by[p] >> to) & 1):
+                    continue
+                if wait_on and touches[p, 0] == 0 and cpu_last < since[p]:
+                    if fault_return and not homed:
+                        home = cpu_home(burst, p, gain_dev, fault_home, fault_away)
+                    if min(sweep * gain_cpu, home) > rate * gap:
+                        out_wait[nwait] = p
+                        nwait += 1
+                        continue
+                out_pages[c] = p
+                out_rate[c] = rate
+                c += 1
         return c, nwait
 
     @njit(cache=True, nogil=True)
@@ -129,30 +155,48 @@ def kernels() -> dict:
             moved[p] = lm
 
     @njit(cache=True, nogil=True)
-    def cold_pages(node, flags, preferred, heat_val, heat_epoch, last_touch, dtab, epoch,
-                   lo, hi, bar, device, out_pages, out_heat, out_touch, c
+    def cold_pages(node, words, flags, preferred, heat_val, heat_epoch, last_touch, dtab,
+                   epoch, lo, hi, bar, device, out_pages, out_heat, out_touch, c
                    ):  # pragma: no cover - jitted
         """Append to the outputs (from position ``c``) the unpinned pages of ``[lo, hi)`` on
         node ``device`` whose decayed heat (both processors) is below ``bar``; pages preferred
-        on the device get a huge heat so that they sort last.  Returns the new count."""
+        on the device get a huge heat so that they sort last.  Returns the new count and the
+        page it stopped at: ``hi``, or the first that did not fit (the caller grows the
+        outputs and goes on from there: usually few pages qualify, and room for the whole
+        window is megabytes to map and unmap).  ``words``: ``node`` seen as 64-bit words (or
+        empty), to pass over eight pages at a time where none is on the device: the window
+        is mostly host pages in a large space."""
         nd = dtab.shape[0]
-        for p in range(lo, hi):
-            if node[p] != device or (flags[p] & PINNED) != 0:
+        room = out_pages.shape[0]
+        nwords = words.shape[0] if 0 <= device < 128 else 0
+        pat = np.uint64(device) * ONES
+        p = lo
+        while p < hi:
+            if (p & 7) == 0 and p + 8 <= hi and (p >> 3) < nwords:
+                x = words[p >> 3] ^ pat          # a zero byte: a page on the device
+                if ((x - ONES) & ~x & HIGHS) == 0:
+                    p += 8
+                    continue
+            q = p
+            p += 1
+            if node[q] != device or (flags[q] & PINNED) != 0:
                 continue
-            age = epoch - heat_epoch[p]
-            h = (heat_val[p, 0] + heat_val[p, 1]) * dtab[age if age < nd else nd - 1]
+            age = epoch - heat_epoch[q]
+            h = (heat_val[q, 0] + heat_val[q, 1]) * dtab[age if age < nd else nd - 1]
             if h >= bar:
                 continue
-            if preferred[p] == device:
+            if preferred[q] == device:
                 h += 1e30
-            out_pages[c] = p
+            if c == room:
+                return c, q
+            out_pages[c] = q
             out_heat[c] = h
-            t = last_touch[p, 0]
-            if last_touch[p, 1] > t:
-                t = last_touch[p, 1]
+            t = last_touch[q, 0]
+            if last_touch[q, 1] > t:
+                t = last_touch[q, 1]
             out_touch[c] = t
             c += 1
-        return c
+        return c, hi
 
     @njit(cache=True, nogil=True)
     def min_heat(pages, heat_val, heat_epoch, dtab, epoch, proc):  # pragma: no cover
@@ -167,6 +211,90 @@ def kernels() -> dict:
                 m = h
         return m
 
+    @njit(cache=True, nogil=True)
+    def fault_pulls(pages, first, sectors, burst, gain_dev, bar, node, preferred, flags,
+                    accessed_by, host, device, out_pages,
+                    out_gain):  # pragma: no cover - jitted
+        """``AccessCounter.fault``'s device-side tests over the epoch's pages (``sectors`` its
+        ``[k, processor, rw]``; ``first`` >= 0: they are the run ``first, first + 1, ...``,
+        not read): on ``host``, a burst saving more than ``bar``, touched by the device, not
+        preferred on the host, not pinned, not mapped remotely by the device.  Writes the
+        pages and their gain (burst times ``gain_dev``) when the outputs have room, and
+        returns their count either way: a first call with empty outputs sizes the second,
+        and most epochs pull nothing, so they allocate nothing."""
+        fill = out_pages.shape[0] > 0
+        c = 0
+        for k in range(pages.shape[0]):
+            p = first + k if first >= 0 else pages[k]
+            if node[p] != host:          # the cheapest test first: a byte per page
+                continue
+            g = burst[p, 1] * gain_dev
+            if not g > bar or sectors[k, 1, 0] + sectors[k, 1, 1] <= 0:
+                continue
+            if preferred[p] == host or (flags[p] & PINNED) != 0 or \
+                    ((accessed_by[p] >> device) & 1):
+                continue
+            if fill:
+                out_pages[c] = p
+                out_gain[c] = g
+            c += 1
+        return c
+
+    @njit(cache=True, nogil=True)
+    def any_held(pages, first, until, recent_moves, epoch,
+                 thrash_moves):  # pragma: no cover - jitted
+        """Whether ``AccessCounter._filter_thrash`` has anything to look at among ``pages``
+        (``first`` >= 0: the run ``first, first + 1, ...``, not read): a page backing off or
+        with ``thrash_moves`` recent moves (or one outside the tables: the NumPy path then
+        raises as it always did).  Usually none, and one read of two tables says so."""
+        n = min(until.shape[0], recent_moves.shape[0])
+        for k in range(pages.shape[0]):
+            p = first + k if first >= 0 else pages[k]
+            if p < 0 or p >= n or until[p] > epoch or recent_moves[p] >= thrash_moves:
+                return True
+        return False
+
+    @njit(cache=True, nogil=True)
+    def select_top(pages, score, thr, k, out):  # pragma: no cover - jitted
+        """``out``: the pages scoring above ``thr`` and the first of those scoring ``thr``,
+        ``k`` in all, in the order of ``pages`` (``AccessCounter._top`` with its threshold)."""
+        above = 0
+        for i in range(score.shape[0]):
+            if score[i] > thr:
+                above += 1
+        ties = k - above
+        c = 0
+        for i in range(score.shape[0]):
+            s = score[i]
+            if s > thr:
+                out[c] = pages[i]
+                c += 1
+            elif s == thr and ties > 0:
+                out[c] = pages[i]
+                c += 1
+                ties -= 1
+        return c
+
+    @njit(cache=True, nogil=True)
+    def notified(processor, vpn, npages, proc, rp, out):  # pragma: no cover - jitted
+        """The first pages of the notifications of processor ``proc`` (the fields of the
+        notification records), in order, written to ``out``; returns their count and whether
+        they are the usual whole regions (``npages == rp``) in ascending order, disjoint."""
+        c = 0
+        regular = True
+        prev = 0
+        for i in range(processor.shape[0]):
+            if processor[i] != proc:
+                continue
+            v = vpn[i]
+            if npages[i] != rp or (c > 0 and v - prev < rp):
+                regular = False
+            out[c] = v
+            prev = v
+            c += 1
+        return c, regular
+
     _K.update(candidates=candidates, observe=observe, cold_pages=cold_pages,
-              min_heat=min_heat)
+              min_heat=min_heat, fault_pulls=fault_pulls, any_held=any_held,
+              select_top=select_top, notified=notified)
     return _K

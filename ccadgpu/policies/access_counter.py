@@ -103,6 +103,13 @@ SECTOR = 32
 ALLOC_SLOTS = 4096
 
 _WINDOW: dict[float, np.ndarray] = {}
+_NO_VALUES = np.zeros(0)
+
+
+def _run_start(i: "slice | np.ndarray") -> int:
+    """The first page of a run of pages that :func:`as_index` made a slice (the fused loops
+    then need not read the page list), else -1."""
+    return i.start if isinstance(i, slice) else -1
 
 
 def decayed_window_table(halflife: float) -> np.ndarray:
@@ -336,30 +343,40 @@ class AccessCounter(Policy):
         return value, value / window
 
     @staticmethod
-    def _notified_pages(ctx: "PolicyContext", notes: np.ndarray) -> np.ndarray:
-        """The pages of the notified regions, sorted (regions are whole and distinct)."""
+    def _notified_regions(ctx: "PolicyContext", notes: np.ndarray, proc: int
+                          ) -> tuple[np.ndarray, int]:
+        """The pages of the regions ``proc`` raised notifications for, sorted, as ``(starts,
+        span)``: pages ``starts[j] + o`` for ``o < span``.  Whole regions in ascending order
+        (the rule) come as their first pages and the region size, so that no page list is
+        built; anything else as the allocated pages of the regions and ``span = 1``."""
         rp = ctx.pages_per_region
-        first = np.sort(notes["vpn"].astype(np.int64))
-        if not (notes["npages"] == rp).all() or (len(first) > 1 and
-                                                  (np.diff(first) < rp).any()):
-            return ctx.region_pages(first, notes["npages"])
-        if first[-1] - first[0] == (len(first) - 1) * rp:      # one run of regions
-            pages = np.arange(first[0], first[-1] + rp, dtype=np.int64)
-        else:
-            pages = (first[:, None] + np.arange(rp, dtype=np.int64)).reshape(-1)
-        return pages
+        # one pass over the fields: selecting records of a structured array copies them
+        # field by field, and sorting what comes sorted is a waste
+        first = np.empty(len(notes), np.int64)
+        n, regular = _fused.kernels()["notified"](notes["processor"], notes["vpn"],
+                                                  notes["npages"], proc, rp, first)
+        first = first[:n]
+        if regular:
+            return first, rp
+        npages = notes["npages"][notes["processor"] == proc]
+        first = np.sort(first)
+        if not (npages == rp).all() or (len(first) > 1 and (np.diff(first) < rp).any()):
+            return ctx.region_pages(first, npages), 1
+        return first, rp
 
     def _candidates(self, ctx: "PolicyContext", notes: np.ndarray, proc: int
                     ) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`_evaluate` over the pages of the regions ``proc`` raised notifications for."""
-        if len(notes) == 0:
+        starts, span = self._notified_regions(ctx, notes, proc)
+        if len(starts) == 0:
             return np.zeros(0, np.int64), np.zeros(0)
-        return self._evaluate(ctx, self._notified_pages(ctx, notes), proc)
+        return self._evaluate(ctx, starts, proc, span)
 
-    def _evaluate(self, ctx: "PolicyContext", pages: np.ndarray, proc: int
+    def _evaluate(self, ctx: "PolicyContext", pages: np.ndarray, proc: int, span: int = 1
                   ) -> tuple[np.ndarray, np.ndarray]:
-        """Pages of ``pages`` (sorted) that sit on the node away from processor ``proc``, may
-        move toward it, and pass a rule; with their net rent per epoch (their score).
+        """Pages of ``pages`` (sorted; with ``span`` > 1, the first pages of disjoint runs of
+        ``span`` pages) that sit on the node away from processor ``proc``, may move toward
+        it, and pass a rule; with their net rent per epoch (their score).
 
         The tests, in the order the fused loop applies them: on the other node; touched in
         ``min_epochs`` epochs since its last move; counts not stale (the page moved since they
@@ -380,7 +397,10 @@ class AccessCounter(Policy):
         # the fused loop does not check bounds: every table it reads must cover the pages
         limit = min(len(ctx.node), len(ctx.last_move), len(ctx.preferred), len(ctx.flags),
                     len(ctx.accessed_by), len(self._until))
-        if len(pages) and (pages[-1] >= limit or pages[0] < 0):
+        if len(pages) and (pages[-1] + span - 1 >= limit or pages[0] < 0):
+            if span > 1:
+                pages = (pages[:, None] + np.arange(span, dtype=np.int64)).reshape(-1)
+                span = 1
             pages = pages[(pages >= 0) & (pages < limit)]
         if len(pages) == 0:
             return empty
@@ -391,11 +411,11 @@ class AccessCounter(Policy):
             gap = self._cpu_gap if self._cpu_gap > 0 else float(quiet)
             wait_on = not (self._cpu_gap > 0 and quiet > 2 * gap)
         h = self.owed_halflife_epochs
-        out_p = np.empty(len(pages), np.int64)
-        out_r = np.empty(len(pages))
-        out_w = np.empty(len(pages), np.int64)
+        out_p = np.empty(len(pages) * span, np.int64)
+        out_r = np.empty(len(pages) * span)
+        out_w = np.empty(len(pages) * span if wait_on else 0, np.int64)   # written only then
         n, nw = _fused.kernels()["candidates"](
-            pages, proc, frm, to, ctx.node, ctx.last_move, ctx.preferred, ctx.flags,
+            pages, span, proc, frm, to, ctx.node, ctx.last_move, ctx.preferred, ctx.flags,
             ctx.accessed_by, self._touches, self._ready, self._moved, self._until, self._acc,
             self._acc_at, self._since, self._burst, ctx.epoch,
             decay_table(h), decayed_window_table(h), self._gain[DEV], self._gain[CPU],
@@ -413,9 +433,12 @@ class AccessCounter(Policy):
         moving toward processor ``proc``.  A page whose device burst alone saves more than its
         way over and its way back (faults included) is exempt: moving it on every device touch
         pays even if the CPU takes it home each time (ping-pong that pays is not thrashing)."""
-        if len(pages) == 0:
-            return pages, score
         i = as_index(pages)               # a slice for one run of pages: no gathers
+        # usually nothing is backing off or ping-ponging: one fused look says so
+        if len(pages) == 0 or not _fused.kernels()["any_held"](
+                pages, _run_start(i), self._until, ctx.recent_moves, ctx.epoch,
+                self.thrash_moves):
+            return pages, score
         ok = self._until[i] <= ctx.epoch
         # ping-pong: moved thrash_moves times, the last one recently (a back-off served, or a
         # quiet spell longer than the thrash window, lets the page move again)
@@ -452,10 +475,8 @@ class AccessCounter(Policy):
         if k <= 0:
             return pages[:0]
         thr = np.partition(score, len(score) - k)[len(score) - k]
-        sel = score > thr
-        ties = np.flatnonzero(score == thr)[: k - int(np.count_nonzero(sel))]
-        sel[ties] = True
-        return pages[sel]
+        out = np.empty(k, pages.dtype)
+        return out[: _fused.kernels()["select_top"](pages, score, thr, k, out)]
 
     def _promote(self, ctx: "PolicyContext", pages: np.ndarray, score: np.ndarray,
                  cause: str) -> list[Move]:
@@ -512,15 +533,30 @@ class AccessCounter(Policy):
             back = v[remote > self._cpu_epoch_cost(burst, self._burst[v, DEV])]
             return [Move(back, HOST, "fault")] if len(back) else []
         # the device: only pages whose previous burst alone paid for the move
-        gain = self._burst[i, DEV] * self._gain[DEV]
-        ok = gain > self._fault_move[DEVICE]
-        if not ok.any():
-            return []
-        ok &= (ctx.node[i] == HOST) & ep.touched_by(DEV)
-        v, gain = v[ok], gain[ok]
-        v_ok = (ctx.preferred[v] != HOST) & ~ctx.pinned_at(v) & \
-            ((ctx.accessed_by[v] & (1 << DEVICE)) == 0)
-        v, gain = self._filter_thrash(ctx, v[v_ok], gain[v_ok], DEV)
+        node, pref, flags, acc_by = ctx.node, ctx.preferred, ctx.flags, ctx.accessed_by
+        sec = ep.sectors
+        if v[0] >= 0 and v[-1] < min(len(node), len(pref), len(flags), len(acc_by)) and \
+                isinstance(sec, np.ndarray) and sec.ndim == 3 and len(sec) == len(v):
+            # one fused pass, and no allocation in the usual epoch that pulls nothing (the
+            # NumPy passes below cost a page-sized temporary each, page faults included)
+            k = _fused.kernels()["fault_pulls"]
+            args = (v, _run_start(i), sec, self._burst, self._gain[DEV],
+                    self._fault_move[DEVICE], node, pref, flags, acc_by, HOST, DEVICE)
+            n = k(*args, v[:0], _NO_VALUES)
+            if n == 0:
+                return []
+            v, gain = np.empty(n, v.dtype), np.empty(n)
+            k(*args, v, gain)
+        else:              # pages outside the tables (NumPy raises) or hand-made sectors
+            gain = self._burst[i, DEV] * self._gain[DEV]
+            ok = gain > self._fault_move[DEVICE]
+            if not ok.any():
+                return []
+            ok &= (node[i] == HOST) & ep.touched_by(DEV)
+            v, gain = v[ok], gain[ok]
+            v_ok = (pref[v] != HOST) & ~ctx.pinned_at(v) & ((acc_by[v] & (1 << DEVICE)) == 0)
+            v, gain = v[v_ok], gain[v_ok]
+        v, gain = self._filter_thrash(ctx, v, gain, DEV)
         if len(v) == 0:
             return []
         return self._promote(ctx, v, gain, "fault")
@@ -530,8 +566,7 @@ class AccessCounter(Policy):
             return []
         self._grow(ctx.npages)
         moves = []
-        proc = notes["processor"]
-        up, score = self._candidates(ctx, notes[proc == DEV], DEV)
+        up, score = self._candidates(ctx, notes, DEV)
         if ep.processor == CPU and len(self._pending):
             # the CPU has run: pages held back to see it run are judged again
             pend, self._pending = self._pending, self._pending[:0]
@@ -546,7 +581,7 @@ class AccessCounter(Policy):
         if len(up):
             moves += self._promote(ctx, up, score, "access_counter")
         if self.demote:
-            down, score = self._candidates(ctx, notes[proc == CPU], CPU)
+            down, score = self._candidates(ctx, notes, CPU)
             down, score = self._filter_thrash(ctx, down, score, CPU)
             if len(down):
                 moves.append(Move(self._top(down, score, ctx.free(HOST)), HOST,
@@ -575,15 +610,20 @@ class AccessCounter(Policy):
             hi = lo + budget
             segs = [(lo, min(hi, n))] + ([(0, hi - n)] if hi > n else [])
             self._hand = hi % n
-        size = sum(h - lo for lo, h in segs)
-        out_p = np.empty(size, np.int64)
-        out_h = np.empty(size)
-        out_t = np.empty(size, np.int64)
+        room = min(sum(h - lo for lo, h in segs), 4096)
+        out_p, out_h, out_t = np.empty(room, np.int64), np.empty(room), np.empty(room, np.int64)
         c = 0
         k = _fused.kernels()["cold_pages"]
+        node = ctx.node
+        words = _fused.node_words(node)
         for lo, hi in segs:
-            c = k(ctx.node, ctx.flags, ctx.preferred, heat_val, heat_epoch, ctx.last_touch,
-                  dtab, ctx.epoch, lo, hi, bar, DEVICE, out_p, out_h, out_t, c)
+            while lo < hi:
+                c, lo = k(node, words, ctx.flags, ctx.preferred, heat_val, heat_epoch,
+                          ctx.last_touch, dtab, ctx.epoch, lo, hi, bar, DEVICE, out_p, out_h,
+                          out_t, c)
+                if lo < hi:                  # full: more room, and on from that page
+                    out_p, out_h, out_t = (np.concatenate((a[:c], np.empty(max(c, 64), a.dtype)))
+                                           for a in (out_p, out_h, out_t))
         cand, heat, touch = out_p[:c], out_h[:c], out_t[:c]
         if len(exclude) and len(cand):
             keep = ctx.without_mask(cand, exclude)
