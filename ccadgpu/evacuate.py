@@ -104,6 +104,10 @@ def evacuate(space: "Space", device_node: int, deadline: float | None,
         bounds = np.flatnonzero(np.diff(owners)) + 1
         for grp in np.split(np.arange(len(vp)), bounds):
             alloc = space._allocs.get(int(owners[grp[0]]))
+            if alloc is not None and alloc.freed and not alloc.released:
+                with cond:               # freed, waiting for the manager: dead pages, dropped
+                    space._release_retired(lambda a: a is alloc)
+                continue
             if alloc is None or alloc.freed:
                 continue
             try:

@@ -7,9 +7,18 @@ profile on a laptop::
     for pol in ("static", "on_demand", "access_counter", "oracle"):
         print(pol, replay(tr, pol, profile="h100-pcie")["modeled_s"])
 
-The replay starts from the placement the trace recorded at each page's first appearance (record
-under ``static`` to replay from the allocation placement), prices epochs and migrations with
-the profile, and applies the same manager as a live space (:mod:`ccadgpu.manager`).
+The replay applies the same manager as a live space (:mod:`ccadgpu.manager`) and prices epochs
+and migrations with the profile.  A trace that holds every epoch of its space with the space's
+allocation events (:mod:`ccadgpu.trace`) is replayed against the pages as the live manager saw
+them: each allocation's pages appear where they were allocated, before the epoch the live
+manager stepped next, and go away (their history forgotten) when the live space released them;
+the epochs the live manager never stepped (launches that touched no page) are skipped.
+Replaying such a trace under the policy it ran live reproduces the live modeled time
+(``tests/test_live_replay.py``), except for what the trace does not hold: the user's own moves,
+pins and hints (``move_pages``, ``prefetch``, ``advise``, ``pin``), and the mechanism's refusals
+(pages busy under a write, a mapping budget spent).  Other traces (older ones, a cleared or
+truncated trace) start each page where the trace first saw it (record under ``static`` to
+replay from the allocation placement) and keep every page allocated.
 """
 from __future__ import annotations
 
@@ -27,26 +36,91 @@ from .units import parse_size
 
 
 def trace_epochs(trace: Trace) -> list[Epoch]:
-    """The trace's records as manager epochs."""
-    return [Epoch.from_record(r, i) for i, r in enumerate(trace)]
+    """The trace's records as manager epochs: those that touched pages (a launch that touched
+    none is never handed to the live manager)."""
+    return [Epoch.from_record(r, i) for i, r in enumerate(r for r in trace if len(r.vpns))]
 
 
-def initial_placement(trace: Trace, epochs: Sequence[Epoch]) -> np.ndarray:
-    """Node of every page of the trace's allocations before the first epoch: where the trace
-    first saw it, else where its allocation was (host)."""
+def complete(trace: Trace) -> bool:
+    """Whether ``trace`` holds every epoch of its space and the space's allocation events (a
+    replay then sees the pages as the live manager did)."""
+    if trace.dropped or not any(kind == 1 for _, kind, _ in trace.events):
+        return False
+    return [r.epoch for r in trace] == list(range(len(trace)))
+
+
+def _pages_of(a: dict[str, Any]) -> np.ndarray:
+    """Node of each page of allocation ``a`` when it was made."""
+    return np.repeat(np.array([n for n, _ in a["nodes"]], np.int8),
+                     np.array([k for _, k in a["nodes"]], np.int64))
+
+
+def _extent(trace: Trace) -> int:
     allocs = list(trace.allocations.values())
-    hi = max([a["vstart"] + a["npages"] for a in allocs] +
-             [int(r.vpns.max()) + 1 for r in trace if len(r.vpns)] + [0])
-    node = np.full(hi, -1, np.int8)
+    return max([a["vstart"] + a["npages"] for a in allocs] +
+               [int(r.vpns.max()) + 1 for r in trace if len(r.vpns)] + [0])
+
+
+def _first_seen(trace: Trace) -> np.ndarray:
+    """Node of every page of the trace's allocations: where the trace first saw it, else where
+    its allocation was (host)."""
+    allocs = list(trace.allocations.values())
+    node = np.full(_extent(trace), -1, np.int8)
     for a in allocs:
         node[a["vstart"]: a["vstart"] + a["npages"]] = 0
-    seen = np.zeros(hi, bool)
+    seen = np.zeros(len(node), bool)
     for r in trace:
         v = np.asarray(r.vpns, np.int64)
         new = ~seen[v]
         node[v[new]] = np.asarray(r.node)[new]
         seen[v] = True
     return node
+
+
+def _born(trace: Trace) -> list[dict[str, Any]]:
+    """The allocations with an allocation event, in the order they were made."""
+    return [trace.allocations[i] for _, kind, i in trace.events
+            if kind == 1 and "nodes" in trace.allocations.get(i, {})]
+
+
+def initial_placement(trace: Trace, epochs: Sequence[Epoch]) -> np.ndarray:
+    """Node of every page of the trace's allocations before the first epoch: where it was
+    allocated (the first allocation over it) in a :func:`complete` trace, else where the trace
+    first saw it, else where its allocation was (host)."""
+    node = _first_seen(trace)
+    if complete(trace):
+        done = np.zeros(len(node), bool)
+        for a in _born(trace):
+            lo, hi = a["vstart"], a["vstart"] + a["npages"]
+            new = ~done[lo:hi]
+            node[lo:hi][new] = _pages_of(a)[new]
+            done[lo:hi] = True
+    return node
+
+
+class _EventPlacement(SimPlacement):
+    """A simulated placement whose pages come and go with the trace's allocation events."""
+
+    def place(self, lo: int, nodes: np.ndarray) -> None:
+        nodes = np.asarray(nodes, np.int8).copy()
+        for n in range(1, len(self.frames)):      # a smaller device than recorded: the rest
+            on = np.flatnonzero(nodes == n)          # starts on the host
+            room = max(0, self.free_frames(n))
+            nodes[on[room:]] = 0
+        hi = lo + len(nodes)
+        old = self._node[lo:hi]
+        for n, c in enumerate(np.bincount(old[old >= 0], minlength=len(self.used)).tolist()):
+            self.used[n] -= c
+        self._node[lo:hi] = nodes
+        for n, c in enumerate(np.bincount(nodes, minlength=len(self.used)).tolist()):
+            self.used[n] += c
+        self.frames[0] = max(self.frames[0], self.used[0])
+
+    def remove(self, lo: int, hi: int) -> None:
+        old = self._node[lo:hi]
+        for n, c in enumerate(np.bincount(old[old >= 0], minlength=len(self.used)).tolist()):
+            self.used[n] -= c
+        self._node[lo:hi] = -1
 
 
 def replay(trace: Trace, policy: "str | Policy", profile: "str | Profile | None" = None,
@@ -67,10 +141,16 @@ def replay(trace: Trace, policy: "str | Policy", profile: "str | Profile | None"
                   else int(nodes[1]["frames"]))
     epochs = trace_epochs(trace)
     init = initial_placement(trace, epochs)
-    host_frames = max(int(nodes[0]["frames"]), int(np.count_nonzero(init >= 0)))
-    if int(np.count_nonzero(init == 1)) > dev_frames:   # a smaller device: start those on host
-        over = np.flatnonzero(init == 1)[dev_frames:]
-        init[over] = 0
+    events = complete(trace)
+    start = init.copy()
+    if events:              # the allocations' pages appear with their allocation events
+        for a in _born(trace):
+            start[a["vstart"]: a["vstart"] + a["npages"]] = -1
+    host_frames = max(int(nodes[0]["frames"]), int(np.count_nonzero(start >= 0)))
+    for node in (init, start):
+        if int(np.count_nonzero(node == 1)) > dev_frames:   # a smaller device: those on host
+            over = np.flatnonzero(node == 1)[dev_frames:]
+            node[over] = 0
     tun = Tunables(**(tunables or {}))
     extra: dict[str, Any] = {}
     if policy == "oracle":
@@ -80,8 +160,20 @@ def replay(trace: Trace, policy: "str | Policy", profile: "str | Profile | None"
         extra = {"lower_bound_s": sched.lower_bound, "oracle_planned_s": sched.planned_cost}
     else:
         pol = make_policy(policy, **policy_params)
-    mgr = MigrationManager(SimPlacement(ps, [host_frames, dev_frames], init), pol, prof, tun)
+    sim = _EventPlacement(ps, [host_frames, dev_frames], start)
+    mgr = MigrationManager(sim, pol, prof, tun)
+    todo = [e for e in trace.events if e[2] in trace.allocations] if events else []
+    k = 0
     for ep in epochs:
+        while k < len(todo) and todo[k][0] <= ep.epoch:     # what the live manager saw
+            _, kind, aid = todo[k]
+            a = trace.allocations[aid]
+            if kind == 1:
+                sim.place(a["vstart"], _pages_of(a))
+            else:
+                sim.remove(a["vstart"], a["vstart"] + a["npages"])
+                mgr.forget(a["vstart"], a["vstart"] + a["npages"])
+            k += 1
         mgr.step(ep)
     out = mgr.summary()
     out.update(extra)

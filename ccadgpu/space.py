@@ -62,6 +62,13 @@ class Allocation:
     freed: bool = False
     vmas: int = 0
     buffer: Any = field(default=None, repr=False)   # weakref to the _Buffer
+    #: the last epoch (number) that touched the allocation, -1 none: freeing it releases its
+    #: pages only once the manager has stepped that epoch (:meth:`Space._free_locked`)
+    last_epoch: int = -1
+    #: its pages went back to their nodes (freed, and no epoch the manager has still to step
+    #: touched it); ``buffer_dead``: no array refers to it any more
+    released: bool = False
+    buffer_dead: bool = False
 
     def __hash__(self) -> int:
         return self.id
@@ -186,6 +193,10 @@ class Space:
         self._host_tallies: list[Any] = []       # CPU accesses of the open host epoch
         self._mlock = threading.Lock()
         self._forget_q: list[tuple[int, int]] = []   # freed ranges the manager must forget
+        #: freed allocations whose pages wait for the manager to step the epochs that touched
+        #: them (see _free_locked); epochs numbered up to _stepped have been stepped
+        self._retired: list[Allocation] = []
+        self._stepped = -1
         self.manager = MigrationManager(LivePlacement(self), policy, self.profile,
                                         self.tunables)
 
@@ -234,6 +245,7 @@ class Space:
             for a in list(self._allocs.values()):
                 if not a.freed:
                     self._free_locked(a)
+            self._release_retired(lambda a: True)     # no manager step comes any more
             self.closed = True
             for n in self.nodes:
                 n.close()
@@ -374,6 +386,17 @@ class Space:
 
     def _empty(self, shape: Any, dtype: Any, placement: Any, pinned: bool, name: Any,
                place_now: bool) -> ManagedArray:
+        try:
+            return self._empty_once(shape, dtype, placement, pinned, name, place_now)
+        except CapacityError:
+            # freed pages that wait for the manager (see _free_locked) hold frames and virtual
+            # range: under pressure, end the open host epoch here and let the manager step it
+            if not self._retired or not self._flush_retired():
+                raise
+        return self._empty_once(shape, dtype, placement, pinned, name, place_now)
+
+    def _empty_once(self, shape: Any, dtype: Any, placement: Any, pinned: bool, name: Any,
+                    place_now: bool) -> ManagedArray:
         self._reap()
         dt = _check_dtype(dtype)
         shp = _check_shape(shape)
@@ -426,6 +449,7 @@ class Space:
             self.pt.alloc[vs] = alloc.id
             self._next_id += 1
             self._allocs[alloc.id] = alloc
+            self.trace._born(alloc, nodes)
             buf = _Buffer(self.va.addr(vstart), npages * self.page_size, alloc, self)
             alloc.buffer = weakref.ref(buf)
             self._live_buffers += 1
@@ -472,12 +496,33 @@ class Space:
 
     def free(self, arr: np.ndarray) -> None:
         """Release the allocation ``arr`` belongs to (any view of it will do).  Views that are
-        still alive read zeros afterwards; space operations on them raise FreedArrayError."""
+        still alive read zeros afterwards; space operations on them raise FreedArrayError.
+
+        Like ``cudaFree``, it synchronises: when an epoch the manager has not stepped yet
+        touched the array (the open host epoch ends here, as at a launch), the manager steps it
+        first, so that its pages go back to their nodes before this returns (see
+        :meth:`_free_locked`; an array that dies with its last reference instead waits for the
+        next launch or :meth:`sync`)."""
         alloc, _, _ = self._resolve(arr)
         with self._cond:
             self._free_locked(alloc)
+            if alloc.released:
+                return
+            if self.counters._host_open and alloc.last_epoch >= self.counters.epoch:
+                self.counters._close_host_epoch()
+        self._run_manager(wait=True)
 
     def _free_locked(self, alloc: Allocation) -> None:
+        """Free ``alloc`` (space lock held).  Its views read zeros from now on and space
+        operations on them raise; its pages go back to their nodes (and its range may be
+        reused) at once, unless an epoch the manager has still to step touched them: the open
+        host epoch, or one queued.  The manager must see those pages as they were when they
+        were touched, as a replay of the trace does: a CPU epoch that read device pages, then
+        freed them before the manager's step (``sync()`` after the arrays went out of scope,
+        say) would otherwise be priced as remote reads that no fault-time move could prevent,
+        and the range could be reused under the epoch's feet.  Such pages wait in
+        ``_retired`` (moved, if the policy says so, in the bookkeeping only: their contents are
+        dead) until the manager has stepped that epoch (:meth:`_release_stepped`)."""
         lo, hi = alloc.vstart, alloc.vstart + alloc.npages
         while (self.pt.flags[lo:hi] & ptf.MIGRATING).any():
             self._cond.wait()
@@ -485,6 +530,22 @@ class Space:
             return
         alloc.freed = True
         self.va.back_with_anonymous(lo, alloc.npages)
+        MAP_BUDGET.charge(-alloc.vmas, "free")
+        alloc.vmas = 0
+        self.vmstat.add(pgfree=alloc.npages)
+        if alloc.last_epoch > self._stepped and not self.closed:
+            self._retired.append(alloc)
+            self.vmstat.add(frees_deferred=1)
+        else:
+            self._release_locked(alloc)
+
+    def _release_locked(self, alloc: Allocation) -> None:
+        """Give a freed allocation's pages back to their nodes and forget them (space lock
+        held); its range is reused once no array refers to it either."""
+        if alloc.released:
+            return
+        alloc.released = True
+        lo, hi = alloc.vstart, alloc.vstart + alloc.npages
         node = self.pt.node[lo:hi]
         frame = self.pt.frame[lo:hi]
         for n in np.unique(node).tolist():
@@ -495,9 +556,53 @@ class Space:
         self.pt.clear(lo, hi)
         self._forget_q.append((lo, hi))
         self.counters.forget(lo, hi)
-        MAP_BUDGET.charge(-alloc.vmas, "free")
-        alloc.vmas = 0
-        self.vmstat.add(pgfree=alloc.npages)
+        self.trace._died(alloc)
+        if alloc.buffer_dead:
+            self._finish_dead(alloc)
+
+    def _release_retired(self, done: Any) -> None:
+        """Release the waiting freed allocations for which ``done(alloc)`` holds (lock held)."""
+        if not self._retired:
+            return
+        go = [a for a in self._retired if done(a)]
+        if go:
+            self._retired = [a for a in self._retired if not done(a)]
+            for a in go:
+                self._release_locked(a)
+
+    def _release_stepped(self) -> None:
+        """The manager stepped every epoch up to ``_stepped``: release what waited for it."""
+        self._release_retired(lambda a: a.last_epoch <= self._stepped)
+
+    def _flush_retired(self) -> bool:
+        """End the open host epoch and let the manager step every queued epoch, so that the
+        freed pages waiting for it go back to their nodes (under memory pressure: a new
+        allocation did not fit).  Returns whether any did."""
+        with self._cond:
+            n = len(self._retired)
+            self.counters._close_host_epoch()
+        self._run_manager(wait=True)
+        return len(self._retired) < n
+
+    def _touched(self, ids: Any, epoch: int) -> None:
+        """Pages of allocations ``ids`` (one per page, in runs; -1 none) are in epoch ``epoch``
+        (lock held): freeing those allocations waits for the manager to step it."""
+        ids = np.asarray(ids).ravel()
+        if len(ids) > 1:
+            ids = ids[np.concatenate(([True], ids[1:] != ids[:-1]))]
+        for aid in set(ids.tolist()):
+            a = self._allocs.get(aid) if aid >= 0 else None
+            if a is not None and a.last_epoch < epoch:
+                a.last_epoch = epoch
+
+    def _finish_dead(self, a: Allocation) -> None:
+        """No array refers to ``a`` and its pages were released: give its range back."""
+        if not self.closed:
+            self.va.release(a.vstart, a.npages)
+        self._allocs.pop(a.id, None)
+        self._live_buffers -= 1
+        if self.closed and self._live_buffers == 0:
+            self.va.close()
 
     @staticmethod
     def _buffer_died(space_ref: "weakref.ref[Space]", alloc: Allocation) -> None:
@@ -526,14 +631,12 @@ class Space:
             if not self.closed and (self.pt.flags[lo:hi] & ptf.MIGRATING).any():
                 keep.append(a)      # a migration still holds it; try again later
                 continue
-            if not self.closed:
-                if not a.freed:
-                    self._free_locked(a)
-                self.va.release(a.vstart, a.npages)
-            self._allocs.pop(a.id, None)
-            self._live_buffers -= 1
-            if self.closed and self._live_buffers == 0:
-                self.va.close()
+            if not self.closed and not a.freed:
+                self._free_locked(a)
+            if self.closed or a.released:
+                self._finish_dead(a)
+            else:
+                a.buffer_dead = True     # finished when its pages are released
         self._graveyard.extend(keep)
 
     # -- resolving arrays --------------------------------------------------------------------------
@@ -726,6 +829,7 @@ class Space:
             ep.alloc_ids = tally.expand_alloc(tally.alloc_ids(self.pt.alloc) if ids is None
                                               else ids)
             ep.rec_node = np.asarray(tally.node, np.int8)
+            self._touched(ep.alloc_ids, epoch)
             self._mq.append(ep)
 
     def _device_view(self, lo: int, hi: int) -> np.ndarray:
@@ -737,7 +841,9 @@ class Space:
 
     def _note_host_tally(self, tally: Any) -> None:
         # the pages' allocations now: they may be freed and reused before the epoch closes
-        self._host_tallies.append((tally, self.pt.alloc[np.asarray(tally.vpns, np.int64)].copy()))
+        ids = self.pt.alloc[np.asarray(tally.vpns, np.int64)]
+        self._touched(ids, self.counters.epoch)          # the open host epoch's number
+        self._host_tallies.append((tally, ids))
 
     def _queue_host_epoch(self, epoch: int) -> None:
         if not self._host_tallies:
@@ -779,6 +885,10 @@ class Space:
                         self.vmstat.add(manager_errors=1)
                         warnings.warn(f"migration manager failed on epoch {ep.epoch} "
                                       f"({ep.kernel}): {exc!r}", RuntimeWarning, stacklevel=2)
+                    finally:
+                        with self._cond:
+                            self._stepped = max(self._stepped, ep.epoch)
+                            self._release_stepped()
             finally:
                 self._mlock.release()
 
@@ -823,7 +933,12 @@ class Space:
         for aid in np.unique(owners[owners >= 0]).tolist():
             sel = np.flatnonzero(owners == aid)
             alloc = self._allocs.get(aid)
-            if alloc is None or alloc.freed:
+            if alloc is None or alloc.released:
+                continue
+            if alloc.freed:          # freed, waiting for the manager: bookkeeping only
+                with self._cond:
+                    if not alloc.released:
+                        moved[sel] = self._move_retired(vpns[sel], target)
                 continue
             try:
                 r = self.migrator.move(alloc, vpns[sel] - alloc.vstart, target, cause)
@@ -834,6 +949,33 @@ class Space:
                 continue
             moved[sel] = r.status == target
         return moved
+
+    def _move_retired(self, vpns: np.ndarray, target: int) -> np.ndarray:
+        """Move pages of a freed allocation that waits for the manager (space lock held): its
+        contents are dead and its range is backed by anonymous memory, so only the page table
+        and the frames change, as they would have had the manager stepped the epoch before the
+        free.  Returns a per-page mask of pages now on ``target``."""
+        node = self.pt.node[vpns]
+        todo = np.flatnonzero((node >= 0) & (node != target))
+        if len(todo) and self._node_accepts(target, "manager"):
+            frames = self.nodes[target].take(len(todo), partial=True)
+            todo = todo[: len(frames)]
+            mv, src = vpns[todo], node[todo].astype(np.int64)
+            old = self.pt.frame[mv].copy()
+            for n in np.unique(src).tolist():
+                self.nodes[n].give(old[src == n], release=(n == HOST))
+            self.pt.node[mv] = target
+            self.pt.frame[mv] = frames
+            if target != HOST:
+                d = self.pt.dup[mv]
+                if (d >= 0).any():
+                    self.nodes[target].give(d[d >= 0])
+                    self.pt.dup[mv] = -1
+            if len(mv):
+                for fn in self.migrate_listeners:
+                    fn(mv, src, target)
+                self.vmstat.add(manager_moves_of_freed_pages=len(mv))
+        return self.pt.node[vpns] == target
 
     def _check_alloc(self, alloc: Allocation) -> None:
         self._check_open()

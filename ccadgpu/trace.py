@@ -16,6 +16,15 @@ it keeps the last ``trace_max_epochs`` records (older ones are dropped and count
 ``dropped``).  :meth:`Trace.save` writes one ``.npz`` file (``np.savez_compressed``, no pickle):
 a JSON header plus the records' arrays concatenated; :meth:`Trace.load` reads it back and checks
 the format name and version.
+
+The header also lists the space's allocations and frees, in order, as ``events``: ``[position,
+kind, id]`` with kind 1 an allocation (its entry in ``allocations`` then has ``nodes``, the node
+of each of its pages when it was made, as ``[node, count]`` runs) and 0 its pages going back
+(a freed allocation whose pages an epoch touched goes back once the manager has stepped that
+epoch); ``position`` is the number of the first epoch the manager stepped after the event.
+With them a replay sees the pages exist, and where, when the live manager did
+(:func:`ccadgpu.replay.replay`); traces without them (or missing epochs) are replayed from the
+pages' first appearance.
 """
 from __future__ import annotations
 
@@ -134,6 +143,21 @@ def _check_header(h: dict[str, Any], path: Any) -> None:
             isinstance(a, dict) and all(isinstance(a.get(k), int) and a[k] >= 0
                                         for k in ("id", "vstart", "npages")) for a in allocs):
         raise bad("allocations must be tables with integer id, vstart, npages >= 0")
+    for a in allocs:
+        runs = a.get("nodes")
+        if runs is not None and not (
+                isinstance(runs, list) and all(
+                    isinstance(r, list) and len(r) == 2 and
+                    all(isinstance(x, int) and x >= 0 for x in r) for r in runs)
+                and sum(r[1] for r in runs) == a["npages"]):
+            raise bad(f"allocation {a['id']}: nodes must be [node, count] runs covering its "
+                      "pages")
+    ids = {a["id"] for a in allocs}
+    events = h.get("events", [])
+    if not isinstance(events, list) or not all(
+            isinstance(e, list) and len(e) == 3 and all(isinstance(x, int) for x in e)
+            and e[1] in (0, 1) and e[2] in ids for e in events):
+        raise bad("events must be [position, 0 or 1, allocation id] of listed allocations")
 
 
 class Trace:
@@ -155,6 +179,9 @@ class Trace:
         self._host: list["Tally"] = []
         self._host_modeled = 0.0
         self._host_t = math.nan
+        #: ``[position, kind, allocation id]``: allocations (kind 1) and their pages going back
+        #: (kind 0), in order (see the module docs)
+        self.events: list[list[int]] = [[int(x) for x in e] for e in header.get("events", [])]
 
     # -- construction ------------------------------------------------------------------------------
     @classmethod
@@ -179,6 +206,30 @@ class Trace:
     def _recording(self) -> bool:
         sp = self._space
         return sp is not None and bool(sp.tunables.trace) and bool(sp.tunables.access_counters)
+
+    def _position(self) -> int:
+        """Number of the next epoch the manager will step (space lock held)."""
+        sp = self._space
+        assert sp is not None
+        return int(sp._mq[0].epoch) if sp._mq else int(sp.counters.epoch)
+
+    def _born(self, alloc: Any, nodes: np.ndarray) -> None:
+        """A new allocation, its pages on ``nodes`` (space lock held)."""
+        if not self._recording():
+            return
+        meta = _alloc_meta(alloc)
+        nodes = np.asarray(nodes, np.int64)
+        starts = np.flatnonzero(np.concatenate(([True], nodes[1:] != nodes[:-1]))) \
+            if len(nodes) else np.zeros(0, np.int64)
+        lens = np.diff(np.append(starts, len(nodes)))
+        meta["nodes"] = [[int(n), int(k)] for n, k in zip(nodes[starts].tolist(), lens.tolist())]
+        self.allocations[int(alloc.id)] = meta
+        self.events.append([self._position(), 1, int(alloc.id)])
+
+    def _died(self, alloc: Any) -> None:
+        """A freed allocation's pages went back to their nodes (space lock held)."""
+        if self._recording() and int(alloc.id) in self.allocations:
+            self.events.append([self._position(), 0, int(alloc.id)])
 
     def _add_host(self, t: "Tally", modeled: float) -> None:
         if not self._recording():
@@ -297,11 +348,14 @@ class Trace:
                 recs = list(self.records)
                 allocs = dict(self.allocations)
                 dropped = self.dropped
+                events = [list(e) for e in self.events]
             header["tunables"] = self._space.tunables.as_dict()   # counter settings among them
         else:
             recs, allocs, dropped = list(self.records), dict(self.allocations), self.dropped
+            events = [list(e) for e in self.events]
         header.update({
             "allocations": [allocs[k] for k in sorted(allocs)], "dropped": dropped,
+            "events": events,
             "epochs": len(recs), "kernels": [r.kernel for r in recs],
             "processors_by_epoch": [r.processor for r in recs],
             "saved": time.time()})

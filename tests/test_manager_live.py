@@ -198,22 +198,72 @@ def test_data_integrity_under_every_policy(policy, profile, cpu_access, steps):
                                               for a in arrs + [idx])
 
 
-def test_freed_and_reused_pages_are_not_acted_on():
-    """An epoch queued over an array that is freed (and whose range is reused) before the
-    manager sees it must not move the new array's pages."""
+def test_freed_pages_wait_for_the_managers_step():
+    """An array that dies while an epoch over it still waits for the manager (here the open
+    host epoch) keeps its pages, and its range, until the manager has stepped that epoch: the
+    epoch is decided and priced with the pages where they were when touched (as a replay of the
+    trace is), and no new array lands on them meanwhile."""
     import gc
-    with ccadgpu.Space(device_memory=16 * PS, page_size=PS, policy="on_demand") as sp:
-        a = sp.asarray(np.ones(4 * F))
-        a.sum()                                      # a host epoch over a's pages, still open
+    with ccadgpu.Space(device_memory=16 * PS, page_size=PS, profile="h100-pcie",
+                       policy="on_demand") as sp:
+        a = sp.asarray(np.ones(4 * F), placement="device")
+        a.sum()                          # the CPU reads device pages: an open host epoch
         va = sp.allocation_of(a).vstart
-        sp.free(a)
         del a
         gc.collect()
+        assert sp.stats()["nr_allocations"] == 0 and sp.nodes[1].used_frames == 4
+        b = sp.asarray(np.full(4 * F, 2.0), placement="device")
+        assert sp.allocation_of(b).vstart != va
+        sp.sync()
+        r = sp.manager.results[-1]
+        assert r.moved == {("fault", 1, 0): 4} and r.remote_bytes == 0   # faulted home first
+        assert (sp.placement(b) == 1).all() and sp.nodes[1].used_frames == 4
+        assert sp.nodes[0].used_frames == 0                              # a's pages went back
+        st_ = sp.stats()                                                 # no data was copied
+        assert st_.get("pgmigrate_pages_cause_fault", 0) == 0
+        assert st_["manager_moves_of_freed_pages"] == 4
+        c = sp.empty(4 * F)
+        assert sp.allocation_of(c).vstart == va                          # its range is free
+
+
+def test_free_synchronises():
+    """``free`` of an array an unstepped epoch touched ends the open host epoch and has the
+    manager step it, then gives the pages back before it returns."""
+    with ccadgpu.Space(device_memory=16 * PS, page_size=PS, profile="h100-pcie",
+                       policy="on_demand") as sp:
+        a = sp.asarray(np.ones(4 * F), placement="device")
+        a.sum()
+        va = sp.allocation_of(a).vstart
+        sp.free(a)
+        assert sp.manager.results[-1].moved == {("fault", 1, 0): 4}
+        assert sp.nodes[1].used_frames == 0 and sp.nodes[0].used_frames == 0
+        assert sp.trace[-1].kernel == "host" and not sp.counters._host_open
+        del a                                        # the range goes back with the last view
+        b = sp.asarray(np.full(4 * F, 2.0), placement="device")
+        assert sp.allocation_of(b).vstart == va
+        sp.sync()
+        assert (sp.placement(b) == 1).all()
+
+
+def test_freed_and_reused_pages_are_not_acted_on():
+    """Pages released before the manager stepped an epoch over them (a device reset drops the
+    dead pages of an array that died) are priced where they were, and never acted on: the
+    array that reuses their range is not moved."""
+    import gc
+    with ccadgpu.Space(device_memory=16 * PS, page_size=PS, policy="on_demand") as sp:
+        a = sp.asarray(np.ones(4 * F), placement="device")
+        a.sum()                                      # a host epoch over a's pages, still open
+        va = sp.allocation_of(a).vstart
+        del a
+        gc.collect()
+        sp.device.reset()
+        assert sp.nodes[1].used_frames == 0
         b = sp.asarray(np.full(4 * F, 2.0), placement="device")
         assert sp.allocation_of(b).vstart == va      # the same pages
         sp.sync()
         assert (sp.placement(b) == 1).all() and sp.stats().get("pgmigrate_pages_cause_fault", 0) == 0
-        assert sp.manager.results[-1].touched_bytes > 0   # the work is still priced
+        res = sp.manager.results[-1]
+        assert res.touched_bytes > 0 and res.remote_bytes == res.touched_bytes   # still priced
 
 
 def test_read_mostly_duplicates_are_not_promoted_or_made_room_for():
