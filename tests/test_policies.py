@@ -213,6 +213,20 @@ def test_oracle_plans_for_cpu_faults_bringing_pages_home():
     assert o["lower_bound_s"] <= o["modeled_s"] * (1 + 1e-9)
 
 
+@pytest.mark.parametrize("k", [4, 8, 16])
+def test_access_counter_prices_cpu_touches_as_trips_home_under_migrate_on_cpu_fault(k):
+    """On gh200 the CPU reads device memory cheaply, so a coherent space leaves the SpMV's
+    vector on the device; under migrate_on_cpu_fault every CPU touch brings it home, and moving
+    it back for a burst that does not pay the round trip must not happen (1.21-1.65x static
+    before the policy knew the mode)."""
+    tr = make_trace([("device", sweeps(range(32), k)), ("cpu", sweeps(range(32)))] * 8,
+                    32, 64)
+    hmm = {"cpu_access": "migrate_on_cpu_fault"}
+    static = replay(tr, "static", tunables=hmm)["modeled_s"]
+    assert replay(tr, "access_counter", tunables=hmm)["modeled_s"] <= 1.05 * static
+    assert replay(tr, "access_counter")["modeled_s"] < 0.99 * replay(tr, "static")["modeled_s"]
+
+
 def test_migration_switch_stops_every_policy():
     tr = make_trace([("device", sweeps(range(8), 8))] * 10, 8, 8)
     for pol in ("on_demand", "access_counter", "first_touch"):

@@ -57,7 +57,9 @@ priced: the profile's ``fault_us`` per region):
   remotely, against the way home (move and fault share) plus what the device then loses (its
   next burst read remotely, or the move back, whichever is cheaper).  On ``h100-pcie`` that is
   every CPU touch of a device page (0.5 GB/s over BAR1: a sweep costs ~30 moves); on ``gh200``
-  none (the CPU reads HBM at 297 GB/s).  The promotion rules count the CPU's accesses at the
+  none (the CPU reads HBM at 297 GB/s).  In a space with ``cpu_access="migrate_on_cpu_fault"``
+  (a cuda space on x86 + PCIe) there is no remote read to weigh: every CPU touch of a device
+  page costs its way home, and the rules price it so.  The promotion rules count the CPU's accesses at the
   same cost, so a page the CPU also uses is judged on the net.
 * **device bursts**: a host page whose previous device burst alone saved more than a move and
   its fault share faults over on the device's next touch (cause ``fault``), instead of being
@@ -175,6 +177,11 @@ class AccessCounter(Policy):
         fault = p.fault / ctx.pages_per_region
         # a touch that faults a page over: its move and its share of the fault
         self._fault_move = self._price + fault
+        # what a CPU touch of a device page can cost: read remotely (coherent), or only the way
+        # home when the space faults such pages back (migrate_on_cpu_fault), whatever we say
+        forced = ctx.tunables.cpu_access == "migrate_on_cpu_fault"
+        self._cpu_remote_gain = np.inf if forced else self._gain[CPU]
+        self._cpu_returns = self.cpu_fault_return or forced
         self._sweep = ctx.page_size / SECTOR        # sectors of one full pass over a page
         self._acc = np.zeros((0, 2))        # decayed sectors per page and processor since move
         self._acc_at = np.zeros(0, np.int64)
@@ -317,8 +324,8 @@ class AccessCounter(Policy):
         """What one CPU-touching epoch costs with the page on the device: its CPU burst read
         remotely, or, with ``cpu_fault_return``, the way home plus what the device then loses
         (its next burst read remotely, or the move back, whichever is cheaper)."""
-        remote = burst_cpu * self._gain[CPU]
-        if not self.cpu_fault_return:
+        remote = burst_cpu * self._cpu_remote_gain
+        if not self._cpu_returns:
             return remote
         home = self._fault_move[HOST] + np.minimum(burst_dev * self._gain[DEV],
                                                    self._fault_move[DEVICE])
@@ -418,8 +425,8 @@ class AccessCounter(Policy):
             pages, span, proc, frm, to, ctx.node, ctx.last_move, ctx.preferred, ctx.flags,
             ctx.accessed_by, self._touches, self._ready, self._moved, self._until, self._acc,
             self._acc_at, self._since, self._burst, ctx.epoch,
-            decay_table(h), decayed_window_table(h), self._gain[DEV], self._gain[CPU],
-            self._fault_move[HOST], self._fault_move[DEVICE], self.cpu_fault_return,
+            decay_table(h), decayed_window_table(h), self._gain[DEV], self._cpu_remote_gain,
+            self._fault_move[HOST], self._fault_move[DEVICE], self._cpu_returns,
             self.break_even,
             factor * self._price[to], self.payback_epochs, wait_on, self._cpu_last, gap,
             self._sweep, out_p, out_r, out_w)
