@@ -2,6 +2,7 @@
 
     python benchmarks/bench_policies.py [--size 64MiB] [--page-size 64KiB] [--seed 0]
                                         [--profiles gh200,h100-pcie] [--param NAME=VALUE ...]
+                                        [--cpu-access coherent|migrate_on_cpu_fault]
 
 Each workload runs once for real on the CPU stand-in (kernels, counters, a recorded trace,
 results checked against NumPy); the trace is then replayed under every policy and profile
@@ -74,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                     help="an access_counter parameter for this run (repeatable), e.g. "
                          "min_epochs=1")
+    ap.add_argument("--cpu-access", default="coherent",
+                    choices=["coherent", "migrate_on_cpu_fault"],
+                    help="the spaces' cpu_access for every replay (a cuda space's default is "
+                         "migrate_on_cpu_fault)")
     args = ap.parse_args(argv)
     params = {}
     for kv in args.param:
@@ -83,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     page = ccadgpu.parse_size(args.page_size)
     print(f"# bench_policies: working set {ccadgpu.format_bytes(size)}, pages "
           f"{ccadgpu.format_bytes(page)}, seed {args.seed}, {machine()}"
-          + (f"; access_counter with {params}" if params else ""))
+          + (f"; access_counter with {params}" if params else "")
+          + (f"; cpu_access={args.cpu_access}" if args.cpu_access != "coherent" else ""))
+    tun = {"cpu_access": args.cpu_access}
     with tempfile.TemporaryDirectory() as d:
         traces = {}
         for name in WORKLOADS:
@@ -95,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         for prof in args.profiles.split(","):
             rows, ratios, notes = [], [], []
             for name, tr in traces.items():
-                res = {p: replay(tr, p, profile=prof,
+                res = {p: replay(tr, p, profile=prof, tunables=tun,
                                  **(params if p == "access_counter" else {}))
                        for p in POLICIES}
                 o = res["oracle"]["modeled_s"]
