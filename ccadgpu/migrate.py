@@ -31,6 +31,8 @@ from .vaspace import MAP_BUDGET, count_breaks
 if TYPE_CHECKING:
     from .space import Allocation, Space
 
+HOST = 0
+
 
 @dataclass
 class MigrationReport:
@@ -91,6 +93,27 @@ class _Batch:
     dst_frames: np.ndarray
     vma_charge: int = 0
     extra: dict = field(default_factory=dict)
+
+
+def repoint(sp: "Space", mv: np.ndarray, src_nodes: np.ndarray, src_frames: np.ndarray,
+            dst_frames: np.ndarray, target: int, drop_host: bool = False) -> None:
+    """The page-table half of a move (space lock held): pages ``mv`` now live in
+    ``dst_frames`` on ``target``; their old frames go back to their nodes (``drop_host``: host
+    frames also hand their memory back, for contents nobody will read), a device duplicate of
+    a page now on the device is dropped, and the migrate listeners are told."""
+    pt = sp.pt
+    pt.node[mv] = target
+    pt.frame[mv] = dst_frames
+    for n in np.unique(src_nodes).tolist():
+        sp.nodes[n].give(src_frames[src_nodes == n], release=drop_host and n == HOST)
+    if target != HOST and len(mv):
+        d = pt.dup[mv]              # the page itself is on the device now: no duplicate
+        if (d >= 0).any():
+            sp.nodes[target].give(d[d >= 0])
+            pt.dup[mv] = -1
+    if len(mv):
+        for fn in sp.migrate_listeners:
+            fn(mv, src_nodes, target)
 
 
 class Migrator:
@@ -285,22 +308,11 @@ class Migrator:
                 status: np.ndarray) -> None:
         sp = self.space
         pt = sp.pt
-        mv = b.vpns[moved]
-        pt.node[mv] = target
-        pt.frame[mv] = b.dst_frames[moved]
+        repoint(sp, b.vpns[moved], b.src_nodes[moved], b.src_frames[moved],
+                b.dst_frames[moved], target)
         pt.flags[b.vpns] &= ~ptf.MIGRATING
         status[b.pos[moved]] = target
-        for n in np.unique(b.src_nodes[moved]).tolist():
-            sp.nodes[n].give(b.src_frames[moved][b.src_nodes[moved] == n])
         sp.nodes[target].give(b.dst_frames[~moved])
-        if target != 0 and len(mv):
-            d = pt.dup[mv]              # the page itself is on the device now: no duplicate
-            if (d >= 0).any():
-                sp.nodes[target].give(d[d >= 0])
-                pt.dup[mv] = -1
-        if len(mv):
-            for fn in sp.migrate_listeners:
-                fn(mv, b.src_nodes[moved], target)
         if sp.gpu is None:
             lo, hi = alloc.vstart, alloc.vstart + alloc.npages
             vmas = count_breaks(pt.node[lo:hi], pt.frame[lo:hi])

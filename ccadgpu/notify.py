@@ -38,12 +38,3 @@ def raise_notifications(acc: np.ndarray, vpns: np.ndarray, remote: Any,
     return notifications(acc, vpns, remote, pages_per_region, threshold, epoch,
                          NOTIFICATION_DTYPE)
 
-
-def clear_regions(acc: np.ndarray, vpns: np.ndarray, pages_per_region: int) -> None:
-    """Clear-on-migrate: zero the accumulators of the regions holding ``vpns``."""
-    if len(vpns):
-        # zeroing a region twice is harmless: no need to de-duplicate
-        r = np.asarray(vpns, np.int64) // pages_per_region
-        if r.max() >= acc.shape[1]:
-            r = r[r < acc.shape[1]]
-        acc[:, r] = 0

@@ -107,20 +107,19 @@ class _EventPlacement(SimPlacement):
             on = np.flatnonzero(nodes == n)          # starts on the host
             room = max(0, self.free_frames(n))
             nodes[on[room:]] = 0
-        hi = lo + len(nodes)
-        old = self._node[lo:hi]
-        for n, c in enumerate(np.bincount(old[old >= 0], minlength=len(self.used)).tolist()):
-            self.used[n] -= c
-        self._node[lo:hi] = nodes
-        for n, c in enumerate(np.bincount(nodes, minlength=len(self.used)).tolist()):
-            self.used[n] += c
+        self._set(lo, nodes)
         self.frames[0] = max(self.frames[0], self.used[0])
 
     def remove(self, lo: int, hi: int) -> None:
-        old = self._node[lo:hi]
-        for n, c in enumerate(np.bincount(old[old >= 0], minlength=len(self.used)).tolist()):
-            self.used[n] -= c
-        self._node[lo:hi] = -1
+        self._set(lo, np.full(hi - lo, -1, np.int8))
+
+    def _set(self, lo: int, nodes: np.ndarray) -> None:
+        """Pages from ``lo`` on are now on ``nodes`` (-1: gone); frame counts follow."""
+        span = self._node[lo: lo + len(nodes)]
+        for sign, nn in ((-1, span), (1, nodes)):
+            for n, c in enumerate(np.bincount(nn[nn >= 0], minlength=len(self.used)).tolist()):
+                self.used[n] += sign * c
+        span[:] = nodes
 
 
 def replay(trace: Trace, policy: "str | Policy", profile: "str | Profile | None" = None,

@@ -29,7 +29,7 @@ from .counters import AccessCounters
 from .errors import (CapacityError, CcadError, DeviceOfflineError, ForeignArrayError, FreedArrayError,
                      InvalidArgumentError,
                      PinnedError, SpaceClosedError, UnknownNodeError, UnsupportedPlatformError)
-from .migrate import MigrationReport, Migrator
+from .migrate import MigrationReport, Migrator, repoint
 from .nodes import Node, NodeInfo, default_distances
 from .pagetable import PageTable
 from .placement import parse as parse_placement
@@ -961,19 +961,8 @@ class Space:
             frames = self.nodes[target].take(len(todo), partial=True)
             todo = todo[: len(frames)]
             mv, src = vpns[todo], node[todo].astype(np.int64)
-            old = self.pt.frame[mv].copy()
-            for n in np.unique(src).tolist():
-                self.nodes[n].give(old[src == n], release=(n == HOST))
-            self.pt.node[mv] = target
-            self.pt.frame[mv] = frames
-            if target != HOST:
-                d = self.pt.dup[mv]
-                if (d >= 0).any():
-                    self.nodes[target].give(d[d >= 0])
-                    self.pt.dup[mv] = -1
+            repoint(self, mv, src, self.pt.frame[mv].copy(), frames, target, drop_host=True)
             if len(mv):
-                for fn in self.migrate_listeners:
-                    fn(mv, src, target)
                 self.vmstat.add(manager_moves_of_freed_pages=len(mv))
         return self.pt.node[vpns] == target
 

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import numpy as np
 
 from .errors import TraceFormatError
+from .runs import node_steps, runs
 from .tunables import Knob, register
 
 if TYPE_CHECKING:
@@ -219,9 +220,7 @@ class Trace:
             return
         meta = _alloc_meta(alloc)
         nodes = np.asarray(nodes, np.int64)
-        starts = np.flatnonzero(np.concatenate(([True], nodes[1:] != nodes[:-1]))) \
-            if len(nodes) else np.zeros(0, np.int64)
-        lens = np.diff(np.append(starts, len(nodes)))
+        starts, lens = runs(node_steps(nodes))
         meta["nodes"] = [[int(n), int(k)] for n, k in zip(nodes[starts].tolist(), lens.tolist())]
         self.allocations[int(alloc.id)] = meta
         self.events.append([self._position(), 1, int(alloc.id)])

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from ..errors import InvalidArgumentError
 from .base import DEVICE, HOST, Move, Policy
 
 if TYPE_CHECKING:
@@ -100,8 +101,8 @@ def plan_oracle(epochs: Sequence["Epoch"], profile: "Profile", page_size: int,
     page the CPU touches in an epoch cannot stay on the device for it (the space would fault it
     home), so the schedule has it on the host for that epoch, moved there beforehand."""
     if cpu_access not in ("coherent", "migrate_on_cpu_fault"):
-        raise ValueError(f"cpu_access must be 'coherent' or 'migrate_on_cpu_fault', got "
-                         f"{cpu_access!r}")
+        raise InvalidArgumentError(f"cpu_access must be 'coherent' or 'migrate_on_cpu_fault', "
+                                   f"got {cpu_access!r}")
     vpns = np.asarray(vpns, np.int64)
     ch, cd = _costs(epochs, vpns, profile)
     up = page_size / profile.link[HOST, DEVICE] + profile.per_page
@@ -112,7 +113,7 @@ def plan_oracle(epochs: Sequence["Epoch"], profile: "Profile", page_size: int,
         forbid = float(ch.sum() + cd.sum()) + (up + down) * (len(epochs) + 1) + 1.0
         for e, ep in enumerate(epochs):
             if len(ep.vpns):
-                cpu = ep.vpns[ep.sectors[:, CPU_PROC, :].sum(axis=1) > 0]
+                cpu = ep.vpns[ep.touched_by(CPU_PROC)]
                 cd[e, np.searchsorted(vpns, cpu)] += forbid
     init_dev = np.asarray(initial_node) == DEVICE
     on, cost = _dp(ch, cd, init_dev, up, down)
