@@ -280,3 +280,24 @@ def test_plan_validation():
     with pytest.raises(InvalidArgumentError, match="unknown device op"):
         ck.plan("fft", a)
     assert ck.plan("copy", np.zeros(0), np.zeros(0)) is None
+
+
+@pytest.mark.parametrize("kind,ms,want_rc,want_count", [
+    (0, 400, 0, 64),       # slow, not stuck: 400 ms is 8 of the emulation's 50 ms polls
+    (1, 0, -1, None),      # a thread returns before __syncthreads
+    (2, 0, -1, None),      # lane 0 of each warp skips a collective
+])
+def test_emulation_tells_deadlock_from_slowness(emu, kind, ms, want_rc, want_count):
+    """The harness's deadlock verdict is what makes a divergent collective fail a test; it
+    must come promptly for a real deadlock and never for a block that is merely slow."""
+    import time
+    out = np.zeros(1, np.int32)
+    fn = emu.emu_emu_selftest
+    fn.argtypes = [ctypes.c_uint] * 4 + [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+    fn.restype = ctypes.c_int
+    t = time.monotonic()
+    rc = fn(1, 1, 64, 1, kind, ms, out.ctypes.data)
+    assert rc == want_rc
+    if want_count is not None:
+        assert out[0] == want_count
+    assert time.monotonic() - t < 30, "the verdict must not wait for a fixed long timeout"

@@ -5,8 +5,9 @@
 // Model: blocks run one after another; the threads of a block are real std::threads, so
 // __syncthreads() and the warp collectives (__match_any_sync, __shfl_down_sync) are real
 // rendezvous.  A collective that not all 32 lanes reach (a divergence bug in a kernel) or a
-// barrier that not all threads reach times out, marks the launch broken, and the launch
-// returns -1 instead of hanging.  __shared__ becomes a function-local static, which is block
+// barrier that not all threads reach is found as soon as every thread of the block is waiting
+// or has returned (however slow the machine, a block that still moves is never cut short); it
+// marks the launch broken, and the launch returns -1 instead of hanging.  __shared__ becomes a function-local static, which is block
 // shared because blocks do not overlap.
 #pragma once
 
@@ -34,23 +35,54 @@ namespace emu {
 inline std::atomic<bool> broken{false};
 inline std::atomic<bool> bad_mask{false};
 
+// Who in a block can still make progress.  ``blocked`` counts threads waiting at a barrier or
+// collective that has not been released yet, ``finished`` threads that returned; ``progress``
+// ticks on every release and every return.  The block is deadlocked exactly when every thread
+// is blocked or finished: then nobody is left to release anything.
+struct Stall {
+    std::atomic<int> blocked{0};
+    std::atomic<int> finished{0};
+    std::atomic<unsigned long> progress{0};
+    int nthreads = 0;
+
+    bool deadlocked() const {
+        // The two reads of ``progress`` make the counts one consistent snapshot: a release or
+        // a return between them ticks it.  (A releaser is never counted as blocked, so a
+        // release after the snapshot cannot make it read "all stuck".)
+        const unsigned long p = progress.load();
+        const int b = blocked.load(), f = finished.load();
+        return p == progress.load() && b > 0 && b + f == nthreads;
+    }
+};
+
 class Barrier {
   public:
-    explicit Barrier(int n) : n_(n) {}
+    explicit Barrier(int n = 32) : n_(n) {}
+    Stall* stall = nullptr;
+
     void wait() {
         std::unique_lock<std::mutex> lock(m_);
         const unsigned long gen = gen_;
         if (++count_ == n_) {
+            stall->blocked -= n_ - 1;       // the waiters are released, before they wake
             count_ = 0;
             ++gen_;
+            ++stall->progress;
             cv_.notify_all();
             return;
         }
-        if (!cv_.wait_for(lock, std::chrono::seconds(10),
-                          [&] { return gen_ != gen || broken.load(); })) {
-            broken = true;
-            cv_.notify_all();
+        ++stall->blocked;
+        // Poll: a slow block (two cores, hundreds of threads) keeps waiting for as long as
+        // it takes; only a block in which nobody can move any more is declared deadlocked.
+        while (!cv_.wait_for(lock, std::chrono::milliseconds(50),
+                             [&] { return gen_ != gen || broken.load(); })) {
+            if (stall->deadlocked()) {
+                broken = true;
+                cv_.notify_all();
+                break;
+            }
         }
+        if (gen_ == gen) --stall->blocked;  // left without a release (the launch is broken)
     }
 
   private:
@@ -67,7 +99,12 @@ struct Warp {
 };
 
 struct Block {
-    explicit Block(int nthreads) : bar(nthreads), warps((nthreads + 31) / 32) {}
+    explicit Block(int nthreads) : bar(nthreads), warps((nthreads + 31) / 32) {
+        stall.nthreads = nthreads;
+        bar.stall = &stall;
+        for (Warp& w : warps) w.bar.stall = &stall;
+    }
+    Stall stall;
     Barrier bar;
     std::vector<Warp> warps;
 };
@@ -79,8 +116,8 @@ inline uint3 g_block{0, 0, 0};
 inline uint3 g_bdim{1, 1, 1};
 inline uint3 g_gdim{1, 1, 1};
 
-// Run fn on a grid of blocks; 0 on success, -1 if a barrier or collective timed out (the
-// kernel deadlocked: some lanes or threads never reached it), -2 for a partial warp mask.
+// Run fn on a grid of blocks; 0 on success, -1 if a barrier or collective deadlocked (some
+// lanes or threads never reached it), -2 for a partial warp mask.
 inline int launch(dim3 grid, dim3 block, const std::function<void()>& fn) {
     broken = false;
     bad_mask = false;
@@ -103,6 +140,8 @@ inline int launch(dim3 grid, dim3 block, const std::function<void()>& fn) {
                         tl_lane = (unsigned)t & 31u;
                         tl_warp = (unsigned)t >> 5;
                         fn();
+                        ++blk.stall.finished;
+                        ++blk.stall.progress;
                     });
                 }
                 for (auto& th : threads) th.join();

@@ -78,3 +78,22 @@
 
 EMU_ALL(plain)
 EMU_ALL(counted)
+
+// Self-tests of the emulation's deadlock detection (not ccadgpu kernels).
+// kind 0: every thread reaches the barrier, but thread 0 only after ``ms`` milliseconds (a slow
+//         block must not be mistaken for a deadlock);
+// kind 1: thread 0 returns before __syncthreads (deadlock);
+// kind 2: lane 0 of each warp skips a warp collective (deadlock).
+__global__ void emu_selftest(int kind, int ms, int* out) {
+    const unsigned t = threadIdx.x;
+    if (kind == 0 && t == 0) std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+    if (kind == 1 && t == 0) return;
+    if (kind == 2 && (t & 31u) == 0) return;
+    if (kind == 2) {
+        __ballot_sync(0xffffffffu, true);
+    } else {
+        __syncthreads();
+    }
+    atomicAdd((unsigned*)out, 1u);
+}
+EMU_WRAP(emu_selftest, (int kind, int ms, int* out), (kind, ms, out))
