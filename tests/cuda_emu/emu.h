@@ -7,7 +7,9 @@
 // rendezvous.  A collective that not all 32 lanes reach (a divergence bug in a kernel) or a
 // barrier that not all threads reach is found as soon as every thread of the block is waiting
 // or has returned (however slow the machine, a block that still moves is never cut short); it
-// marks the launch broken, and the launch returns -1 instead of hanging.  __shared__ becomes a function-local static, which is block
+// marks the launch broken, and the launch returns -1 instead of hanging.  A thread spinning in
+// kernel code (waiting on a flag) counts as running, so that kind of deadlock would hang; none
+// of ccadgpu's kernels spin (the hash table's probe loop is bounded).  __shared__ becomes a function-local static, which is block
 // shared because blocks do not overlap.
 #pragma once
 
