@@ -9,8 +9,8 @@
 // or has returned (however slow the machine, a block that still moves is never cut short); it
 // marks the launch broken, and the launch returns -1 instead of hanging.  A thread spinning in
 // kernel code (waiting on a flag) counts as running, so that kind of deadlock would hang; none
-// of ccadgpu's kernels spin (the hash table's probe loop is bounded).  __shared__ becomes a function-local static, which is block
-// shared because blocks do not overlap.
+// of ccadgpu's kernels spin (the hash table's probe loop is bounded).  __shared__ becomes a
+// function-local static, which is block shared because blocks do not overlap.
 #pragma once
 
 #include <atomic>
