@@ -195,6 +195,29 @@ def _precheck_indices(sp: Any, op: str, name: str, idx: np.ndarray, n: int,
         raise _index_error(op, name, idx, n)
 
 
+def _run_indexed(sp: Any, op: str, args: tuple, table: np.ndarray, idx: np.ndarray,
+                 result: np.ndarray, dense: list) -> np.ndarray:
+    """Launch gather or scatter (``args`` in the kernel's order) on checked operands.  The
+    indexed operand ``table`` (gather's source, scatter's destination) is counted per page by
+    the kernel's histogram; ``dense`` are the other operands' accesses."""
+    written = op == "scatter"
+    flat = tuple(_flat(a) for a in args)
+    kernel = getattr(_kernels(), op)
+    off0, isz, page, npages = kernel_page_params(sp, table)
+    shift = _shift(page)
+    nch = _nthreads()
+
+    def run(counting: bool) -> tuple[Any, list]:
+        if sp.gpu is not None:
+            return result, _gpu_indexed(sp, op, flat, table, written, counting)
+        h, ok = kernel(*flat, True, counting, off0, isz, page, shift, npages, nch)
+        if not ok:                  # the kernel checked its indices and wrote nothing
+            raise _index_error(op, "idx", idx, table.size)
+        return result, ([h.sum(axis=0)] if counting else [])
+    acc = dense + [Access(table, WRITE if written else READ, "kernel")]
+    return execute(sp, op, run, acc).value
+
+
 def _check_csr_status(status: int, indices: np.ndarray, ncols: int) -> None:
     """Raise for a nonzero :func:`ccadgpu.kernels.cpu.csr_status`."""
     if status == 1:
@@ -214,6 +237,20 @@ def _dense(*pairs: tuple[np.ndarray, int]) -> list[Access]:
 
 
 # -- streaming ----------------------------------------------------------------------------------------
+def _run_streaming(sp: Any, op: str, result: np.ndarray, gpu_args: tuple, cpu_args: tuple,
+                   acc: list) -> np.ndarray:
+    """Launch a streaming op on checked operands: the CUDA kernel on a cuda space, the Numba
+    one (whose argument order may differ: ``cpu_args``) on the stand-in.  Dense operands are
+    counted by :func:`execute`, so neither kernel counts."""
+    def run(counting: bool) -> tuple[Any, list]:
+        if sp.gpu is not None:
+            _on_gpu(sp, op, *gpu_args)
+        else:
+            getattr(_kernels(), op)(*cpu_args)
+        return result, []
+    return execute(sp, op, run, acc).value
+
+
 def copy(dst: np.ndarray, src: np.ndarray) -> np.ndarray:
     """``dst[...] = src`` on the device.  Returns ``dst``."""
     sp = _space_of("copy", dst=dst, src=src)
@@ -221,16 +258,8 @@ def copy(dst: np.ndarray, src: np.ndarray) -> np.ndarray:
     _same("copy", "dtype", dst=dst, src=src)
     _same("copy", "shape", dst=dst, src=src)
     _no_overlap("copy", "dst", dst, True, src=src)
-    K = _kernels()
     d, s = _flat(dst), _flat(src)
-
-    def run(counting: bool) -> tuple[Any, list]:
-        if sp.gpu is not None:
-            _on_gpu(sp, "copy", d, s)
-        else:
-            K.copy(d, s)
-        return dst, []
-    return execute(sp, "copy", run, _dense((src, READ), (dst, WRITE))).value
+    return _run_streaming(sp, "copy", dst, (d, s), (d, s), _dense((src, READ), (dst, WRITE)))
 
 
 def scale(dst: np.ndarray, src: np.ndarray, alpha: float) -> np.ndarray:
@@ -241,16 +270,9 @@ def scale(dst: np.ndarray, src: np.ndarray, alpha: float) -> np.ndarray:
     _same("scale", "shape", dst=dst, src=src)
     _no_overlap("scale", "dst", dst, True, src=src)
     a = _scalar("scale", alpha, dst.dtype)
-    K = _kernels()
     d, s = _flat(dst), _flat(src)
-
-    def run(counting: bool) -> tuple[Any, list]:
-        if sp.gpu is not None:
-            _on_gpu(sp, "scale", d, s, a)
-        else:
-            K.scale(d, s, a)
-        return dst, []
-    return execute(sp, "scale", run, _dense((src, READ), (dst, WRITE))).value
+    return _run_streaming(sp, "scale", dst, (d, s, a), (d, s, a),
+                          _dense((src, READ), (dst, WRITE)))
 
 
 def axpy(alpha: float, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -261,16 +283,9 @@ def axpy(alpha: float, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     _same("axpy", "shape", y=y, x=x)
     _no_overlap("axpy", "y", y, True, x=x)
     a = _scalar("axpy", alpha, y.dtype)
-    K = _kernels()
     yy, xx = _flat(y), _flat(x)
-
-    def run(counting: bool) -> tuple[Any, list]:
-        if sp.gpu is not None:
-            _on_gpu(sp, "axpy", yy, xx, a)
-        else:
-            K.axpy(yy, a, xx)
-        return y, []
-    return execute(sp, "axpy", run, _dense((x, READ), (y, READ), (y, WRITE))).value
+    return _run_streaming(sp, "axpy", y, (yy, xx, a), (yy, a, xx),
+                          _dense((x, READ), (y, READ), (y, WRITE)))
 
 
 def triad(a: np.ndarray, b: np.ndarray, c: np.ndarray, alpha: float) -> np.ndarray:
@@ -281,16 +296,9 @@ def triad(a: np.ndarray, b: np.ndarray, c: np.ndarray, alpha: float) -> np.ndarr
     _same("triad", "shape", a=a, b=b, c=c)
     _no_overlap("triad", "a", a, True, b=b, c=c)
     s = _scalar("triad", alpha, a.dtype)
-    K = _kernels()
     aa, bb, cc = _flat(a), _flat(b), _flat(c)
-
-    def run(counting: bool) -> tuple[Any, list]:
-        if sp.gpu is not None:
-            _on_gpu(sp, "triad", aa, bb, cc, s)
-        else:
-            K.triad(aa, bb, cc, s)
-        return a, []
-    return execute(sp, "triad", run, _dense((b, READ), (c, READ), (a, WRITE))).value
+    return _run_streaming(sp, "triad", a, (aa, bb, cc, s), (aa, bb, cc, s),
+                          _dense((b, READ), (c, READ), (a, WRITE)))
 
 
 # -- reductions -------------------------------------------------------------------------------------------
@@ -373,21 +381,8 @@ def gather(out: np.ndarray, src: np.ndarray, idx: np.ndarray) -> np.ndarray:
     _same("gather", "shape", out=out, idx=idx)
     _no_overlap("gather", "out", out, False, src=src, idx=idx)
     _precheck_indices(sp, "gather", "idx", idx, src.size, out)
-    K = _kernels()
-    o, s, ix = _flat(out), _flat(src), _flat(idx)
-    off0, isz, page, npages = kernel_page_params(sp, src)
-    shift = _shift(page)
-    nch = _nthreads()
-
-    def run(counting: bool) -> tuple[Any, list]:
-        if sp.gpu is not None:
-            return out, _gpu_indexed(sp, "gather", (o, s, ix), src, False, counting)
-        h, ok = K.gather(o, s, ix, True, counting, off0, isz, page, shift, npages, nch)
-        if not ok:                  # the kernel checked its indices and wrote nothing
-            raise _index_error("gather", "idx", ix, s.size)
-        return out, ([h.sum(axis=0)] if counting else [])
-    acc = _dense((idx, READ), (out, WRITE)) + [Access(src, READ, "kernel")]
-    return execute(sp, "gather", run, acc).value
+    return _run_indexed(sp, "gather", (out, src, idx), src, idx, out,
+                        _dense((idx, READ), (out, WRITE)))
 
 
 def scatter(dst: np.ndarray, idx: np.ndarray, src: np.ndarray) -> np.ndarray:
@@ -402,21 +397,8 @@ def scatter(dst: np.ndarray, idx: np.ndarray, src: np.ndarray) -> np.ndarray:
     _same("scatter", "shape", idx=idx, src=src)
     _no_overlap("scatter", "dst", dst, False, src=src, idx=idx)
     _precheck_indices(sp, "scatter", "idx", idx, dst.size, dst)
-    K = _kernels()
-    d, s, ix = _flat(dst), _flat(src), _flat(idx)
-    off0, isz, page, npages = kernel_page_params(sp, dst)
-    shift = _shift(page)
-    nch = _nthreads()
-
-    def run(counting: bool) -> tuple[Any, list]:
-        if sp.gpu is not None:
-            return dst, _gpu_indexed(sp, "scatter", (d, ix, s), dst, True, counting)
-        h, ok = K.scatter(d, ix, s, True, counting, off0, isz, page, shift, npages, nch)
-        if not ok:                  # the kernel checked its indices and wrote nothing
-            raise _index_error("scatter", "idx", ix, d.size)
-        return dst, ([h.sum(axis=0)] if counting else [])
-    acc = _dense((idx, READ), (src, READ)) + [Access(dst, WRITE, "kernel")]
-    return execute(sp, "scatter", run, acc).value
+    return _run_indexed(sp, "scatter", (dst, idx, src), dst, idx, dst,
+                        _dense((idx, READ), (src, READ)))
 
 
 def spmv_csr(y: np.ndarray, indptr: np.ndarray, indices: np.ndarray, data: np.ndarray,

@@ -492,38 +492,35 @@ def _plan_stencil5(out: Any, inp: Any, *, center: Any = 0.5, neighbor: Any = 0.1
                                   _scalar(dt, neighbor, "neighbor"), *cnt))
 
 
-def _plan_gather(y: Any, x: Any, idx: Any, *, counters: PageCounters | None,
-                 max_blocks: int) -> Launch | None:
-    for name, arr in (("y", y), ("x", x), ("idx", idx)):
-        _check_array(name, arr)
-    dt = _same_dtype("gather", y=y, x=x)
-    n = _size(idx)
-    if _size(y) != n:
-        raise InvalidArgumentError(f"gather: y has {_size(y)} elements, idx has {n}")
-    if _overlap(y, x):
-        raise InvalidArgumentError("gather: y and x overlap")
-    cnt = _counter_args("gather", counters, y=y, x=x, idx=idx)
-    if n == 0:
-        return None
-    return Launch("sparse", kernel_name("gather", dt, counters is not None, idx.dtype),
-                  _dense_grid(n, max_blocks), (BLOCK, 1, 1), (y, x, idx, np.int64(n), *cnt))
-
-
-def _plan_scatter(y: Any, idx: Any, x: Any, *, counters: PageCounters | None,
+def _plan_indexed(op: str, y: Any, x: Any, idx: Any, *, counters: PageCounters | None,
                   max_blocks: int) -> Launch | None:
-    for name, arr in (("y", y), ("idx", idx), ("x", x)):
+    """gather (``y = x[idx]``, kernel arguments ``y, x, idx``) and scatter (``y[idx] = x``,
+    arguments ``y, idx, x``): ``idx`` and the dense operand have one size."""
+    named = ((("y", y), ("x", x), ("idx", idx)) if op == "gather" else
+             (("y", y), ("idx", idx), ("x", x)))
+    for name, arr in named:
         _check_array(name, arr)
-    dt = _same_dtype("scatter", y=y, x=x)
+    dt = _same_dtype(op, y=y, x=x)
     n = _size(idx)
-    if _size(x) != n:
-        raise InvalidArgumentError(f"scatter: x has {_size(x)} elements, idx has {n}")
+    dname, dense = ("y", y) if op == "gather" else ("x", x)
+    if _size(dense) != n:
+        raise InvalidArgumentError(f"{op}: {dname} has {_size(dense)} elements, idx has {n}")
     if _overlap(y, x):
-        raise InvalidArgumentError("scatter: y and x overlap")
-    cnt = _counter_args("scatter", counters, y=y, idx=idx, x=x)
+        raise InvalidArgumentError(f"{op}: y and x overlap")
+    cnt = _counter_args(op, counters, **dict(named))
     if n == 0:
         return None
-    return Launch("sparse", kernel_name("scatter", dt, counters is not None, idx.dtype),
-                  _dense_grid(n, max_blocks), (BLOCK, 1, 1), (y, idx, x, np.int64(n), *cnt))
+    return Launch("sparse", kernel_name(op, dt, counters is not None, idx.dtype),
+                  _dense_grid(n, max_blocks), (BLOCK, 1, 1),
+                  (*(a for _, a in named), np.int64(n), *cnt))
+
+
+def _plan_gather(y: Any, x: Any, idx: Any, **kw: Any) -> Launch | None:
+    return _plan_indexed("gather", y, x, idx, **kw)
+
+
+def _plan_scatter(y: Any, idx: Any, x: Any, **kw: Any) -> Launch | None:
+    return _plan_indexed("scatter", y, x, idx, **kw)
 
 
 def _plan_spmv(y: Any, indptr: Any, indices: Any, data: Any, x: Any, *,
