@@ -80,10 +80,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="the spaces' cpu_access for every replay (a cuda space's default is "
                          "migrate_on_cpu_fault)")
     args = ap.parse_args(argv)
-    params = {}
+    params: dict[str, float | int] = {}
     for kv in args.param:
         name, _, value = kv.partition("=")
-        params[name] = float(value) if "." in value or "e" in value else int(value)
+        try:
+            params[name] = float(value) if "." in value or "e" in value else int(value)
+        except ValueError:
+            ap.error(f"--param {kv!r}: expected NAME=NUMBER, e.g. min_epochs=1")
     size = ccadgpu.parse_size(args.size)
     page = ccadgpu.parse_size(args.page_size)
     print(f"# bench_policies: working set {ccadgpu.format_bytes(size)}, pages "

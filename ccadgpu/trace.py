@@ -145,12 +145,12 @@ def _check_header(h: dict[str, Any], path: Any) -> None:
                                         for k in ("id", "vstart", "npages")) for a in allocs):
         raise bad("allocations must be tables with integer id, vstart, npages >= 0")
     for a in allocs:
-        runs = a.get("nodes")
-        if runs is not None and not (
-                isinstance(runs, list) and all(
+        nr = a.get("nodes")              # [node, count] runs
+        if nr is not None and not (
+                isinstance(nr, list) and all(
                     isinstance(r, list) and len(r) == 2 and
-                    all(isinstance(x, int) and x >= 0 for x in r) for r in runs)
-                and sum(r[1] for r in runs) == a["npages"]):
+                    all(isinstance(x, int) and x >= 0 for x in r) for r in nr)
+                and sum(r[1] for r in nr) == a["npages"]):
             raise bad(f"allocation {a['id']}: nodes must be [node, count] runs covering its "
                       "pages")
     ids = {a["id"] for a in allocs}

@@ -59,8 +59,8 @@ priced: the profile's ``fault_us`` per region):
   every CPU touch of a device page (0.5 GB/s over BAR1: a sweep costs ~30 moves); on ``gh200``
   none (the CPU reads HBM at 297 GB/s).  In a space with ``cpu_access="migrate_on_cpu_fault"``
   (a cuda space on x86 + PCIe) there is no remote read to weigh: every CPU touch of a device
-  page costs its way home, and the rules price it so.  The promotion rules count the CPU's accesses at the
-  same cost, so a page the CPU also uses is judged on the net.
+  page costs its way home, and the rules price it so.  The promotion rules count the CPU's
+  accesses at the same cost, so a page the CPU also uses is judged on the net.
 * **device bursts**: a host page whose previous device burst alone saved more than a move and
   its fault share faults over on the device's next touch (cause ``fault``), instead of being
   read remotely for another epoch.
@@ -272,9 +272,9 @@ class AccessCounter(Policy):
         reusing?  Yes when this epoch left at least half of the pages of the allocation that
         the processor's previous epoch on it touched, and at least half of those had shown
         reuse (``reused``: ``min_epochs`` touching epochs and ``min_epochs - 0.5`` times the
-        largest burst's sectors, so that a page two chunks of a stream share is no evidence).  Then the pages it touches now are the
-        new working set and need only one epoch of use (:meth:`_evaluate`): a phase change is
-        followed after one epoch, not two.
+        largest burst's sectors, so that a page two chunks of a stream share is no evidence).
+        Then the pages it touches now are the new working set and need only one epoch of use
+        (:meth:`_evaluate`): a phase change is followed after one epoch, not two.
 
         The per-allocation state lives in a direct-mapped table of :data:`ALLOC_SLOTS` slots
         tagged with the allocation id (ids only grow, so a table indexed by id would too); an
