@@ -265,6 +265,10 @@ class PolicyContext:
     def free(self, node: int) -> int:
         return self._m.placement.free_frames(node)
 
+    def duplicated(self, vpns: np.ndarray) -> np.ndarray:
+        """Whether pages ``vpns`` have a read-mostly copy on the device (local to its reads)."""
+        return self._m.placement.duplicated(np.asarray(vpns, np.int64))
+
     def allocated_pages(self) -> np.ndarray:
         return np.flatnonzero(self.node >= 0)
 

@@ -38,6 +38,32 @@ def test_payback_moves_a_page_as_soon_as_its_reuse_is_seen():
     assert all(r.remote_bytes == 0 for r in mgr.results[2:])
 
 
+def test_reuse_moves_when_the_second_launch_starts():
+    # the second launch over the same pages is the evidence of reuse, and its footprint is
+    # known before its kernel runs: the pages move then, and that launch reads them locally,
+    # with no fault taken
+    ep = [("device", sweeps(range(16)))] * 4
+    mgr = run(ep, 16, 64, "h100-pcie")
+    assert moved_at(mgr, "access_counter", 0, 1) == {1: 16}
+    assert mgr.results[0].remote_bytes > 0
+    assert all(r.remote_bytes == 0 and r.fault_s == 0 for r in mgr.results[1:])
+    # without it the pages move at the end of that launch, which paid a second remote sweep
+    late = run(ep, 16, 64, "h100-pcie", launch_promote=False)
+    assert moved_at(late, "access_counter", 0, 1) == {1: 16}
+    assert late.results[1].remote_bytes == mgr.results[0].remote_bytes
+    assert mgr.summary()["modeled_s"] < late.summary()["modeled_s"]
+    # the launch's burst is not known before it runs: the page's usual one stands for it, so
+    # pages touched lightly before stay at the launch and move only once their counts pay
+    light = run([("device", {p: 64 for p in range(16)})] + [("device", sweeps(range(16)))] * 3,
+                16, 64, "h100-pcie")
+    assert moved_at(light, "access_counter", 0, 1) == {2: 16}
+    assert light.results[2].remote_bytes > 0 and light.results[3].remote_bytes == 0
+    # the CPU's touch in between is judged with the launch: the pages stay on the host
+    pp = run([("device", sweeps(range(16))), ("cpu", sweeps(range(16)))] * 4, 16, 64,
+             "h100-pcie")
+    assert pp.summary()["migrated_bytes"] == 0
+
+
 def test_a_page_two_chunks_of_a_stream_share_is_no_evidence_of_reuse():
     # a stream in chunks that do not end on page boundaries: each boundary page is touched by
     # two epochs, one sector by the first and the rest by the next; no byte was touched twice
@@ -191,7 +217,7 @@ def test_fused_rule_matches_the_documented_rule():
     """The fused candidate loop against the same rules written with NumPy arrays."""
     rng = np.random.default_rng(3)
     prof = load_profile("h100-pcie")
-    n = 4000
+    n = 20_000
     init = rng.integers(0, 2, n).astype(np.int8)
     mgr = MigrationManager(SimPlacement(PS, [4 * n, 4 * n], init), "access_counter", prof,
                            Tunables())
@@ -213,14 +239,20 @@ def test_fused_rule_matches_the_documented_rule():
     mgr.last_move[:] = rng.integers(-5, 10, n)
     pol._moved[:] = np.where(rng.random(n) < 0.9, mgr.last_move, -1)
     pages = np.arange(n)
-    for proc in (0, 1):
-        got, rate = pol._evaluate(ctx, pages, proc)
+    for proc, at_launch in ((0, False), (1, False), (1, True)):
+        got, rate = pol._evaluate(ctx, pages, proc, at_launch=at_launch)
         frm = 0 if proc == 1 else 1
         value, want_rate = pol.net_value(ctx, pages, proc)
         price = (1.0 if proc == 1 else pol.hysteresis) * pol._price[1 - frm]
         need = np.where(pol._fast[:, proc], 1, pol.min_epochs)
-        ok = (ctx.node == frm) & (pol._touches[:, proc] >= need) & \
-            ((need == 1) | (pol._total[:, proc] >= (need - 0.5) * pol._peak[:, proc])) & \
+        ready = (pol._touches[:, proc] >= need) & \
+            ((need == 1) | (pol._total[:, proc] >= (need - 0.5) * pol._peak[:, proc]))
+        if at_launch:      # pages it makes ready: one more touching epoch, the usual burst
+            b = pol._burst[:, proc]
+            ready = ~ready & (b > 0) & (pol._touches[:, proc] + 1 >= pol.min_epochs) & \
+                (pol._total[:, proc] + b >= (pol.min_epochs - 0.5) *
+                 np.maximum(pol._peak[:, proc], b))
+        ok = (ctx.node == frm) & ready & \
             (mgr.last_move == pol._moved) & (pol._until <= ctx.epoch) & (want_rate > 0) & \
             ((value >= pol.break_even * price) | (want_rate * pol.payback_epochs >= price))
         assert ok.sum() > 5 and (~ok).sum() > 5

@@ -49,22 +49,34 @@ def kernels() -> dict:
     def candidates(starts, span, proc, frm, to, node, last_move, preferred, flags,
                    accessed_by, touches, ready, moved, until, acc, acc_at, since, burst, epoch,
                    dtab, wtab, gain_dev, gain_cpu, fault_home, fault_away, fault_return,
-                   break_even, price, payback, wait_on, cpu_last, gap, sweep, out_pages,
-                   out_rate,
+                   break_even, price, payback, wait_on, cpu_last, gap, sweep, at_launch,
+                   total, peak, min_epochs, out_pages, out_rate,
                    out_wait):  # pragma: no cover - jitted
         """Pages ``starts[j] + o`` (``o < span``; ascending and disjoint) that pass every test
         of ``AccessCounter._evaluate``, written to ``out_pages`` / ``out_rate``, and those
         held back only to see the CPU's next run, written to ``out_wait``; returns both
         counts.  Whole regions come as their first pages and ``span`` (no page list to build
-        and read back), a page list as itself and ``span = 1``."""
+        and read back), a page list as itself and ``span = 1``.  ``at_launch``: the pages
+        are a launch's footprint, judged before its accesses, and only pages the launch makes
+        ready are judged (those ready before were judged at their epoch's end): the launch
+        counts as one more touching epoch with the page's usual burst (``total`` / ``peak``:
+        sectors and largest burst since the page's last move, for the reuse test)."""
         c = 0
         nwait = 0
         nd = dtab.shape[0]
         nw = wtab.shape[0]
         for j in range(starts.shape[0]):
             for p in range(starts[j], starts[j] + span):
-                if node[p] != frm or not ready[p, proc]:
+                if node[p] != frm or ready[p, proc] == at_launch:
                     continue
+                if at_launch:
+                    b = burst[p, proc]
+                    pk = peak[p, proc]
+                    if b > pk:
+                        pk = b
+                    if b <= 0.0 or touches[p, proc] + 1 < min_epochs or \
+                            total[p, proc] + b < (min_epochs - 0.5) * pk:
+                        continue
                 if last_move[p] != moved[p] or until[p] > epoch:
                     continue
                 age = epoch - acc_at[p]
@@ -241,6 +253,25 @@ def kernels() -> dict:
         return c
 
     @njit(cache=True, nogil=True)
+    def launch_pages(pages, first, sectors, node, ready, burst, frm, proc,
+                     out):  # pragma: no cover - jitted
+        """``AccessCounter._at_launch``'s first look at a launch's footprint (``first`` >= 0:
+        the pages are the run ``first, first + 1, ...``, not read): the pages on node ``frm``
+        that processor ``proc`` touches, touched before (a burst) and not ready yet, written
+        to ``out``; returns their count.  Usually the footprint is local, new or ready
+        already, and this one pass says so."""
+        c = 0
+        for k in range(pages.shape[0]):
+            p = first + k if first >= 0 else pages[k]
+            if node[p] != frm or ready[p, proc] or burst[p, proc] <= 0.0:
+                continue
+            if sectors[k, proc, 0] + sectors[k, proc, 1] <= 0:
+                continue
+            out[c] = p
+            c += 1
+        return c
+
+    @njit(cache=True, nogil=True)
     def any_held(pages, first, until, recent_moves, epoch,
                  thrash_moves):  # pragma: no cover - jitted
         """Whether ``AccessCounter._filter_thrash`` has anything to look at among ``pages``
@@ -295,6 +326,7 @@ def kernels() -> dict:
         return c, regular
 
     _K.update(candidates=candidates, observe=observe, cold_pages=cold_pages,
-              min_heat=min_heat, fault_pulls=fault_pulls, any_held=any_held,
+              min_heat=min_heat, fault_pulls=fault_pulls, launch_pages=launch_pages,
+              any_held=any_held,
               select_top=select_top, notified=notified)
     return _K

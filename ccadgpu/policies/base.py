@@ -101,7 +101,12 @@ class Policy:
         """Called once, before the first epoch."""
 
     def fault(self, ctx: "PolicyContext", ep: "Epoch") -> list[Move]:
-        """Moves that happen when the epoch's accesses fault, before they are priced."""
+        """Moves made when the epoch starts, before its accesses are priced: faults of those
+        accesses (cause ``"fault"``: the manager adds the profile's fault cost per faulting
+        region), or moves made at a launch (other causes: priced as migrations only).  A
+        launch's page set (``ep.vpns``) is known before its kernel runs, as its declared
+        accesses determine it; its counts (``ep.sectors``) are what the kernel then did, so a
+        move that is not a fault should not depend on them."""
         return []
 
     def observe(self, ctx: "PolicyContext", ep: "Epoch") -> None:
