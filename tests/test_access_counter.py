@@ -162,10 +162,18 @@ def test_cpu_touch_brings_a_promoted_page_home_on_pcie_not_on_gh200():
     assert moved_at(off, "fault", 1, 0) == {} and off.results[4].remote_bytes > 0
 
 
-def test_a_burst_that_pays_for_its_move_alone_moves_at_fault_time():
+def test_a_burst_that_pays_for_its_move_alone_moves_when_the_next_launch_starts():
     # 40 sweeps a burst over PCIe: the previous burst alone saved far more than a move, so
-    # the next device touch faults the page over before its accesses (priced local)
-    mgr = run([("device", sweeps(range(4), 40))] * 3, 4, 64, "h100-pcie")
+    # the next launch over the page moves it before its accesses (priced local, no fault:
+    # the launch's footprint is known), even where the reuse rules would not move it yet
+    for params in ({}, {"min_epochs": 3}):
+        mgr = run([("device", sweeps(range(4), 40))] * 3, 4, 64, "h100-pcie", **params)
+        assert moved_at(mgr, "access_counter", 0, 1) == {1: 4}
+        assert moved_at(mgr, "fault", 0, 1) == {}
+        assert mgr.results[0].remote_bytes > 0 and mgr.results[1].remote_bytes == 0
+        assert mgr.results[1].fault_s == 0
+    # without the footprint known at launch, the touch faults it over (the fault is priced)
+    mgr = run([("device", sweeps(range(4), 40))] * 3, 4, 64, "h100-pcie", launch_promote=False)
     assert moved_at(mgr, "fault", 0, 1) == {1: 4}
     assert mgr.results[0].remote_bytes > 0 and mgr.results[1].remote_bytes == 0
     assert mgr.results[1].fault_s == pytest.approx(load_profile("h100-pcie").fault)

@@ -116,9 +116,12 @@ def test_ping_pong_that_pays_its_round_trip_is_not_held_back():
     ep = [("device", sweeps(range(8), 20)), ("cpu", sweeps(range(8), 40))] * 20
     tr = make_trace(ep, 8, 8, profile="cxl-type2")
     ac, st, od = (replay(tr, p) for p in ("access_counter", "static", "on_demand"))
-    # over and back in every round after the first (the summary still counts the pages as
-    # ping-ponging: moved three times within the thrash window)
-    assert ac["migrated_bytes_by_cause"].get("fault", 0) >= 2 * 18 * 8 * PS
+    # over and back in every round after the first: over when the SpMV launch starts, back
+    # when the CPU's touch faults (the summary still counts the pages as ping-ponging: moved
+    # three times within the thrash window)
+    by_cause = ac["migrated_bytes_by_cause"]
+    assert by_cause.get("access_counter", 0) >= 18 * 8 * PS
+    assert by_cause.get("fault", 0) >= 18 * 8 * PS
     assert ac["modeled_s"] < 0.75 * st["modeled_s"]
     assert ac["modeled_s"] <= 1.05 * od["modeled_s"]
 

@@ -51,23 +51,24 @@ notifications) use the same rules with ``hysteresis`` times the price.
 touches, so its footprint is known before its kernel runs, and a device launch over host pages
 that the device used before is itself the evidence of reuse: the pages of the footprint that
 the launch makes ready (counted as one more touching epoch; pages ready before were judged at
-their epoch's end) and that pass the rules above move when the launch starts, and the launch reads them locally (cause ``access_counter``, priced as migrations: no
-fault is taken, as when a runtime prefetches a kernel's operands).  Only the footprint is
-known then, not the launch's sectors: the reuse test takes the page's usual burst for the
-launch's, and the rates are the counts so far over a window that includes the launch (half
-the rate the same counts gave at the previous epoch's end, so only pages that pay back
+their epoch's end) and that pass the rules above move when the launch starts, and the launch
+reads them locally (cause ``access_counter``, priced as migrations: no fault is taken, as
+when a runtime prefetches a kernel's operands).  Only the footprint is known then, not the
+launch's sectors: the reuse test takes the page's usual burst for the launch's, and the rates
+are the counts so far over a window that includes the launch (less than the same counts gave
+at the previous epoch's end, half for a page touched once, so only pages that pay back
 quickly move early).  A stream without reuse never has a page in a later launch's footprint
 (a page two chunks share: its one-sector burst cannot pay), and a page the CPU touched in
 between is judged with that touch (ping-pong stays where it is).  On PCIe this saves the
 second epoch's remote sweep of a working set, ~30% of a move per page; over NVLink-C2C few
 pages pay back that fast.
 
-**Moves at fault time**, where a move pays for itself within the faulting epoch (the fault is
-priced: the profile's ``fault_us`` per region):
+**Moves when an epoch starts**, where a move pays for itself within that epoch:
 
 * **CPU touches** (``cpu_fault_return``): a device page the CPU touches is read remotely (the
   CCAD model) unless that would cost more than bringing it home, in which case the page is left
-  unmapped on the CPU side and the touch faults it home first (cause ``fault``).  Judged per
+  unmapped on the CPU side and the touch faults it home first (cause ``fault``; the fault is
+  priced: the profile's ``fault_us`` per region; CPU work declares nothing ahead).  Judged per
   page: the CPU's expected burst (its previous one on this page, else one full sweep) read
   remotely, against the way home (move and fault share) plus what the device then loses (its
   next burst read remotely, or the move back, whichever is cheaper).  On ``h100-pcie`` that is
@@ -77,8 +78,12 @@ priced: the profile's ``fault_us`` per region):
   page costs its way home, and the rules price it so.  The promotion rules count the CPU's
   accesses at the same cost, so a page the CPU also uses is judged on the net.
 * **device bursts**: a host page whose previous device burst alone saved more than a move and
-  its fault share faults over on the device's next touch (cause ``fault``), instead of being
-  read remotely for another epoch.
+  a fault's share moves when the next launch over it starts (cause ``access_counter``, no
+  fault: the footprint is known; with ``launch_promote=False`` the touch faults it over,
+  cause ``fault``), instead of being read remotely for another epoch.  The fault's share
+  stays in the bar as a margin: the way home of such a page, when the CPU takes it, is a
+  fault (without it, ``krylov`` on ``gh200`` under ``migrate_on_cpu_fault`` pulled pages
+  whose burst paid for the move but not for the trip back, and fell behind ``static``).
 
 Real systems fight three failure modes, and so does this policy:
 
@@ -533,9 +538,11 @@ class AccessCounter(Policy):
         return moves
 
     def fault(self, ctx: "PolicyContext", ep: "Epoch") -> list[Move]:
-        """Touches that fault a page over, where that pays within the touching epoch: a CPU
-        touch of a device page (``cpu_fault_return``), and a device touch of a host page whose
-        previous device burst alone saved more than the move and its fault share."""
+        """Moves when an epoch starts (see the module docs): a CPU touch of a device page
+        faults it home where that pays (``cpu_fault_return``); a device launch moves the host
+        pages of its footprint whose previous device burst alone saved more than the move and
+        a fault's share, and those it makes ready that pass the promotion rules
+        (``launch_promote``)."""
         v = ep.vpns
         if len(v) == 0:
             return []
@@ -585,7 +592,9 @@ class AccessCounter(Policy):
                 ((acc_by[pull] & (1 << DEVICE)) == 0)
             pull, gain = pull[p_ok], gain[p_ok]
         pull, gain = self._filter_thrash(ctx, pull, gain, DEV)
-        moves = self._promote(ctx, pull, gain, "fault") if len(pull) else []
+        # known at launch, such a page moves before the kernel runs; else its touch faults
+        cause = "access_counter" if self.launch_promote else "fault"
+        moves = self._promote(ctx, pull, gain, cause) if len(pull) else []
         if not self.launch_promote:
             return moves
         if fused:
