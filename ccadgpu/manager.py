@@ -9,9 +9,11 @@ One engine serves both worlds:
 * **replay** — :func:`ccadgpu.replay.replay`: the same steps over a recorded trace against a
   simulated placement, with no kernel run and no byte copied.
 
-Per epoch, in this order: (1) *fault-time* moves (``policy.fault``, and CPU faults on device pages
+Per epoch, in this order: (1) moves when the epoch starts (``policy.fault``: faults, and moves
+at a launch, whose footprint is known before its kernel runs; and CPU faults on device pages
 when ``tunables.cpu_access == "migrate_on_cpu_fault"``), priced as if they happened before the
-epoch's accesses, plus one profile ``fault`` cost per faulting region; (2) the epoch's accesses,
+epoch's accesses, plus one profile ``fault`` cost per faulting region (moves of cause
+``fault``); (2) the epoch's accesses,
 priced with the profile under the placement they then see; (3) per-page heat (decayed sectors)
 and access-counter notifications (:mod:`ccadgpu.notify`, the same logic as the hardware unit);
 (4) ``policy.epoch_end`` moves.  On the CPU stand-in the kernel really ran before step (1)'s
@@ -549,7 +551,11 @@ class MigrationManager:
     def _apply(self, moves: list[Move], res: StepResult) -> np.ndarray:
         """Filter and execute moves, demotions first; returns the pages moved by cause fault."""
         faulted = []
+        # evictions only make room on the device: none while it takes no pages (going offline)
+        room = self.placement.accepts(DEVICE)
         for m in sorted(moves, key=lambda m: m.target != HOST):
+            if m.cause == "eviction" and not room:
+                continue
             v = self._filter(m)
             if len(v) == 0:
                 continue

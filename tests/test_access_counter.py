@@ -287,3 +287,50 @@ def test_parameters_are_checked():
 def test_decayed_window_weighs_a_steady_rate():
     w = decayed_window(np.array([1, 2, 10]), 64.0)
     assert w[0] == 1.0 and 1.9 < w[1] < 2.0 and 9.0 < w[2] < 10.0
+
+
+def test_a_launch_never_evicts_pages_of_its_own_footprint():
+    # pages 0-15 sit on the full device, cold since one early sweep; a launch that reads them
+    # again together with host pages 16-31 must not evict them to make room for 16-31 (their
+    # heat does not count this launch yet: it is about to read them)
+    init = np.zeros(48, np.int8)
+    init[:16] = 1
+    a, b = range(16), range(16, 32)
+    ep = [("device", sweeps(a))] + [("device", {40: 1})] * 19 + [("device", sweeps(b))] + \
+        [("device", sweeps(a) | sweeps(b))] * 6
+    mgr = run(ep, 48, 16, "h100-pcie", init=init, allocations=(16, 16, 16))
+    assert moved_at(mgr, "eviction", 1, 0) == {}
+    assert (mgr.placement.node[:16] == 1).all()
+
+
+def test_moves_of_one_launch_share_the_free_frames():
+    # one free frame: page 16's burst pays for its move at the launch, page 17 is made ready
+    # by it; the second must not take the frame the first was promised (the manager would
+    # then evict page 16 again to make room)
+    init = np.zeros(20, np.int8)
+    init[:16] = 1
+    a = range(16)
+    ep = [("device", {16: 8 * SWEEP})] + [("device", sweeps(a))] * 18 + \
+        [("device", sweeps(a) | {17: SWEEP})] + \
+        [("device", sweeps(a) | {16: 8 * SWEEP, 17: SWEEP})] * 3
+    mgr = run(ep, 20, 17, "h100-pcie", init=init, allocations=(16, 1, 1, 2))
+    assert mgr.placement.node[16] == 1
+    assert mgr.summary()["migrated_bytes_by_cause"].get("eviction", 0) == 0
+    assert all(r.remote_bytes <= 2 * SWEEP * 32 for r in mgr.results[21:])
+
+
+def test_no_eviction_while_the_device_takes_no_pages():
+    class Closed(SimPlacement):          # a device going offline: it accepts no page
+        def accepts(self, node):
+            return node == 0
+    init = np.zeros(48, np.int8)
+    init[:16] = 1
+    ep = [("device", sweeps(range(16)))] + [("device", {40: 1})] * 19 + \
+        [("device", sweeps(range(16, 32)))] * 4
+    tr = make_trace(ep, 48, 16, profile="h100-pcie", allocations=(16, 16, 16))
+    for cls, evicts in ((SimPlacement, True), (Closed, False)):
+        mgr = MigrationManager(cls(PS, [4 * 48, 16], init), "access_counter",
+                               load_profile("h100-pcie"), Tunables(), min_epochs=1)
+        for i, r in enumerate(tr):
+            mgr.step(Epoch.from_record(r, i))
+        assert bool(mgr.summary()["migrated_bytes_by_cause"].get("eviction")) == evicts

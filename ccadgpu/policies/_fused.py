@@ -224,52 +224,43 @@ def kernels() -> dict:
         return m
 
     @njit(cache=True, nogil=True)
-    def fault_pulls(pages, first, sectors, burst, gain_dev, bar, node, preferred, flags,
-                    accessed_by, host, device, out_pages,
-                    out_gain):  # pragma: no cover - jitted
-        """``AccessCounter.fault``'s device-side tests over the epoch's pages (``sectors`` its
-        ``[k, processor, rw]``; ``first`` >= 0: they are the run ``first, first + 1, ...``,
-        not read): on ``host``, a burst saving more than ``bar``, touched by the device, not
-        preferred on the host, not pinned, not mapped remotely by the device.  Writes the
-        pages and their gain (burst times ``gain_dev``) when the outputs have room, and
-        returns their count either way: a first call with empty outputs sizes the second,
-        and most epochs pull nothing, so they allocate nothing."""
-        fill = out_pages.shape[0] > 0
+    def launch_scan(pages, first, sectors, burst, gain_dev, bar, node, preferred, flags,
+                    accessed_by, ready, launch, host, device, out_pull, out_gain,
+                    out_cand):  # pragma: no cover - jitted
+        """``AccessCounter.fault``'s one pass over a device launch's footprint (``sectors``
+        its ``[k, processor, rw]``; ``first`` >= 0: the pages are the run ``first, first + 1,
+        ...``, not read).  Of the pages on ``host`` that the device touches: those whose
+        previous burst saves more than ``bar``, not preferred on the host, not pinned, not
+        mapped remotely by the device, go to ``out_pull`` (their gain, burst times
+        ``gain_dev``, to ``out_gain``); with ``launch``, the others that the device touched
+        before and that are not ready yet go to ``out_cand`` (the launch rules judge them).
+        Writes only where the outputs have room, and returns both counts either way: a first
+        call with empty outputs sizes the second, and most launches find nothing, so they
+        allocate nothing."""
+        fill = out_pull.shape[0] > 0 or out_cand.shape[0] > 0
         c = 0
+        n = 0
         for k in range(pages.shape[0]):
             p = first + k if first >= 0 else pages[k]
             if node[p] != host:          # the cheapest test first: a byte per page
                 continue
-            g = burst[p, 1] * gain_dev
-            if not g > bar or sectors[k, 1, 0] + sectors[k, 1, 1] <= 0:
+            b = burst[p, 1]
+            if b <= 0.0 or sectors[k, 1, 0] + sectors[k, 1, 1] <= 0:
                 continue
-            if preferred[p] == host or (flags[p] & PINNED) != 0 or \
-                    ((accessed_by[p] >> device) & 1):
-                continue
-            if fill:
-                out_pages[c] = p
-                out_gain[c] = g
-            c += 1
-        return c
-
-    @njit(cache=True, nogil=True)
-    def launch_pages(pages, first, sectors, node, ready, burst, frm, proc,
-                     out):  # pragma: no cover - jitted
-        """``AccessCounter._at_launch``'s first look at a launch's footprint (``first`` >= 0:
-        the pages are the run ``first, first + 1, ...``, not read): the pages on node ``frm``
-        that processor ``proc`` touches, touched before (a burst) and not ready yet, written
-        to ``out``; returns their count.  Usually the footprint is local, new or ready
-        already, and this one pass says so."""
-        c = 0
-        for k in range(pages.shape[0]):
-            p = first + k if first >= 0 else pages[k]
-            if node[p] != frm or ready[p, proc] or burst[p, proc] <= 0.0:
-                continue
-            if sectors[k, proc, 0] + sectors[k, proc, 1] <= 0:
-                continue
-            out[c] = p
-            c += 1
-        return c
+            g = b * gain_dev
+            if g > bar:
+                if preferred[p] == host or (flags[p] & PINNED) != 0 or \
+                        ((accessed_by[p] >> device) & 1):
+                    continue
+                if fill:
+                    out_pull[c] = p
+                    out_gain[c] = g
+                c += 1
+            elif launch and not ready[p, 1]:
+                if fill:
+                    out_cand[n] = p
+                n += 1
+        return c, n
 
     @njit(cache=True, nogil=True)
     def any_held(pages, first, until, recent_moves, epoch,
@@ -326,7 +317,6 @@ def kernels() -> dict:
         return c, regular
 
     _K.update(candidates=candidates, observe=observe, cold_pages=cold_pages,
-              min_heat=min_heat, fault_pulls=fault_pulls, launch_pages=launch_pages,
-              any_held=any_held,
+              min_heat=min_heat, launch_scan=launch_scan, any_held=any_held,
               select_top=select_top, notified=notified)
     return _K

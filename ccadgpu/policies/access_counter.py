@@ -48,7 +48,8 @@ after the CPU's next run, without waiting for another notification.  Demotions (
 notifications) use the same rules with ``hysteresis`` times the price.
 
 **Promotion at launch** (``launch_promote``, on by default).  A launch declares what it
-touches, so its footprint is known before its kernel runs, and a device launch over host pages
+touches, so its footprint is known before its kernel runs (a dense operand's extent; for an
+indexed one, the pages its index array, an input, points at), and a device launch over host pages
 that the device used before is itself the evidence of reuse: the pages of the footprint that
 the launch makes ready (counted as one more touching epoch; pages ready before were judged at
 their epoch's end) and that pass the rules above move when the launch starts, and the launch
@@ -513,12 +514,14 @@ class AccessCounter(Policy):
         return out[: _fused.kernels()["select_top"](pages, score, thr, k, out)]
 
     def _promote(self, ctx: "PolicyContext", pages: np.ndarray, score: np.ndarray,
-                 cause: str) -> list[Move]:
+                 cause: str, keep: np.ndarray | None = None, taken: int = 0) -> list[Move]:
         """Moves promoting the best-scored of ``pages`` that fit: the rate limit's room, and
-        the device's free frames plus the cold pages worth evicting for them (evicted first,
-        by this policy's own move: the manager then needs no victims)."""
+        the device's free frames (less ``taken``, promised to moves of the same step) plus the
+        cold pages worth evicting for them (evicted first, by this policy's own move: the
+        manager then needs no victims), never a page of ``keep`` (a launch's footprint: its
+        device pages are about to be read, whatever their heat says so far)."""
         k = min(len(pages), self._rate.room(ctx.now, ctx.page_size))
-        free = ctx.free(DEVICE)
+        free = max(0, ctx.free(DEVICE) - taken)
         moves = []
         if k > free:
             top = self._top(pages, score, k)
@@ -528,7 +531,8 @@ class AccessCounter(Policy):
                 top = top[top < lim]
             bar = _fused.kernels()["min_heat"](top, heat_val, heat_epoch, dtab, ctx.epoch,
                                                DEV) / self.hysteresis
-            cold = self._cold(ctx, k - free, bar, top, order=False)
+            cold = self._cold(ctx, k - free, bar,
+                              top if keep is None else np.concatenate((top, keep)), order=False)
             if len(cold):
                 moves.append(Move(cold, HOST, "eviction"))
             k = free + len(cold)
@@ -568,59 +572,62 @@ class AccessCounter(Policy):
             remote = burst * self._gain[CPU]
             back = v[remote > self._cpu_epoch_cost(burst, self._burst[v, DEV])]
             return [Move(back, HOST, "fault")] if len(back) else []
-        # the device: pages whose previous burst alone paid for the move fault over; then the
+        # the device: pages whose previous burst alone paid for the move go over; then the
         # launch's footprint may bring the evidence of reuse that others lacked
         node, pref, flags, acc_by = ctx.node, ctx.preferred, ctx.flags, ctx.accessed_by
         sec = ep.sectors
-        fused = v[0] >= 0 and v[-1] < min(len(node), len(pref), len(flags), len(acc_by)) and \
-            isinstance(sec, np.ndarray) and sec.ndim == 3 and len(sec) == len(v)
-        if fused:
-            # one fused pass, and no allocation in the usual epoch that pulls nothing (the
+        launch = self.launch_promote
+        if v[0] >= 0 and v[-1] < min(len(node), len(pref), len(flags), len(acc_by)) and \
+                isinstance(sec, np.ndarray) and sec.ndim == 3 and len(sec) == len(v):
+            # one fused pass, and no allocation in the usual launch that finds nothing (the
             # NumPy passes below cost a page-sized temporary each, page faults included)
-            k = _fused.kernels()["fault_pulls"]
+            k = _fused.kernels()["launch_scan"]
             args = (v, _run_start(i), sec, self._burst, self._gain[DEV],
-                    self._fault_move[DEVICE], node, pref, flags, acc_by, HOST, DEVICE)
-            n = k(*args, v[:0], _NO_VALUES)
-            pull, gain = np.empty(n, v.dtype), np.empty(n)
-            if n:
-                k(*args, pull, gain)
+                    self._fault_move[DEVICE], node, pref, flags, acc_by, self._ready, launch,
+                    HOST, DEVICE)
+            n_pull, n_cand = k(*args, v[:0], _NO_VALUES, v[:0])
+            if n_pull == 0 and n_cand == 0:
+                return []
+            pull, gain, cand = np.empty(n_pull, v.dtype), np.empty(n_pull), np.empty(n_cand,
+                                                                                     v.dtype)
+            k(*args, pull, gain, cand)
         else:              # pages outside the tables (NumPy raises) or hand-made sectors
-            gain = self._burst[i, DEV] * self._gain[DEV]
-            ok = (gain > self._fault_move[DEVICE]) & (node[i] == HOST) & ep.touched_by(DEV)
-            pull, gain = v[ok], gain[ok]
+            b = self._burst[i, DEV]
+            gain = b * self._gain[DEV]
+            on = (node[i] == HOST) & (b > 0) & ep.touched_by(DEV)
+            over = on & (gain > self._fault_move[DEVICE])
+            pull, gain = v[over], gain[over]
             p_ok = (pref[pull] != HOST) & ~ctx.pinned_at(pull) & \
                 ((acc_by[pull] & (1 << DEVICE)) == 0)
             pull, gain = pull[p_ok], gain[p_ok]
+            cand = v[on & ~over & ~self._ready[i, DEV]] if launch else v[:0]
+        if len(pull):
+            local = ctx.duplicated(pull)     # read-mostly copies: the device reads them locally
+            if local.any():
+                pull, gain = pull[~local], gain[~local]
         pull, gain = self._filter_thrash(ctx, pull, gain, DEV)
         # known at launch, such a page moves before the kernel runs; else its touch faults
-        cause = "access_counter" if self.launch_promote else "fault"
-        moves = self._promote(ctx, pull, gain, cause) if len(pull) else []
-        if not self.launch_promote:
-            return moves
-        if fused:
-            out = np.empty(len(v), np.int64)
-            n = _fused.kernels()["launch_pages"](v, _run_start(i), sec, node, self._ready,
-                                                 self._burst, HOST, DEV, out)
-            v = out[:n]
-        else:
-            v = v[(node[i] == HOST) & ~self._ready[i, DEV] & (self._burst[i, DEV] > 0) &
-                  ep.touched_by(DEV)]
-        if len(pull) and len(v):
-            v = v[ctx.without_mask(v, pull)]
-        return moves + self._at_launch(ctx, v)
+        moves = self._promote(ctx, pull, gain, "access_counter" if launch else "fault",
+                              keep=v) if len(pull) else []
+        if len(cand):
+            taken = sum(len(m.vpns) if m.target == DEVICE else -len(m.vpns) for m in moves)
+            moves += self._at_launch(ctx, cand, v, taken)
+        return moves
 
-    def _at_launch(self, ctx: "PolicyContext", v: np.ndarray) -> list[Move]:
+    def _at_launch(self, ctx: "PolicyContext", v: np.ndarray, footprint: np.ndarray,
+                   taken: int) -> list[Move]:
         """Promotions when a launch starts (see *Promotion at launch* in the module docs):
-        host pages ``v`` of its footprint, not ready before it, that it makes ready."""
-        if len(v) == 0:
-            return []
+        host pages ``v`` of its ``footprint``, not ready before it, that it makes ready;
+        ``taken``: device frames already promised in this step."""
         up, score = self._evaluate(ctx, v, DEV, at_launch=True)
         if len(up):
             local = ctx.duplicated(up)       # read-mostly copies: the device reads them locally
             if local.any():
                 up, score = up[~local], score[~local]
         up, score = self._filter_thrash(ctx, up, score, DEV)
-        return self._promote(ctx, up, score, "access_counter") if len(up) else []
+        if len(up) == 0:
+            return []
+        return self._promote(ctx, up, score, "access_counter", keep=footprint, taken=taken)
 
     def epoch_end(self, ctx: "PolicyContext", ep: "Epoch", notes: np.ndarray) -> list[Move]:
         if len(notes) == 0 and not (ep.processor == CPU and len(self._pending)):

@@ -104,9 +104,11 @@ class Policy:
         """Moves made when the epoch starts, before its accesses are priced: faults of those
         accesses (cause ``"fault"``: the manager adds the profile's fault cost per faulting
         region), or moves made at a launch (other causes: priced as migrations only).  A
-        launch's page set (``ep.vpns``) is known before its kernel runs, as its declared
-        accesses determine it; its counts (``ep.sectors``) are what the kernel then did, so a
-        move that is not a fault should not depend on them."""
+        launch's page set (``ep.vpns``) is fixed before its kernel runs by its declared
+        accesses: a dense operand's extent, and for an indexed operand the pages its index
+        array points at (an input of the launch, though a runtime would have to scan it); its
+        counts (``ep.sectors``) are what the kernel then did, so a move that is not a fault
+        should not depend on them."""
         return []
 
     def observe(self, ctx: "PolicyContext", ep: "Epoch") -> None:
