@@ -130,12 +130,25 @@ def kernels() -> dict:
 
     @njit(cache=True, nogil=True)
     def observe(pages, by_proc, last_move, moved, acc, acc_at, since, touches, burst, total,
-                peak, dtab, epoch, min_epochs, evidence):  # pragma: no cover - jitted
+                peak, dtab, epoch, min_epochs, rp, cohort,
+                evidence):  # pragma: no cover - jitted
         """``AccessCounter.observe``'s per-page counts for the epoch's pages (sectors
         ``by_proc[k, processor]``): decayed sectors, touching epochs, running mean burst,
         sectors and largest burst since the page last moved (reset when it has moved since
         they were kept), the window's start; ``evidence[k, processor]``: touched in
-        ``min_epochs`` epochs and ``min_epochs - 0.5`` times its largest burst."""
+        ``min_epochs`` epochs and ``min_epochs - 0.5`` times its largest burst; ``cohort``:
+        how many pages of its region of ``rp`` pages the epoch touched (the pages come
+        sorted: a region's are one run)."""
+        n = pages.shape[0]
+        k = 0
+        while k < n:
+            r = pages[k] // rp
+            j = k + 1
+            while j < n and pages[j] // rp == r:
+                j += 1
+            for q in range(k, j):
+                cohort[pages[q]] = j - k
+            k = j
         nd = dtab.shape[0]
         for k in range(pages.shape[0]):
             p = pages[k]
@@ -224,13 +237,15 @@ def kernels() -> dict:
         return m
 
     @njit(cache=True, nogil=True)
-    def launch_scan(pages, first, sectors, burst, gain_dev, bar, node, preferred, flags,
-                    accessed_by, ready, launch, host, device, out_pull, out_gain,
-                    out_cand):  # pragma: no cover - jitted
+    def launch_scan(pages, first, sectors, burst, gain_dev, price, fault, cohort, node,
+                    preferred, flags, accessed_by, ready, launch, host, device, out_pull,
+                    out_gain, out_cand):  # pragma: no cover - jitted
         """``AccessCounter.fault``'s one pass over a device launch's footprint (``sectors``
         its ``[k, processor, rw]``; ``first`` >= 0: the pages are the run ``first, first + 1,
         ...``, not read).  Of the pages on ``host`` that the device touches: those whose
-        previous burst saves more than ``bar``, not preferred on the host, not pinned, not
+        previous burst saves more than ``price`` and their share of a ``fault`` (shared with
+        the ``cohort`` pages of their region that their last epoch touched), not preferred on
+        the host, not pinned, not
         mapped remotely by the device, go to ``out_pull`` (their gain, burst times
         ``gain_dev``, to ``out_gain``); with ``launch``, the others that the device touched
         before and that are not ready yet go to ``out_cand`` (the launch rules judge them).
@@ -248,7 +263,7 @@ def kernels() -> dict:
             if b <= 0.0 or sectors[k, 1, 0] + sectors[k, 1, 1] <= 0:
                 continue
             g = b * gain_dev
-            if g > bar:
+            if g > price + fault / cohort[p]:
                 if preferred[p] == host or (flags[p] & PINNED) != 0 or \
                         ((accessed_by[p] >> device) & 1):
                     continue

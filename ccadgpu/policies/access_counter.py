@@ -79,12 +79,18 @@ pages pay back that fast.
   page costs its way home, and the rules price it so.  The promotion rules count the CPU's
   accesses at the same cost, so a page the CPU also uses is judged on the net.
 * **device bursts**: a host page whose previous device burst alone saved more than a move and
-  a fault's share moves when the next launch over it starts (cause ``access_counter``, no
+  its share of a fault moves when the next launch over it starts (cause ``access_counter``, no
   fault: the footprint is known; with ``launch_promote=False`` the touch faults it over,
   cause ``fault``), instead of being read remotely for another epoch.  The fault's share
   stays in the bar as a margin: the way home of such a page, when the CPU takes it, is a
   fault (without it, ``krylov`` on ``gh200`` under ``migrate_on_cpu_fault`` pulled pages
   whose burst paid for the move but not for the trip back, and fell behind ``static``).
+  Here and in the thrash exemption below a page's share of a fault is the fault over the
+  pages of its region that its last epoch touched (the manager prices one fault per faulting
+  region): a lone page of a small array pays a whole fault, as a SciPy solver's staging
+  vector did (``examples/scipy_solver.py`` on ``h100-pcie``: it went over and back on every
+  iteration, priced at a 32nd of each fault).  The CPU-side rules still spread a fault over
+  all the pages of a region.
 
 Real systems fight three failure modes, and so does this policy:
 
@@ -92,9 +98,9 @@ Real systems fight three failure modes, and so does this policy:
   ``thrash_moves`` times within the manager's thrash window is left where it is, mapped
   remotely, for ``backoff_epochs`` epochs (doubling each time it is caught again), whatever
   moved it (counters or faults), unless its device burst alone saves more than its way over
-  and back, faults included (a CG search direction the device reads many times per product
-  and the CPU updates in between: ping-pong that pays is not thrashing); demotions need
-  ``hysteresis`` times more net rent than promotions;
+  and back, two fault shares included (a CG search direction the device reads many times
+  per product and the CPU updates in between: ping-pong that pays is not thrashing);
+  demotions need ``hysteresis`` times more net rent than promotions;
 * **migration storms**: promotions to the device are limited to ``rate_limit_mbps`` MB/s per
   1-second window of modeled time (Linux's ``numa_balancing_promote_rate_limit_MBps``);
 * **oversubscription**: when more pages qualify than the device has free frames, the best by
@@ -221,6 +227,7 @@ class AccessCounter(Policy):
         self._prev_n = np.zeros((ALLOC_SLOTS, 2), np.int64)
         self._prev_r = np.zeros((ALLOC_SLOTS, 2), np.int64)
         self._burst = np.zeros((0, 2))           # sectors per touching epoch (running mean)
+        self._cohort = np.ones(0, np.int32)      # pages of its region its last epoch touched
         self._until = np.zeros(0, np.int64)      # back-off: no move before this epoch
         self._caught = np.zeros(0, np.int16)     # times caught thrashing (doubles the back-off)
         self._moved = np.zeros(0, np.int64)      # ctx.last_move seen, to restart the count
@@ -246,6 +253,7 @@ class AccessCounter(Policy):
         self._ready = ext(self._ready)
         self._seen = ext(self._seen, -2)
         self._burst, self._until = ext(self._burst), ext(self._until)
+        self._cohort = ext(self._cohort, 1)
         self._caught, self._moved = ext(self._caught), ext(self._moved, -(1 << 40))
 
     def forget(self, lo: int, hi: int) -> None:
@@ -261,6 +269,7 @@ class AccessCounter(Policy):
             self._ready[lo:hi] = False
             self._seen[lo:hi] = -2
             self._burst[lo:hi] = 0.0
+            self._cohort[lo:hi] = 1
             self._until[lo:hi] = 0
             self._caught[lo:hi] = 0
 
@@ -282,7 +291,8 @@ class AccessCounter(Policy):
         _fused.kernels()["observe"](
             v, bp, ctx.last_move, self._moved, self._acc, self._acc_at, self._since,
             self._touches, self._burst, self._total, self._peak,
-            decay_table(self.owed_halflife_epochs), ctx.epoch, self.min_epochs, evidence)
+            decay_table(self.owed_halflife_epochs), ctx.epoch, self.min_epochs,
+            ctx.pages_per_region, self._cohort, evidence)
         i = as_index(v)
         self._learn(i, ep, bp > 0, evidence, ctx.epoch)
         # ready to move: the evidence, or one touching epoch of a page of a new working set
@@ -487,7 +497,8 @@ class AccessCounter(Policy):
         if proc == DEV and held.any():    # ... unless the device burst pays the round trip
             h = np.flatnonzero(held)
             pays = self._burst[pages[h], DEV] * self._gain[DEV] > \
-                self._fault_move[DEVICE] + self._fault_move[HOST]
+                self._price[DEVICE] + self._price[HOST] + \
+                2 * ctx.profile.fault / self._cohort[pages[h]]
             ok[h[pays]] = True
             hot[h[pays]] = False
         if hot.any():
@@ -582,9 +593,9 @@ class AccessCounter(Policy):
             # one fused pass, and no allocation in the usual launch that finds nothing (the
             # NumPy passes below cost a page-sized temporary each, page faults included)
             k = _fused.kernels()["launch_scan"]
-            args = (v, _run_start(i), sec, self._burst, self._gain[DEV],
-                    self._fault_move[DEVICE], node, pref, flags, acc_by, self._ready, launch,
-                    HOST, DEVICE)
+            args = (v, _run_start(i), sec, self._burst, self._gain[DEV], self._price[DEVICE],
+                    ctx.profile.fault, self._cohort, node, pref, flags, acc_by, self._ready,
+                    launch, HOST, DEVICE)
             n_pull, n_cand = k(*args, v[:0], _NO_VALUES, v[:0])
             if n_pull == 0 and n_cand == 0:
                 return []
@@ -595,7 +606,7 @@ class AccessCounter(Policy):
             b = self._burst[i, DEV]
             gain = b * self._gain[DEV]
             on = (node[i] == HOST) & (b > 0) & ep.touched_by(DEV)
-            over = on & (gain > self._fault_move[DEVICE])
+            over = on & (gain > self._price[DEVICE] + ctx.profile.fault / self._cohort[i])
             pull, gain = v[over], gain[over]
             p_ok = (pref[pull] != HOST) & ~ctx.pinned_at(pull) & \
                 ((acc_by[pull] & (1 << DEVICE)) == 0)
