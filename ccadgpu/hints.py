@@ -136,6 +136,7 @@ def prefetch(space: "Space", arr: np.ndarray, node: Any) -> "MigrationReport":
     target = space.node_id(node)
     alloc, first, n = space._resolve(arr)
     rel = np.arange(first, first + n, dtype=np.int64)
+    space._step_before_user_move(alloc)
     if target == DEVICE:
         with space._cond:
             vp = alloc.vstart + rel

@@ -508,8 +508,25 @@ class Space:
             self._free_locked(alloc)
             if alloc.released:
                 return
-            if self.counters._host_open and alloc.last_epoch >= self.counters.epoch:
+            if self._in_open_host_epoch(alloc):
                 self.counters._close_host_epoch()
+        self._run_manager(wait=True)
+
+    def _in_open_host_epoch(self, alloc: Allocation) -> bool:
+        """Whether the open host epoch touched ``alloc`` (space lock held)."""
+        return self.counters._host_open and alloc.last_epoch >= self.counters.epoch
+
+    def _step_before_user_move(self, alloc: Allocation) -> None:
+        """The user moves pages of ``alloc`` (``move_pages``, ``prefetch``): the manager must
+        price the CPU's accesses made before that where the pages were then, so when the open
+        host epoch touched ``alloc`` it ends here and is stepped first (as :meth:`free`
+        does); otherwise the epoch, stepped at the next launch, saw the pages where the user
+        had since put them (a CPU write made on the host, priced as remote writes to the
+        device: ``examples/pipeline.py`` under ``static`` with its hints)."""
+        with self._cond:
+            if not self._in_open_host_epoch(alloc):
+                return
+            self.counters._close_host_epoch()
         self._run_manager(wait=True)
 
     def _free_locked(self, alloc: Allocation) -> None:
@@ -701,6 +718,7 @@ class Space:
         target = self.node_id(node)
         alloc, first, n = self._resolve(arr)
         rel = _check_pages(pages, n) + first
+        self._step_before_user_move(alloc)
         return self.migrator.move(alloc, rel, target, cause)
 
     def pin(self, arr: np.ndarray) -> None:

@@ -354,3 +354,21 @@ def test_a_failing_move_does_not_escape_the_launch():
             MAP_BUDGET._limit = old
         assert np.array_equal(np.asarray(out), np.asarray(x)[np.asarray(idx)])  # ... quietly
         assert sp.stats()["manager_move_errors"] >= 1 and len(sp.manager.results) >= 1
+
+
+@pytest.mark.parametrize("move", ["prefetch", "move_pages"])
+def test_cpu_work_before_a_user_move_is_priced_where_it_was_done(move):
+    # the CPU writes an array on the host, then the user moves it to the device: the host
+    # epoch of those writes must be priced with the pages on the host (it is stepped before
+    # the move), not as remote writes to the device at the next launch
+    with ccadgpu.Space(device_memory=64 * PS, host_memory=256 * PS, page_size=PS,
+                       profile="h100-pcie", policy="static") as sp:
+        a = sp.zeros(8 * F)
+        b = sp.zeros(8 * F)
+        a[...] = 1.0                                  # a counted CPU write, on the host
+        getattr(sp, move)(a, "device")
+        ops.copy(b, a)
+        sp.sync()
+        host = [r for r in sp.manager.results if r.processor == 0]
+        assert host and host[-1].touched_bytes >= 8 * PS and host[-1].remote_bytes == 0
+        assert np.all(np.asarray(b) == 1.0)
