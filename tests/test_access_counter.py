@@ -53,11 +53,12 @@ def test_reuse_moves_when_the_second_launch_starts():
     assert late.results[1].remote_bytes == mgr.results[0].remote_bytes
     assert mgr.summary()["modeled_s"] < late.summary()["modeled_s"]
     # the launch's burst is not known before it runs: the page's usual one stands for it, so
-    # pages touched lightly before stay at the launch and move only once their counts pay
+    # pages touched lightly before stay at the next launch, and move at a later one once
+    # their usual burst pays
     light = run([("device", {p: 64 for p in range(16)})] + [("device", sweeps(range(16)))] * 3,
                 16, 64, "h100-pcie")
     assert moved_at(light, "access_counter", 0, 1) == {2: 16}
-    assert light.results[2].remote_bytes > 0 and light.results[3].remote_bytes == 0
+    assert light.results[1].remote_bytes > 0 and light.results[2].remote_bytes == 0
     # the CPU's touch in between is judged with the launch: the pages stay on the host
     pp = run([("device", sweeps(range(16))), ("cpu", sweeps(range(16)))] * 4, 16, 64,
              "h100-pcie")
@@ -260,6 +261,9 @@ def test_fused_rule_matches_the_documented_rule():
             ready = ~ready & (b > 0) & (pol._touches[:, proc] + 1 >= pol.min_epochs) & \
                 (pol._total[:, proc] + b >= (pol.min_epochs - 0.5) *
                  np.maximum(pol._peak[:, proc], b))
+            # ... and its rent with the rent paid so far (the launch would pay it)
+            value = value + b * pol._gain[1]
+            want_rate = value / decayed_window(ctx.epoch - pol._since + 1, 64.0)
         ok = (ctx.node == frm) & ready & \
             (mgr.last_move == pol._moved) & (pol._until <= ctx.epoch) & (want_rate > 0) & \
             ((value >= pol.break_even * price) | (want_rate * pol.payback_epochs >= price))

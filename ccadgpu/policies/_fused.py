@@ -59,8 +59,9 @@ def kernels() -> dict:
         and read back), a page list as itself and ``span = 1``.  ``at_launch``: the pages
         are a launch's footprint, judged before its accesses, and only pages the launch makes
         ready are judged (those ready before were judged at their epoch's end): the launch
-        counts as one more touching epoch with the page's usual burst (``total`` / ``peak``:
-        sectors and largest burst since the page's last move, for the reuse test)."""
+        counts as one more touching epoch with the page's usual burst, in the reuse test
+        (``total`` / ``peak``: sectors and largest burst since the page's last move) and in
+        the device's rent."""
         c = 0
         nwait = 0
         nd = dtab.shape[0]
@@ -102,6 +103,8 @@ def kernels() -> dict:
                         per = home / b
                     cpu = a_cpu * per
                 value = dev - cpu if proc == 1 else cpu - dev
+                if at_launch and proc == 1:
+                    value += burst[p, 1] * gain_dev
                 w = epoch - since[p] + 1
                 if w < 1:
                     w = 1

@@ -55,10 +55,9 @@ the launch makes ready (counted as one more touching epoch; pages ready before w
 their epoch's end) and that pass the rules above move when the launch starts, and the launch
 reads them locally (cause ``access_counter``, priced as migrations: no fault is taken, as
 when a runtime prefetches a kernel's operands).  Only the footprint is known then, not the
-launch's sectors: the reuse test takes the page's usual burst for the launch's, and the rates
-are the counts so far over a window that includes the launch (less than the same counts gave
-at the previous epoch's end, half for a page touched once, so only pages that pay back
-quickly move early).  A stream without reuse never has a page in a later launch's footprint
+launch's sectors: the page's usual burst stands for the launch's, in the reuse test and in the
+rent (what the launch would pay remotely joins what the page has paid, over a window that
+includes the launch: the rate the epoch's end would find if the burst repeats).  A stream without reuse never has a page in a later launch's footprint
 (a page two chunks share: its one-sector burst cannot pay), and a page the CPU touched in
 between is judged with that touch (ping-pong stays where it is).  On PCIe this saves the
 second epoch's remote sweep of a working set, ~30% of a move per page; over NVLink-C2C few
