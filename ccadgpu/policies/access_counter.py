@@ -57,9 +57,10 @@ reads them locally (cause ``access_counter``, priced as migrations: no fault is 
 when a runtime prefetches a kernel's operands).  Only the footprint is known then, not the
 launch's sectors: the page's usual burst stands for the launch's, in the reuse test and in the
 rent (what the launch would pay remotely joins what the page has paid, over a window that
-includes the launch: the rate the epoch's end would find if the burst repeats).  A stream without reuse never has a page in a later launch's footprint
-(a page two chunks share: its one-sector burst cannot pay), and a page the CPU touched in
-between is judged with that touch (ping-pong stays where it is).  On PCIe this saves the
+includes the launch: the rate the epoch's end would find if the burst repeats).  A stream
+without reuse never has a page in a later launch's footprint (a page two chunks share: its
+one-sector burst cannot pay), and a page the CPU touched in between is judged with that touch
+(ping-pong stays where it is).  On PCIe this saves the
 second epoch's remote sweep of a working set, ~30% of a move per page; over NVLink-C2C few
 pages pay back that fast.
 
@@ -138,6 +139,17 @@ def _run_start(i: "slice | np.ndarray") -> int:
     """The first page of a run of pages that :func:`as_index` made a slice (the fused loops
     then need not read the page list), else -1."""
     return i.start if isinstance(i, slice) else -1
+
+
+def _not_duplicated(ctx: "PolicyContext", pages: np.ndarray, score: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """``pages`` (and their scores) less those with a read-mostly copy on the device, which
+    the device reads locally already: no counter notifies them, but a launch's footprint
+    holds them."""
+    if len(pages) == 0:
+        return pages, score
+    local = ctx.duplicated(pages)
+    return (pages[~local], score[~local]) if local.any() else (pages, score)
 
 
 def decayed_window_table(halflife: float) -> np.ndarray:
@@ -432,9 +444,9 @@ class AccessCounter(Policy):
         again right after the CPU's next run, without waiting for another notification.
 
         ``at_launch``: ``pages`` are the footprint of a launch about to run (see
-        :meth:`fault`); the launch counts as one more touching epoch for the reuse test, and
-        pages held back only for the CPU are not kept aside (this epoch's end judges them
-        again with their counts)."""
+        :meth:`fault`); the launch counts as one more touching epoch with the page's usual
+        burst (reuse test and rent), and pages held back only for the CPU are not kept aside
+        (this epoch's end judges them again with their counts)."""
         empty = np.zeros(0, np.int64), np.zeros(0)
         frm, to = (HOST, DEVICE) if proc == DEV else (DEVICE, HOST)
         # the fused loop does not check bounds: every table it reads must cover the pages
@@ -611,11 +623,7 @@ class AccessCounter(Policy):
                 ((acc_by[pull] & (1 << DEVICE)) == 0)
             pull, gain = pull[p_ok], gain[p_ok]
             cand = v[on & ~over & ~self._ready[i, DEV]] if launch else v[:0]
-        if len(pull):
-            local = ctx.duplicated(pull)     # read-mostly copies: the device reads them locally
-            if local.any():
-                pull, gain = pull[~local], gain[~local]
-        pull, gain = self._filter_thrash(ctx, pull, gain, DEV)
+        pull, gain = self._filter_thrash(ctx, *_not_duplicated(ctx, pull, gain), DEV)
         # known at launch, such a page moves before the kernel runs; else its touch faults
         moves = self._promote(ctx, pull, gain, "access_counter" if launch else "fault",
                               keep=v) if len(pull) else []
@@ -629,11 +637,7 @@ class AccessCounter(Policy):
         """Promotions when a launch starts (see *Promotion at launch* in the module docs):
         host pages ``v`` of its ``footprint``, not ready before it, that it makes ready;
         ``taken``: device frames already promised in this step."""
-        up, score = self._evaluate(ctx, v, DEV, at_launch=True)
-        if len(up):
-            local = ctx.duplicated(up)       # read-mostly copies: the device reads them locally
-            if local.any():
-                up, score = up[~local], score[~local]
+        up, score = _not_duplicated(ctx, *self._evaluate(ctx, v, DEV, at_launch=True))
         up, score = self._filter_thrash(ctx, up, score, DEV)
         if len(up) == 0:
             return []
