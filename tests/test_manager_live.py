@@ -33,21 +33,12 @@ def test_access_counter_promotes_reused_pages_live():
         assert np.allclose(a, rb + 0.5 * rc)
         s = sp.manager.summary()
         assert s["epochs"] >= 8 and s["migrated_bytes"] == 24 * PS
-
-
-def test_reused_stream_moves_when_its_second_launch_starts_live():
-    # the live triad: the second launch's footprint is the evidence, so its pages move before
-    # it runs and it reads them locally; the first launch alone paid remote rent
-    sp, a, b, c, rb, rc = triad_space()
-    with sp:
-        for _ in range(4):
-            ops.triad(a, b, c, 0.5)
-        sp.sync()
+        # the second launch's footprint is the evidence of reuse: its pages move before it
+        # runs and it reads them locally; the first launch alone paid remote rent
         launches = [r for r in sp.manager.results if r.processor == 1]
         assert launches[0].remote_bytes > 0
         assert all(r.remote_bytes == 0 for r in launches[1:])
         assert launches[1].moved == {("access_counter", 0, 1): 24}
-        assert np.allclose(a, rb + 0.5 * rc)
 
 
 @pytest.mark.parametrize("profile", ["h100-pcie", "gh200"])
