@@ -192,6 +192,7 @@ class Space:
         self._mq: list[Any] = []                 # epochs waiting for the manager
         self._host_tallies: list[Any] = []       # CPU accesses of the open host epoch
         self._mlock = threading.Lock()
+        self._mowner: int | None = None          # the thread stepping the manager
         self._forget_q: list[tuple[int, int]] = []   # freed ranges the manager must forget
         #: freed allocations whose pages wait for the manager to step the epochs that touched
         #: them (see _free_locked); epochs numbered up to _stepped have been stepped
@@ -510,7 +511,7 @@ class Space:
                 return
             if self._in_open_host_epoch(alloc):
                 self.counters._close_host_epoch()
-        self._run_manager(wait=True)
+        self._step_manager()
 
     def _in_open_host_epoch(self, alloc: Allocation) -> bool:
         """Whether the open host epoch touched ``alloc`` (space lock held)."""
@@ -527,6 +528,15 @@ class Space:
             if not self._in_open_host_epoch(alloc):
                 return
             self.counters._close_host_epoch()
+        self._step_manager()
+
+    def _step_manager(self) -> None:
+        """Let the manager step every queued epoch now, and wait for it; but not from inside a
+        migration (a migrate listener: this thread holds the space lock, which the manager's
+        moves need) or from the manager's own step (it would wait for itself): there the
+        epochs wait for the next launch or :meth:`sync` outside them."""
+        if self._cond._is_owned() or self._mowner == threading.get_ident():
+            return
         self._run_manager(wait=True)
 
     def _free_locked(self, alloc: Allocation) -> None:
@@ -598,7 +608,7 @@ class Space:
         with self._cond:
             n = len(self._retired)
             self.counters._close_host_epoch()
-        self._run_manager(wait=True)
+        self._step_manager()
         return len(self._retired) < n
 
     def _touched(self, ids: Any, epoch: int) -> None:
@@ -887,6 +897,7 @@ class Space:
         while self._mq and not self.closed:
             if not self._mlock.acquire(blocking=wait):
                 return
+            self._mowner = threading.get_ident()
             try:
                 while True:
                     with self._cond:
@@ -908,6 +919,7 @@ class Space:
                             self._stepped = max(self._stepped, ep.epoch)
                             self._release_stepped()
             finally:
+                self._mowner = None
                 self._mlock.release()
 
     def _fresh(self, ep: Any) -> Any:
@@ -929,11 +941,12 @@ class Space:
     def sync(self) -> None:
         """Close the open host epoch and let the manager act on everything so far; returns
         once every epoch queued before the call has been stepped (call it at the end of a run;
-        every launch does it for the epochs before it)."""
+        every launch does it for the epochs before it).  From inside a migrate listener or the
+        manager's own step it cannot wait: the epochs are stepped by the next call outside."""
         with self._cond:
             self._check_open()
             self.counters._close_host_epoch()
-        self._run_manager(wait=True)
+        self._step_manager()
 
     def _move_vpns(self, vpns: np.ndarray, target: int, cause: str) -> np.ndarray:
         """Mechanism for the manager: move pages given by vpn (any allocations).  Returns a

@@ -363,3 +363,44 @@ def test_cpu_work_before_a_user_move_is_priced_where_it_was_done(move):
         host = [r for r in sp.manager.results if r.processor == 0]
         assert host and host[-1].touched_bytes >= 8 * PS and host[-1].remote_bytes == 0
         assert np.all(np.asarray(b) == 1.0)
+
+
+def _finishes(fn, seconds=30.0):
+    """Whether ``fn()`` returns within ``seconds`` (run in a daemon thread: a deadlock fails
+    the test instead of hanging the suite)."""
+    import threading
+    done = threading.Event()
+    threading.Thread(target=lambda: (fn(), done.set()), daemon=True).start()
+    return done.wait(seconds)
+
+
+@pytest.mark.parametrize("call", ["move_pages", "prefetch", "free", "sync"])
+def test_space_calls_from_a_migrate_listener_do_not_wait_for_themselves(call):
+    # a listener runs inside a migration, here one the manager's own step makes (on_demand
+    # faults x and y over): a user move or free of an array the open host epoch touched, or
+    # a sync, must not wait for the manager (this thread is it) or hold the space lock while
+    # waiting for another thread's step
+    sp = ccadgpu.Space(device_memory=64 * PS, host_memory=256 * PS, page_size=PS,
+                       profile="h100-pcie", policy="on_demand")
+    x, y, a = sp.zeros(8 * F), sp.zeros(8 * F), sp.zeros(4 * F)
+    fired = []
+
+    def on_move(vpns, src, target):
+        if fired:
+            return
+        fired.append(1)
+        with sp.host_access(a, "r"):
+            pass
+        if call == "sync":
+            sp.sync()
+        elif call == "free":
+            sp.free(a)
+        else:
+            getattr(sp, call)(a, "device")
+    sp.migrate_listeners.append(on_move)
+    # a deadlocked space is left as it is: closing it would hang too
+    assert _finishes(lambda: ops.scale(y, x, 2.0)), f"{call} from a listener deadlocked"
+    with sp:
+        assert fired
+        sp.sync()
+        assert np.all(np.asarray(y) == 0.0)
