@@ -261,9 +261,9 @@ def test_fused_rule_matches_the_documented_rule():
             ready = ~ready & (b > 0) & (pol._touches[:, proc] + 1 >= pol.min_epochs) & \
                 (pol._total[:, proc] + b >= (pol.min_epochs - 0.5) *
                  np.maximum(pol._peak[:, proc], b))
-            # ... and its rent with the rent paid so far (the launch would pay it)
-            value = value + b * pol._gain[1]
-            want_rate = value / decayed_window(ctx.epoch - pol._since + 1, 64.0)
+            # ... and its rent in the rate (the launch would pay it), not in the rent paid
+            want_rate = (value + b * pol._gain[1]) / \
+                decayed_window(ctx.epoch - pol._since + 1, 64.0)
         ok = (ctx.node == frm) & ready & \
             (mgr.last_move == pol._moved) & (pol._until <= ctx.epoch) & (want_rate > 0) & \
             ((value >= pol.break_even * price) | (want_rate * pol.payback_epochs >= price))
@@ -355,3 +355,14 @@ def test_a_lone_page_pays_a_whole_fault_for_its_ping_pong():
                            profile="h100-pcie", allocations=(1, 31)), "static")
     assert lone.summary()["migrated_bytes"] <= 4 * PS
     assert lone.summary()["modeled_s"] < 1.2 * st["modeled_s"]
+
+
+def test_the_fault_share_counts_the_pages_that_fault_together():
+    # the device reads page 0 alone (20 sweeps' worth) and the CPU sweeps all 32 pages of its
+    # region in between: the CPU's touches of the 31 host pages fault nothing, so page 0
+    # comes home with a whole fault of its own each time, and ping-pong does not pay
+    ep = [("device", {0: 20 * SWEEP}), ("cpu", sweeps(range(32)))] * 12
+    tr = make_trace(ep, 32, 64, profile="h100-pcie")
+    ac, st = replay(tr, "access_counter"), replay(tr, "static")
+    assert ac["migrated_bytes"] <= 4 * PS
+    assert ac["modeled_s"] < 1.2 * st["modeled_s"]

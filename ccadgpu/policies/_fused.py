@@ -61,7 +61,7 @@ def kernels() -> dict:
         ready are judged (those ready before were judged at their epoch's end): the launch
         counts as one more touching epoch with the page's usual burst, in the reuse test
         (``total`` / ``peak``: sectors and largest burst since the page's last move) and in
-        the device's rent."""
+        the device's rent for the payback rate (not in the rent paid)."""
         c = 0
         nwait = 0
         nd = dtab.shape[0]
@@ -103,6 +103,7 @@ def kernels() -> dict:
                         per = home / b
                     cpu = a_cpu * per
                 value = dev - cpu if proc == 1 else cpu - dev
+                paid = value             # the rent-paid rule counts no predicted rent
                 if at_launch and proc == 1:
                     value += burst[p, 1] * gain_dev
                 w = epoch - since[p] + 1
@@ -113,7 +114,7 @@ def kernels() -> dict:
                 rate = value / wtab[w]
                 if rate <= 0.0:
                     continue
-                if not (value >= break_even * price or
+                if not (paid >= break_even * price or
                         (payback > 0.0 and rate * payback >= price)):
                     continue
                 if preferred[p] == frm or (flags[p] & PINNED) != 0 or \
@@ -133,15 +134,17 @@ def kernels() -> dict:
 
     @njit(cache=True, nogil=True)
     def observe(pages, by_proc, last_move, moved, acc, acc_at, since, touches, burst, total,
-                peak, dtab, epoch, min_epochs, rp, cohort,
+                peak, dtab, epoch, min_epochs, rp, node, proc, cohort,
                 evidence):  # pragma: no cover - jitted
         """``AccessCounter.observe``'s per-page counts for the epoch's pages (sectors
         ``by_proc[k, processor]``): decayed sectors, touching epochs, running mean burst,
         sectors and largest burst since the page last moved (reset when it has moved since
         they were kept), the window's start; ``evidence[k, processor]``: touched in
-        ``min_epochs`` epochs and ``min_epochs - 0.5`` times its largest burst; ``cohort``:
-        how many pages of its region of ``rp`` pages the epoch touched (the pages come
-        sorted: a region's are one run)."""
+        ``min_epochs`` epochs and ``min_epochs - 0.5`` times its largest burst;
+        ``cohort[p, proc]``, for the pages that began the epoch away from the node of its
+        processor ``proc`` (node ``proc``): how many such pages of its region of ``rp`` pages
+        it touched, those that fault together (a page whose ``last_move`` is this epoch moved
+        at its start, from the other node; the pages come sorted: a region's are one run)."""
         n = pages.shape[0]
         k = 0
         while k < n:
@@ -149,8 +152,16 @@ def kernels() -> dict:
             j = k + 1
             while j < n and pages[j] // rp == r:
                 j += 1
+            away = 0
             for q in range(k, j):
-                cohort[pages[q]] = j - k
+                p = pages[q]
+                if node[p] >= 0 and (node[p] == proc) == (last_move[p] == epoch):
+                    away += 1
+            if away:
+                for q in range(k, j):
+                    p = pages[q]
+                    if node[p] >= 0 and (node[p] == proc) == (last_move[p] == epoch):
+                        cohort[p, proc] = away
             k = j
         nd = dtab.shape[0]
         for k in range(pages.shape[0]):
@@ -247,7 +258,8 @@ def kernels() -> dict:
         its ``[k, processor, rw]``; ``first`` >= 0: the pages are the run ``first, first + 1,
         ...``, not read).  Of the pages on ``host`` that the device touches: those whose
         previous burst saves more than ``price`` and their share of a ``fault`` (shared with
-        the ``cohort`` pages of their region that their last epoch touched), not preferred on
+        the ``cohort[p, 1]`` pages of their region that the device's last epoch on them
+        touched), not preferred on
         the host, not pinned, not
         mapped remotely by the device, go to ``out_pull`` (their gain, burst times
         ``gain_dev``, to ``out_gain``); with ``launch``, the others that the device touched
@@ -266,7 +278,7 @@ def kernels() -> dict:
             if b <= 0.0 or sectors[k, 1, 0] + sectors[k, 1, 1] <= 0:
                 continue
             g = b * gain_dev
-            if g > price + fault / cohort[p]:
+            if g > price + fault / cohort[p, 1]:
                 if preferred[p] == host or (flags[p] & PINNED) != 0 or \
                         ((accessed_by[p] >> device) & 1):
                     continue

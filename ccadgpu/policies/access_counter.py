@@ -56,8 +56,9 @@ their epoch's end) and that pass the rules above move when the launch starts, an
 reads them locally (cause ``access_counter``, priced as migrations: no fault is taken, as
 when a runtime prefetches a kernel's operands).  Only the footprint is known then, not the
 launch's sectors: the page's usual burst stands for the launch's, in the reuse test and in the
-rent (what the launch would pay remotely joins what the page has paid, over a window that
-includes the launch: the rate the epoch's end would find if the burst repeats).  A stream
+payback rate (what the launch would pay remotely joins what the page has paid, over a window
+that includes the launch: the rate the epoch's end would find if the burst repeats); the
+rent-paid rule counts only rent paid, so its bound holds for moves at a launch too.  A stream
 without reuse never has a page in a later launch's footprint (a page two chunks share: its
 one-sector burst cannot pay), and a page the CPU touched in between is judged with that touch
 (ping-pong stays where it is).  On PCIe this saves the
@@ -86,11 +87,13 @@ pages pay back that fast.
   fault (without it, ``krylov`` on ``gh200`` under ``migrate_on_cpu_fault`` pulled pages
   whose burst paid for the move but not for the trip back, and fell behind ``static``).
   Here and in the thrash exemption below a page's share of a fault is the fault over the
-  pages of its region that its last epoch touched (the manager prices one fault per faulting
-  region): a lone page of a small array pays a whole fault, as a SciPy solver's staging
-  vector did (``examples/scipy_solver.py`` on ``h100-pcie``: it went over and back on every
-  iteration, priced at a 32nd of each fault).  The CPU-side rules still spread a fault over
-  all the pages of a region.
+  pages of its region that were away from the processor with it the last time the processor
+  touched it away, those that would fault with it (the manager prices one fault per faulting
+  region; the way home is the CPU's fault, the way over the device's): a lone page of a
+  small array pays a whole fault, as a SciPy solver's staging vector did
+  (``examples/scipy_solver.py`` on ``h100-pcie``: it went over and back on every iteration,
+  priced at a 32nd of each fault).  The CPU-side rules still spread a fault over all the
+  pages of a region.
 
 Real systems fight three failure modes, and so does this policy:
 
@@ -98,7 +101,7 @@ Real systems fight three failure modes, and so does this policy:
   ``thrash_moves`` times within the manager's thrash window is left where it is, mapped
   remotely, for ``backoff_epochs`` epochs (doubling each time it is caught again), whatever
   moved it (counters or faults), unless its device burst alone saves more than its way over
-  and back, two fault shares included (a CG search direction the device reads many times
+  and back, its fault shares included (a CG search direction the device reads many times
   per product and the CPU updates in between: ping-pong that pays is not thrashing);
   demotions need ``hysteresis`` times more net rent than promotions;
 * **migration storms**: promotions to the device are limited to ``rate_limit_mbps`` MB/s per
@@ -238,7 +241,9 @@ class AccessCounter(Policy):
         self._prev_n = np.zeros((ALLOC_SLOTS, 2), np.int64)
         self._prev_r = np.zeros((ALLOC_SLOTS, 2), np.int64)
         self._burst = np.zeros((0, 2))           # sectors per touching epoch (running mean)
-        self._cohort = np.ones(0, np.int32)      # pages of its region its last epoch touched
+        # per processor: the pages of its region that were away from the processor with it
+        # when it last touched the page away, those that would fault with it
+        self._cohort = np.ones((0, 2), np.int32)
         self._until = np.zeros(0, np.int64)      # back-off: no move before this epoch
         self._caught = np.zeros(0, np.int16)     # times caught thrashing (doubles the back-off)
         self._moved = np.zeros(0, np.int64)      # ctx.last_move seen, to restart the count
@@ -294,7 +299,7 @@ class AccessCounter(Policy):
                 g = float(ctx.epoch - self._cpu_last)
                 self._cpu_gap = g if self._cpu_gap < 0 else 0.5 * (self._cpu_gap + g)
             self._cpu_last = ctx.epoch
-        limit = min(len(ctx.last_move), len(self._until))
+        limit = min(len(ctx.last_move), len(self._until), len(ctx.node))
         if v[0] < 0 or v[-1] >= limit:      # the fused loop does not check bounds
             raise IndexError(f"epoch pages outside the {limit} pages the policy tracks")
         bp = ep.by_proc
@@ -303,7 +308,7 @@ class AccessCounter(Policy):
             v, bp, ctx.last_move, self._moved, self._acc, self._acc_at, self._since,
             self._touches, self._burst, self._total, self._peak,
             decay_table(self.owed_halflife_epochs), ctx.epoch, self.min_epochs,
-            ctx.pages_per_region, self._cohort, evidence)
+            ctx.pages_per_region, ctx.node, ep.processor, self._cohort, evidence)
         i = as_index(v)
         self._learn(i, ep, bp > 0, evidence, ctx.epoch)
         # ready to move: the evidence, or one touching epoch of a page of a new working set
@@ -445,8 +450,8 @@ class AccessCounter(Policy):
 
         ``at_launch``: ``pages`` are the footprint of a launch about to run (see
         :meth:`fault`); the launch counts as one more touching epoch with the page's usual
-        burst (reuse test and rent), and pages held back only for the CPU are not kept aside
-        (this epoch's end judges them again with their counts)."""
+        burst (reuse test and payback rate), and pages held back only for the CPU are not
+        kept aside (this epoch's end judges them again with their counts)."""
         empty = np.zeros(0, np.int64), np.zeros(0)
         frm, to = (HOST, DEVICE) if proc == DEV else (DEVICE, HOST)
         # the fused loop does not check bounds: every table it reads must cover the pages
@@ -507,9 +512,15 @@ class AccessCounter(Policy):
         held = ~ok | hot
         if proc == DEV and held.any():    # ... unless the device burst pays the round trip
             h = np.flatnonzero(held)
-            pays = self._burst[pages[h], DEV] * self._gain[DEV] > \
-                self._price[DEVICE] + self._price[HOST] + \
-                2 * ctx.profile.fault / self._cohort[pages[h]]
+            # the way home is the CPU's fault (shared with the pages of its region that the
+            # CPU's last touch of it found on the device too); the way over too unless it is
+            # made at a launch
+            ph = pages[h]
+            share = 1.0 / self._cohort[ph, CPU]
+            if not self.launch_promote:
+                share = share + 1.0 / self._cohort[ph, DEV]
+            pays = self._burst[ph, DEV] * self._gain[DEV] > \
+                self._price[DEVICE] + self._price[HOST] + ctx.profile.fault * share
             ok[h[pays]] = True
             hot[h[pays]] = False
         if hot.any():
@@ -617,7 +628,7 @@ class AccessCounter(Policy):
             b = self._burst[i, DEV]
             gain = b * self._gain[DEV]
             on = (node[i] == HOST) & (b > 0) & ep.touched_by(DEV)
-            over = on & (gain > self._price[DEVICE] + ctx.profile.fault / self._cohort[i])
+            over = on & (gain > self._price[DEVICE] + ctx.profile.fault / self._cohort[i, DEV])
             pull, gain = v[over], gain[over]
             p_ok = (pref[pull] != HOST) & ~ctx.pinned_at(pull) & \
                 ((acc_by[pull] & (1 << DEVICE)) == 0)
