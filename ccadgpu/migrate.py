@@ -16,6 +16,7 @@ moved or where it was.  The report says which, page by page, in ``move_pages(2)`
 from __future__ import annotations
 
 import errno
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
@@ -99,8 +100,9 @@ def repoint(sp: "Space", mv: np.ndarray, src_nodes: np.ndarray, src_frames: np.n
             dst_frames: np.ndarray, target: int, drop_host: bool = False) -> None:
     """The page-table half of a move (space lock held): pages ``mv`` now live in
     ``dst_frames`` on ``target``; their old frames go back to their nodes (``drop_host``: host
-    frames also hand their memory back, for contents nobody will read), a device duplicate of
-    a page now on the device is dropped, and the migrate listeners are told."""
+    frames also hand their memory back, for contents nobody will read), and a device duplicate
+    of a page now on the device is dropped.  The caller tells the migrate listeners
+    (:func:`notify`) once the move is complete."""
     pt = sp.pt
     pt.node[mv] = target
     pt.frame[mv] = dst_frames
@@ -111,9 +113,20 @@ def repoint(sp: "Space", mv: np.ndarray, src_nodes: np.ndarray, src_frames: np.n
         if (d >= 0).any():
             sp.nodes[target].give(d[d >= 0])
             pt.dup[mv] = -1
-    if len(mv):
-        for fn in sp.migrate_listeners:
-            fn(mv, src_nodes, target)
+
+
+def notify(sp: "Space", mv: np.ndarray, src_nodes: np.ndarray, target: int) -> None:
+    """Tell the migrate listeners that pages ``mv`` moved from ``src_nodes`` to ``target``
+    (space lock held; after the move is complete, so that a listener sees a consistent space
+    and one that raises leaves no page half-moved)."""
+    if len(mv) and sp.migrate_listeners:
+        me = threading.get_ident()
+        sp._listening.add(me)            # see Space._free_locked: it cannot wait for a move
+        try:
+            for fn in sp.migrate_listeners:
+                fn(mv, src_nodes, target)
+        finally:
+            sp._listening.discard(me)
 
 
 class Migrator:
@@ -318,6 +331,7 @@ class Migrator:
             vmas = count_breaks(pt.node[lo:hi], pt.frame[lo:hi])
             MAP_BUDGET.charge(vmas - alloc.vmas - b.vma_charge, "migration commit")
             alloc.vmas = vmas
+        notify(sp, b.vpns[moved], b.src_nodes[moved], target)
 
     def _account(self, r: MigrationReport, b: _Batch | None, moved: np.ndarray | None,
                  target: int) -> None:

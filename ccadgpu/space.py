@@ -29,7 +29,7 @@ from .counters import AccessCounters
 from .errors import (CapacityError, CcadError, DeviceOfflineError, ForeignArrayError, FreedArrayError,
                      InvalidArgumentError,
                      PinnedError, SpaceClosedError, UnknownNodeError, UnsupportedPlatformError)
-from .migrate import MigrationReport, Migrator, repoint
+from .migrate import MigrationReport, Migrator, notify, repoint
 from .nodes import Node, NodeInfo, default_distances
 from .pagetable import PageTable
 from .placement import parse as parse_placement
@@ -182,6 +182,7 @@ class Space:
         # Called as fn(vpns, src_nodes, target) under the space lock after pages moved
         # (e.g. the access-counter unit clears the moved pages' counters).
         self.migrate_listeners: list[Any] = []
+        self._listening: set[int] = set()        # threads running migrate listeners
         self.migrator = Migrator(self)
         from .device import Device
         self.device = Device(self, self.nodes[DEVICE])
@@ -552,6 +553,11 @@ class Space:
         dead) until the manager has stepped that epoch (:meth:`_release_stepped`)."""
         lo, hi = alloc.vstart, alloc.vstart + alloc.npages
         while (self.pt.flags[lo:hi] & ptf.MIGRATING).any():
+            if threading.get_ident() in self._listening:
+                raise InvalidArgumentError(
+                    f"cannot free {alloc.name or 'an array'} from a migrate listener while "
+                    "pages of it are being migrated (perhaps by the move that called the "
+                    "listener): free it after the move")
             self._cond.wait()
         if alloc.freed:
             return
@@ -993,6 +999,7 @@ class Space:
             todo = todo[: len(frames)]
             mv, src = vpns[todo], node[todo].astype(np.int64)
             repoint(self, mv, src, self.pt.frame[mv].copy(), frames, target, drop_host=True)
+            notify(self, mv, src, target)
             if len(mv):
                 self.vmstat.add(manager_moves_of_freed_pages=len(mv))
         return self.pt.node[vpns] == target

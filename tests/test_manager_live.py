@@ -404,3 +404,18 @@ def test_space_calls_from_a_migrate_listener_do_not_wait_for_themselves(call):
         assert fired
         sp.sync()
         assert np.all(np.asarray(y) == 0.0)
+
+
+def test_a_listener_may_free_the_array_whose_move_called_it():
+    # listeners are told once the move is complete (no page left in flight), so freeing the
+    # moved array from one neither waits for the move that called it nor breaks that move
+    sp = ccadgpu.Space(device_memory=64 * PS, host_memory=256 * PS, page_size=PS,
+                       profile="h100-pcie", policy="static")
+    x = sp.zeros(8 * F)
+    sp.migrate_listeners.append(lambda vpns, src, target: sp.free(x))
+    box = []
+    assert _finishes(lambda: box.append(sp.move_pages(x, "device"))), "free deadlocked"
+    with sp:
+        assert box[0].pages_moved == 8
+        sp.migrate_listeners.clear()
+        assert sp.nodes[1].used_frames == 0 and sp.stats()["pgfree"] == 8
