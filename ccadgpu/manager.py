@@ -13,11 +13,11 @@ Per epoch, in this order: (1) moves when the epoch starts (``policy.fault``: fau
 at a launch, whose footprint is known before its kernel runs; and CPU faults on device pages
 when ``tunables.cpu_access == "migrate_on_cpu_fault"``), priced as if they happened before the
 epoch's accesses, plus one profile ``fault`` cost per faulting region (moves of cause
-``fault``); (2) the epoch's accesses,
-priced with the profile under the placement they then see; (3) per-page heat (decayed sectors)
-and access-counter notifications (:mod:`ccadgpu.notify`, the same logic as the hardware unit);
-(4) ``policy.epoch_end`` moves.  On the CPU stand-in the kernel really ran before step (1)'s
-moves; the modeled clock is what says how the device would have fared.
+``fault``); (2) the epoch's accesses, priced with the profile under the placement they then
+see; (3) per-page heat (decayed sectors) and access-counter notifications
+(:mod:`ccadgpu.notify`, the same logic as the hardware unit); (4) ``policy.epoch_end`` moves.
+On the CPU stand-in the kernel really ran before step (1)'s moves; the modeled clock is what
+says how the device would have fared.
 
 **The manager's final say** (the thread: "the manager makes the final decision"): pinned pages
 never move; ``tunables.migration_enabled = False`` stops every policy move (R5); a preferred

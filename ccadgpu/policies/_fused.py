@@ -132,6 +132,12 @@ def kernels() -> dict:
                 c += 1
         return c, nwait
 
+    @njit(cache=True, nogil=True, inline="always")
+    def began_away(p, node, last_move, epoch, proc):  # pragma: no cover - jitted
+        """Whether page ``p`` began the epoch away from processor ``proc``'s node: it is there
+        now only if it moved at this epoch's start (``last_move``)."""
+        return node[p] >= 0 and (node[p] == proc) == (last_move[p] == epoch)
+
     @njit(cache=True, nogil=True)
     def observe(pages, by_proc, last_move, moved, acc, acc_at, since, touches, burst, total,
                 peak, dtab, epoch, min_epochs, rp, node, proc, cohort,
@@ -154,14 +160,11 @@ def kernels() -> dict:
                 j += 1
             away = 0
             for q in range(k, j):
-                p = pages[q]
-                if node[p] >= 0 and (node[p] == proc) == (last_move[p] == epoch):
-                    away += 1
+                away += began_away(pages[q], node, last_move, epoch, proc)
             if away:
                 for q in range(k, j):
-                    p = pages[q]
-                    if node[p] >= 0 and (node[p] == proc) == (last_move[p] == epoch):
-                        cohort[p, proc] = away
+                    if began_away(pages[q], node, last_move, epoch, proc):
+                        cohort[pages[q], proc] = away
             k = j
         nd = dtab.shape[0]
         for k in range(pages.shape[0]):
@@ -258,9 +261,7 @@ def kernels() -> dict:
         its ``[k, processor, rw]``; ``first`` >= 0: the pages are the run ``first, first + 1,
         ...``, not read).  Of the pages on ``host`` that the device touches: those whose
         previous burst saves more than ``price`` and their share of a ``fault`` (shared with
-        the ``cohort[p, 1]`` pages of their region that the device's last epoch on them
-        touched), not preferred on
-        the host, not pinned, not
+        ``cohort[p, 1]`` pages, see ``observe``), not preferred on the host, not pinned, not
         mapped remotely by the device, go to ``out_pull`` (their gain, burst times
         ``gain_dev``, to ``out_gain``); with ``launch``, the others that the device touched
         before and that are not ready yet go to ``out_cand`` (the launch rules judge them).
