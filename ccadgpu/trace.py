@@ -203,6 +203,60 @@ class Trace:
         t._space = space
         return t
 
+    @classmethod
+    def synthetic(cls, epochs: "list[tuple[str, dict[int, int]]]", npages: int,
+                  device_frames: int, profile: str = "gh200", page_size: int = 64 << 10,
+                  host_frames: int | None = None,
+                  allocations: "list[int] | tuple[int, ...] | None" = None) -> "Trace":
+        """A hand-made trace, to try a policy on an access pattern without running kernels
+        (:func:`ccadgpu.replay.replay` it).  ``epochs``: ``(processor, {vpn: sectors})`` in
+        order, processor ``"cpu"`` or ``"device"``, sectors read (32 bytes each; a full pass
+        over a page is ``page_size // 32``); ``npages`` pages in ``allocations`` (page counts
+        of consecutive allocations, default one of all pages), all on the host at the start;
+        the host holds ``host_frames`` (default ``4 * npages``), the device
+        ``device_frames``; ``profile``: a profile name or path.
+
+        Raises :class:`~ccadgpu.errors.InvalidArgumentError` naming the bad argument."""
+        from .clock import load_profile
+        from .errors import InvalidArgumentError
+        sizes = [int(npages)] if allocations is None else [int(n) for n in allocations]
+        if npages < 1 or device_frames < 0 or min(sizes) < 1 or sum(sizes) != npages:
+            raise InvalidArgumentError(
+                f"synthetic trace: npages ({npages}) must be >= 1 and the sum of the allocations "
+                f"({sizes}, each >= 1), device_frames ({device_frames}) >= 0")
+        for i, (proc, touched) in enumerate(epochs):
+            if proc not in ("cpu", "device"):
+                raise InvalidArgumentError(f"synthetic trace: epoch {i}'s processor must be "
+                                           f"'cpu' or 'device', got {proc!r}")
+            bad = [v for v, n in touched.items() if not (0 <= v < npages) or n < 1]
+            if bad:
+                raise InvalidArgumentError(f"synthetic trace: epoch {i} touches page {bad[0]} "
+                                           f"({touched[bad[0]]} sectors): pages are "
+                                           f"0..{npages - 1}, sectors >= 1")
+        prof = load_profile(profile)
+        starts = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
+        alloc_of = np.repeat(np.arange(len(sizes), dtype=np.int32), sizes)
+        header = {"format": FORMAT, "version": VERSION, "page_size": int(page_size),
+                  "nodes": [{"id": 0, "name": "host", "frames": host_frames or 4 * npages},
+                            {"id": 1, "name": "device", "frames": int(device_frames)}],
+                  "profile": prof.as_dict(),
+                  "allocations": [{"id": k, "vstart": int(v0), "npages": int(n),
+                                   "nbytes": int(n) * page_size,
+                                   "shape": [int(n) * page_size // 8],
+                                   "dtype": "<f8", "name": f"x{k}", "placement": "host"}
+                                  for k, (v0, n) in enumerate(zip(starts, sizes))]}
+        recs = []
+        for i, (proc, touched) in enumerate(epochs):
+            v = np.array(sorted(touched), np.int64)
+            p = 0 if proc == "cpu" else 1
+            sec = np.zeros((len(v), 2, 2), np.int64)
+            sec[:, p, 0] = [touched[k] for k in v]
+            cnt = np.zeros((len(v), 2, 2, 2), np.int64)
+            cnt[:, p, 0, 0] = sec[:, p, 0] * 32
+            recs.append(EpochRecord(i, "host" if p == 0 else "k", proc, v, cnt, sec,
+                                    np.zeros(len(v), np.int8), alloc_of[v], 0.0, 0.0))
+        return cls(header, recs)
+
     # -- recording (space lock held) -----------------------------------------------------------------
     def _recording(self) -> bool:
         sp = self._space

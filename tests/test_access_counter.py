@@ -366,3 +366,36 @@ def test_the_fault_share_counts_the_pages_that_fault_together():
     ac, st = replay(tr, "access_counter"), replay(tr, "static")
     assert ac["migrated_bytes"] <= 4 * PS
     assert ac["modeled_s"] < 1.2 * st["modeled_s"]
+
+
+def _hot_pages_between_cpu_sweeps(launches, burst, cycles=12):
+    """The device reads pages 0-2 of a 32-page region ``burst`` sweeps' worth per launch,
+    ``launches`` launches in a row; then the CPU sweeps the whole region; ``cycles`` times."""
+    ep = []
+    for _ in range(cycles):
+        ep += [("device", sweeps(range(3), burst))] * launches
+        ep.append(("cpu", sweeps(range(32))))
+    tr = make_trace(ep, 32, 64, profile="h100-pcie")
+    return {p: replay(tr, p) for p in ("static", "on_demand", "access_counter")}
+
+
+def test_ping_pong_pays_when_the_device_uses_the_page_for_a_run_of_launches():
+    # on PCIe each CPU sweep faults the three device pages home, a fault shared by three:
+    # one launch's burst (10 sweeps) does not pay the round trip, eight launches' do.  The
+    # thrash back-off held them on the host, weighing one burst (1.96x on_demand)
+    r = _hot_pages_between_cpu_sweeps(8, 10)
+    ac = r["access_counter"]
+    assert ac["modeled_s"] < 1.05 * min(r["static"]["modeled_s"], r["on_demand"]["modeled_s"])
+    assert ac["migrated_bytes_by_direction"]["host_to_device"] >= 3 * 10 * PS
+    # ... and a page the device reads once between the CPU's sweeps stays on the host
+    r = _hot_pages_between_cpu_sweeps(1, 3)
+    assert r["access_counter"]["modeled_s"] <= 1.02 * r["static"]["modeled_s"]
+
+
+def test_the_way_home_is_priced_with_the_pages_that_fault_together():
+    # one launch of 10 sweeps saves more than the moves over and back, not more than the
+    # fault home too (a third of a fault: three pages come home together).  The rules that
+    # price a CPU touch spread that fault over the region's 32 pages: the pages kept going
+    # over and back (1.15x static)
+    r = _hot_pages_between_cpu_sweeps(1, 10)
+    assert r["access_counter"]["modeled_s"] <= 1.02 * r["static"]["modeled_s"]

@@ -9,7 +9,7 @@ from ccadgpu.errors import InvalidArgumentError
 from ccadgpu.manager import Epoch, MigrationManager, SimPlacement
 from ccadgpu.policies import Move, Policy, available_policies, make_policy, register_policy
 from ccadgpu.replay import replay
-from ccadgpu.trace import EpochRecord, Trace
+from ccadgpu.trace import Trace
 from ccadgpu.tunables import Tunables
 
 PS = 64 << 10
@@ -20,30 +20,8 @@ def make_trace(epochs, npages, device_frames, profile="gh200", host_frames=None,
                allocations=(None,)):
     """epochs: list of (processor, {vpn: sectors}) with processor 'cpu' or 'device';
     ``allocations``: page counts of consecutive allocations (default: one of all pages)."""
-    prof = load_profile(profile)
-    sizes = [npages if n is None else n for n in allocations]
-    starts = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(int)
-    alloc_of = np.repeat(np.arange(len(sizes), dtype=np.int32), sizes)
-    header = {"format": "ccadgpu-trace", "version": 1, "page_size": PS,
-              "nodes": [{"id": 0, "name": "host", "frames": host_frames or 4 * npages},
-                        {"id": 1, "name": "device", "frames": device_frames}],
-              "profile": prof.as_dict(),
-              "allocations": [{"id": k, "vstart": int(v0), "npages": int(n),
-                               "nbytes": int(n) * PS, "shape": [int(n) * PS // 8],
-                               "dtype": "<f8", "name": f"x{k}", "placement": "host"}
-                              for k, (v0, n) in enumerate(zip(starts, sizes))]}
-    recs = []
-    for i, (proc, touched) in enumerate(epochs):
-        v = np.array(sorted(touched), np.int64)
-        p = 0 if proc == "cpu" else 1
-        sec = np.zeros((len(v), 2, 2), np.int64)
-        sec[:, p, 0] = [touched[k] for k in v]
-        cnt = np.zeros((len(v), 2, 2, 2), np.int64)
-        cnt[:, p, 0, 0] = sec[:, p, 0] * 32
-        recs.append(EpochRecord(i, "host" if p == 0 else "k", proc, v, cnt, sec,
-                                np.zeros(len(v), np.int8), alloc_of[v],
-                                0.0, 0.0))
-    return Trace(header, recs)
+    sizes = None if allocations == (None,) else allocations
+    return Trace.synthetic(epochs, npages, device_frames, profile, PS, host_frames, sizes)
 
 
 def sweeps(pages, n=1):

@@ -142,3 +142,25 @@ def test_bad_files(sp, tmp_path, damage):
         Trace.load(bad)
     with pytest.raises(E.TraceFormatError):
         Trace.load(tmp_path / "missing.npz")
+
+
+def test_a_synthetic_trace_replays_and_bad_input_names_the_argument():
+    from ccadgpu.errors import InvalidArgumentError
+    from ccadgpu.replay import replay
+    sweep = (64 << 10) // 32
+    ep = [("device", {0: 8 * sweep, 1: 8 * sweep})] * 6 + [("cpu", {2: sweep})]
+    tr = Trace.synthetic(ep, 4, 8, "h100-pcie", allocations=(2, 2))
+    assert len(tr) == 7 and tr.page_size == 64 << 10 and tr.profile_name == "h100-pcie"
+    assert tr[0].sectors[:, 1, 0].tolist() == [8 * sweep] * 2 and tr[6].processor == "cpu"
+    assert tr[6].alloc.tolist() == [1]
+    st, od = replay(tr, "static"), replay(tr, "on_demand")
+    assert od["migrated_bytes_by_direction"]["host_to_device"] >= 2 * (64 << 10)
+    assert st["migrated_bytes"] == 0
+    assert od["modeled_s"] < st["modeled_s"]          # reuse on PCIe: moving pays
+    for bad, what in ((dict(epochs=[("gpu", {0: 1})]), "processor"),
+                      (dict(epochs=[("cpu", {4: 1})]), "page 4"),
+                      (dict(epochs=[("cpu", {0: 0})]), "sectors"),
+                      (dict(allocations=(1, 2)), "allocations")):
+        args = dict(epochs=ep, npages=4, device_frames=8, allocations=None) | bad
+        with pytest.raises(InvalidArgumentError, match=what):
+            Trace.synthetic(**args)

@@ -36,19 +36,26 @@ def kernels() -> dict:
     assert ptf.PINNED == PINNED
 
     @njit(cache=True, nogil=True, inline="always")
-    def cpu_home(burst, p, gain_dev, fault_home, fault_away):  # pragma: no cover - jitted
+    def cpu_home(burst, cohort, p, gain_dev, home_move, away_move, fault,
+                 away_faults):  # pragma: no cover - jitted
         """With fault-return, what a CPU touch of page ``p`` on the device costs: the way
-        home and what the device then loses (its next burst read remotely, or the move
-        back, whichever is cheaper)."""
+        home (its move and its share of the CPU's fault, shared with ``cohort[p, 0]``
+        pages) and what the device then loses: its next burst read remotely, or the move
+        back (a fault's share too where ``away_faults``: without launch promotion, the
+        device's touch faults it over), whichever is cheaper."""
+        back = away_move
+        if away_faults:
+            back += fault / cohort[p, 1]
         away = burst[p, 1] * gain_dev
-        if away > fault_away:
-            away = fault_away
-        return fault_home + away
+        if away > back:
+            away = back
+        return home_move + fault / cohort[p, 0] + away
 
     @njit(cache=True, nogil=True)
     def candidates(starts, span, proc, frm, to, node, last_move, preferred, flags,
                    accessed_by, touches, ready, moved, until, acc, acc_at, since, burst, epoch,
-                   dtab, wtab, gain_dev, gain_cpu, fault_home, fault_away, fault_return,
+                   dtab, wtab, gain_dev, gain_cpu, cohort, home_move, away_move, fault,
+                   away_faults, fault_return,
                    break_even, price, payback, wait_on, cpu_last, gap, sweep, at_launch,
                    total, peak, min_epochs, out_pages, out_rate,
                    out_wait):  # pragma: no cover - jitted
@@ -93,7 +100,8 @@ def kernels() -> dict:
                 cpu = 0.0
                 if a_cpu > 0.0:
                     if fault_return:
-                        home = cpu_home(burst, p, gain_dev, fault_home, fault_away)
+                        home = cpu_home(burst, cohort, p, gain_dev, home_move, away_move, fault,
+                                        away_faults)
                         homed = True
                     b = burst[p, 0]
                     if b < 1.0:
@@ -122,7 +130,8 @@ def kernels() -> dict:
                     continue
                 if wait_on and touches[p, 0] == 0 and cpu_last < since[p]:
                     if fault_return and not homed:
-                        home = cpu_home(burst, p, gain_dev, fault_home, fault_away)
+                        home = cpu_home(burst, cohort, p, gain_dev, home_move, away_move, fault,
+                                        away_faults)
                     if min(sweep * gain_cpu, home) > rate * gap:
                         out_wait[nwait] = p
                         nwait += 1
@@ -133,6 +142,13 @@ def kernels() -> dict:
         return c, nwait
 
     @njit(cache=True, nogil=True, inline="always")
+    def dev_ahead(run, dsince, p):  # pragma: no cover - jitted
+        """How many device-touching epochs page ``p`` can expect before the CPU next touches
+        it: what is left of its usual run between CPU touches (``observe``), at least one."""
+        a = run[p] - dsince[p]
+        return a if a > 1.0 else 1.0
+
+    @njit(cache=True, nogil=True, inline="always")
     def began_away(p, node, last_move, epoch, proc):  # pragma: no cover - jitted
         """Whether page ``p`` began the epoch away from processor ``proc``'s node: it is there
         now only if it moved at this epoch's start (``last_move``)."""
@@ -140,7 +156,7 @@ def kernels() -> dict:
 
     @njit(cache=True, nogil=True)
     def observe(pages, by_proc, last_move, moved, acc, acc_at, since, touches, burst, total,
-                peak, dtab, epoch, min_epochs, rp, node, proc, cohort,
+                peak, dtab, epoch, min_epochs, rp, node, proc, cohort, dsince, run,
                 evidence):  # pragma: no cover - jitted
         """``AccessCounter.observe``'s per-page counts for the epoch's pages (sectors
         ``by_proc[k, processor]``): decayed sectors, touching epochs, running mean burst,
@@ -150,7 +166,10 @@ def kernels() -> dict:
         ``cohort[p, proc]``, for the pages that began the epoch away from the node of its
         processor ``proc`` (node ``proc``): how many such pages of its region of ``rp`` pages
         it touched, those that fault together (a page whose ``last_move`` is this epoch moved
-        at its start, from the other node; the pages come sorted: a region's are one run)."""
+        at its start, from the other node; the pages come sorted: a region's are one run);
+        ``dsince[p]``: device-touching epochs since the CPU last touched ``p``, and ``run[p]``
+        the running mean of that count where a CPU touch ended it (wherever the page was:
+        a pattern of use, not of placement)."""
         n = pages.shape[0]
         k = 0
         while k < n:
@@ -191,6 +210,14 @@ def kernels() -> dict:
                 total[p, q] = tot
                 peak[p, q] = pk
                 evidence[k, q] = t >= min_epochs and tot >= (min_epochs - 0.5) * pk
+            if by_proc[k, 1] > 0:
+                dsince[p] += 1
+            if by_proc[k, 0] > 0:
+                ds = dsince[p]
+                if ds > 0:
+                    r0 = run[p]
+                    run[p] = 0.5 * (r0 + ds) if r0 > 0 else ds
+                dsince[p] = 0
             if stale or since[p] < 0:
                 since[p] = epoch
             acc_at[p] = epoch
@@ -254,8 +281,8 @@ def kernels() -> dict:
         return m
 
     @njit(cache=True, nogil=True)
-    def launch_scan(pages, first, sectors, burst, gain_dev, price, fault, cohort, node,
-                    preferred, flags, accessed_by, ready, launch, host, device, out_pull,
+    def launch_scan(pages, first, sectors, burst, gain_dev, price, fault, cohort, run, dsince,
+                    node, preferred, flags, accessed_by, ready, launch, host, device, out_pull,
                     out_gain, out_cand):  # pragma: no cover - jitted
         """``AccessCounter.fault``'s one pass over a device launch's footprint (``sectors``
         its ``[k, processor, rw]``; ``first`` >= 0: the pages are the run ``first, first + 1,
@@ -278,7 +305,7 @@ def kernels() -> dict:
             b = burst[p, 1]
             if b <= 0.0 or sectors[k, 1, 0] + sectors[k, 1, 1] <= 0:
                 continue
-            g = b * gain_dev
+            g = b * gain_dev * dev_ahead(run, dsince, p)
             if g > price + fault / cohort[p, 1]:
                 if preferred[p] == host or (flags[p] & PINNED) != 0 or \
                         ((accessed_by[p] >> device) & 1):

@@ -79,10 +79,12 @@ pages pay back that fast.
   (a cuda space on x86 + PCIe) there is no remote read to weigh: every CPU touch of a device
   page costs its way home, and the rules price it so.  The promotion rules count the CPU's
   accesses at the same cost, so a page the CPU also uses is judged on the net.
-* **device bursts**: a host page whose previous device burst alone saved more than a move and
-  its share of a fault moves when the next launch over it starts (cause ``access_counter``, no
-  fault: the footprint is known; with ``launch_promote=False`` the touch faults it over,
-  cause ``fault``), instead of being read remotely for another epoch.  The fault's share
+* **device bursts**: a host page whose device bursts until the CPU is expected back (its
+  previous burst, times what is left of its usual run of device-touching epochs between the
+  CPU's touches: one for a page the CPU leaves alone) save more than a move and its share of
+  a fault moves when the next launch over it starts (cause ``access_counter``, no fault: the
+  footprint is known; with ``launch_promote=False`` the touch faults it over, cause
+  ``fault``), instead of being read remotely.  The fault's share
   stays in the bar as a margin: the way home of such a page, when the CPU takes it, is a
   fault (without it, ``krylov`` on ``gh200`` under ``migrate_on_cpu_fault`` pulled pages
   whose burst paid for the move but not for the trip back, and fell behind ``static``).
@@ -92,17 +94,20 @@ pages pay back that fast.
   region; the way home is the CPU's fault, the way over the device's): a lone page of a
   small array pays a whole fault, as a SciPy solver's staging vector did
   (``examples/scipy_solver.py`` on ``h100-pcie``: it went over and back on every iteration,
-  priced at a 32nd of each fault).  The CPU-side rules still spread a fault over all the
-  pages of a region.
+  priced at a 32nd of each fault).  The CPU-side rules price a CPU touch's way home with the
+  CPU's share the same way (three device pages among 29 host pages that the CPU sweeps share
+  a third of each fault, not a 32nd).
 
 Real systems fight three failure modes, and so does this policy:
 
 * **ping-pong** (thrashing between CPU and device): a page that has already moved
   ``thrash_moves`` times within the manager's thrash window is left where it is, mapped
   remotely, for ``backoff_epochs`` epochs (doubling each time it is caught again), whatever
-  moved it (counters or faults), unless its device burst alone saves more than its way over
-  and back, its fault shares included (a CG search direction the device reads many times
-  per product and the CPU updates in between: ping-pong that pays is not thrashing);
+  moved it (counters or faults), unless the device's use of it until the CPU is expected
+  back (its burst times what is left of its usual run between the CPU's touches) saves more
+  than its way over and back, its fault shares included (a CG search direction the device
+  reads many times per product and the CPU updates in between, or a page the device reads
+  for eight launches between the CPU's visits: ping-pong that pays is not thrashing);
   demotions need ``hysteresis`` times more net rent than promotions;
 * **migration storms**: promotions to the device are limited to ``rate_limit_mbps`` MB/s per
   1-second window of modeled time (Linux's ``numa_balancing_promote_rate_limit_MBps``);
@@ -215,10 +220,6 @@ class AccessCounter(Policy):
                                SECTOR * (1 / bw[DEV, HOST] - 1 / bw[DEV, DEVICE])])
         self._price = np.array([ctx.page_size / p.link[DEVICE, HOST] + p.per_page,   # to host
                                 ctx.page_size / p.link[HOST, DEVICE] + p.per_page])  # to device
-        # a fault is taken per region (the driver batches a region's faults): each page's share
-        fault = p.fault / ctx.pages_per_region
-        # a touch that faults a page over: its move and its share of the fault
-        self._fault_move = self._price + fault
         # what a CPU touch of a device page can cost: read remotely (coherent), or only the way
         # home when the space faults such pages back (migrate_on_cpu_fault), whatever we say
         forced = ctx.tunables.cpu_access == "migrate_on_cpu_fault"
@@ -244,6 +245,10 @@ class AccessCounter(Policy):
         # per processor: the pages of its region that were away from the processor with it
         # when it last touched the page away, those that would fault with it
         self._cohort = np.ones((0, 2), np.int32)
+        # device-touching epochs since the CPU last touched the page, and their running mean
+        # where a CPU touch ended them: the device's use between the CPU's visits
+        self._dsince = np.zeros(0, np.int32)
+        self._run = np.zeros(0)
         self._until = np.zeros(0, np.int64)      # back-off: no move before this epoch
         self._caught = np.zeros(0, np.int16)     # times caught thrashing (doubles the back-off)
         self._moved = np.zeros(0, np.int64)      # ctx.last_move seen, to restart the count
@@ -270,6 +275,7 @@ class AccessCounter(Policy):
         self._seen = ext(self._seen, -2)
         self._burst, self._until = ext(self._burst), ext(self._until)
         self._cohort = ext(self._cohort, 1)
+        self._dsince, self._run = ext(self._dsince), ext(self._run)
         self._caught, self._moved = ext(self._caught), ext(self._moved, -(1 << 40))
 
     def forget(self, lo: int, hi: int) -> None:
@@ -286,6 +292,8 @@ class AccessCounter(Policy):
             self._seen[lo:hi] = -2
             self._burst[lo:hi] = 0.0
             self._cohort[lo:hi] = 1
+            self._dsince[lo:hi] = 0
+            self._run[lo:hi] = 0.0
             self._until[lo:hi] = 0
             self._caught[lo:hi] = 0
 
@@ -308,7 +316,8 @@ class AccessCounter(Policy):
             v, bp, ctx.last_move, self._moved, self._acc, self._acc_at, self._since,
             self._touches, self._burst, self._total, self._peak,
             decay_table(self.owed_halflife_epochs), ctx.epoch, self.min_epochs,
-            ctx.pages_per_region, ctx.node, ep.processor, self._cohort, evidence)
+            ctx.pages_per_region, ctx.node, ep.processor, self._cohort, self._dsince, self._run,
+            evidence)
         i = as_index(v)
         self._learn(i, ep, bp > 0, evidence, ctx.epoch)
         # ready to move: the evidence, or one touching epoch of a page of a new working set
@@ -368,15 +377,27 @@ class AccessCounter(Policy):
         self._fast[i] = fast | (self._fast[i] & ~hit)
 
     # -- the rules -----------------------------------------------------------------------------
-    def _cpu_epoch_cost(self, burst_cpu: np.ndarray, burst_dev: np.ndarray) -> np.ndarray:
-        """What one CPU-touching epoch costs with the page on the device: its CPU burst read
-        remotely, or, with ``cpu_fault_return``, the way home plus what the device then loses
+    def _dev_ahead(self, v: "slice | np.ndarray") -> np.ndarray:
+        """How many device-touching epochs pages ``v`` can expect before the CPU next touches
+        them: what is left of their usual run of device epochs between the CPU's touches, at
+        least one (a page the CPU has not touched: one)."""
+        return np.maximum(self._run[v] - self._dsince[v], 1.0)
+
+    def _cpu_epoch_cost(self, ctx: "PolicyContext", v: "slice | np.ndarray",
+                        burst_cpu: np.ndarray) -> np.ndarray:
+        """What one CPU-touching epoch of pages ``v`` costs with them on the device: the CPU's
+        ``burst_cpu`` read remotely, or, with ``cpu_fault_return``, the way home (the move and
+        the page's share of the CPU's fault: see the cohorts) plus what the device then loses
         (its next burst read remotely, or the move back, whichever is cheaper)."""
         remote = burst_cpu * self._cpu_remote_gain
         if not self._cpu_returns:
             return remote
-        home = self._fault_move[HOST] + np.minimum(burst_dev * self._gain[DEV],
-                                                   self._fault_move[DEVICE])
+        fault = ctx.profile.fault
+        back = self._price[DEVICE]
+        if not self.launch_promote:       # else the move back is made at a launch: no fault
+            back = back + fault / self._cohort[v, DEV]
+        loss = self._burst[v, DEV] * self._gain[DEV]
+        home = self._price[HOST] + fault / self._cohort[v, CPU] + np.minimum(loss, back)
         return np.minimum(remote, home)
 
     def net_value(self, ctx: "PolicyContext", v: np.ndarray, toward: int
@@ -392,7 +413,7 @@ class AccessCounter(Policy):
         cpu = acc_cpu
         if acc_cpu.any():
             b = np.maximum(self._burst[v, CPU], 1.0)
-            cpu = acc_cpu * self._cpu_epoch_cost(b, self._burst[v, DEV]) / b
+            cpu = acc_cpu * self._cpu_epoch_cost(ctx, v, b) / b
         value = dev - cpu if toward == DEV else cpu - dev
         window = decayed_window(ctx.epoch - self._since[v] + 1, self.owed_halflife_epochs)
         return value, value / window
@@ -479,7 +500,8 @@ class AccessCounter(Policy):
             ctx.accessed_by, self._touches, self._ready, self._moved, self._until, self._acc,
             self._acc_at, self._since, self._burst, ctx.epoch,
             decay_table(h), decayed_window_table(h), self._gain[DEV], self._cpu_remote_gain,
-            self._fault_move[HOST], self._fault_move[DEVICE], self._cpu_returns,
+            self._cohort, self._price[HOST], self._price[DEVICE], ctx.profile.fault,
+            not self.launch_promote, self._cpu_returns,
             self.break_even,
             factor * self._price[to], self.payback_epochs, wait_on, self._cpu_last, gap,
             self._sweep, at_launch, self._total, self._peak, self.min_epochs, out_p, out_r,
@@ -491,9 +513,10 @@ class AccessCounter(Policy):
     def _filter_thrash(self, ctx: "PolicyContext", pages: np.ndarray, score: np.ndarray,
                        proc: int) -> tuple[np.ndarray, np.ndarray]:
         """Drop pages backing off, and catch the ones ping-ponging (see the module docs), when
-        moving toward processor ``proc``.  A page whose device burst alone saves more than its
-        way over and its way back (faults included) is exempt: moving it on every device touch
-        pays even if the CPU takes it home each time (ping-pong that pays is not thrashing)."""
+        moving toward processor ``proc``.  A page whose device bursts until the CPU is
+        expected back (:meth:`_dev_ahead`) save more than its way over and its way back
+        (faults included) is exempt: moving it for each run of device touches pays even if
+        the CPU takes it home each time (ping-pong that pays is not thrashing)."""
         i = as_index(pages)               # a slice for one run of pages: no gathers
         # usually nothing is backing off or ping-ponging: one fused look says so
         if len(pages) == 0 or not _fused.kernels()["any_held"](
@@ -510,16 +533,16 @@ class AccessCounter(Policy):
             hot[h] = ((ctx.epoch - lm) <= ctx.tunables.thrash_window_epochs) & \
                 (self._until[pages[h]] <= lm)
         held = ~ok | hot
-        if proc == DEV and held.any():    # ... unless the device burst pays the round trip
+        if proc == DEV and held.any():    # ... unless the device's use pays the round trip
             h = np.flatnonzero(held)
             # the way home is the CPU's fault (shared with the pages of its region that the
             # CPU's last touch of it found on the device too); the way over too unless it is
-            # made at a launch
+            # made at a launch; the device's use, its bursts until the CPU is expected back
             ph = pages[h]
             share = 1.0 / self._cohort[ph, CPU]
             if not self.launch_promote:
                 share = share + 1.0 / self._cohort[ph, DEV]
-            pays = self._burst[ph, DEV] * self._gain[DEV] > \
+            pays = self._burst[ph, DEV] * self._gain[DEV] * self._dev_ahead(ph) > \
                 self._price[DEVICE] + self._price[HOST] + ctx.profile.fault * share
             ok[h[pays]] = True
             hot[h[pays]] = False
@@ -577,9 +600,9 @@ class AccessCounter(Policy):
     def fault(self, ctx: "PolicyContext", ep: "Epoch") -> list[Move]:
         """Moves when an epoch starts (see the module docs): a CPU touch of a device page
         faults it home where that pays (``cpu_fault_return``); a device launch moves the host
-        pages of its footprint whose previous device burst alone saved more than the move and
-        a fault's share, and those it makes ready that pass the promotion rules
-        (``launch_promote``)."""
+        pages of its footprint whose device bursts until the CPU is expected back
+        (:meth:`_dev_ahead`) save more than the move and a fault's share, and those it makes
+        ready that pass the promotion rules (``launch_promote``)."""
         v = ep.vpns
         if len(v) == 0:
             return []
@@ -603,9 +626,9 @@ class AccessCounter(Policy):
             burst = self._burst[v, CPU]
             burst = np.where(burst > 0, burst, self._sweep)
             remote = burst * self._gain[CPU]
-            back = v[remote > self._cpu_epoch_cost(burst, self._burst[v, DEV])]
+            back = v[remote > self._cpu_epoch_cost(ctx, v, burst)]
             return [Move(back, HOST, "fault")] if len(back) else []
-        # the device: pages whose previous burst alone paid for the move go over; then the
+        # the device: pages whose bursts until the CPU's next touch pay for the move go; then the
         # launch's footprint may bring the evidence of reuse that others lacked
         node, pref, flags, acc_by = ctx.node, ctx.preferred, ctx.flags, ctx.accessed_by
         sec = ep.sectors
@@ -616,8 +639,8 @@ class AccessCounter(Policy):
             # NumPy passes below cost a page-sized temporary each, page faults included)
             k = _fused.kernels()["launch_scan"]
             args = (v, _run_start(i), sec, self._burst, self._gain[DEV], self._price[DEVICE],
-                    ctx.profile.fault, self._cohort, node, pref, flags, acc_by, self._ready,
-                    launch, HOST, DEVICE)
+                    ctx.profile.fault, self._cohort, self._run, self._dsince, node, pref, flags,
+                    acc_by, self._ready, launch, HOST, DEVICE)
             n_pull, n_cand = k(*args, v[:0], _NO_VALUES, v[:0])
             if n_pull == 0 and n_cand == 0:
                 return []
@@ -626,7 +649,7 @@ class AccessCounter(Policy):
             k(*args, pull, gain, cand)
         else:              # pages outside the tables (NumPy raises) or hand-made sectors
             b = self._burst[i, DEV]
-            gain = b * self._gain[DEV]
+            gain = b * self._gain[DEV] * self._dev_ahead(i)
             on = (node[i] == HOST) & (b > 0) & ep.touched_by(DEV)
             over = on & (gain > self._price[DEVICE] + ctx.profile.fault / self._cohort[i, DEV])
             pull, gain = v[over], gain[over]
