@@ -2,7 +2,8 @@
 # One script for a lent GPU machine (no network; CuPy, Numba, nvidia-ml-py and pytest present):
 # runs the GPU tests, then benchmarks/gpu_check.py (one compact table: migration vs pinned copy,
 # device- vs host-resident kernel reads, instrumented vs plain kernels, a Space on the GPU,
-# modeled vs measured), then `ccadgpu demo` and a small `ccadgpu bench` on the cuda backend.
+# modeled vs measured), then `ccadgpu demo` and a small `ccadgpu bench` on the cuda backend,
+# set beside the same bench on the CPU stand-in (modeled times row by row).
 # Exit status non-zero if the GPU tests or any check fail.  Budget: under 5 minutes.
 #
 #   bash benchmarks/gpu_check.sh            # from anywhere; PYTHON=... to pick an interpreter
@@ -43,9 +44,17 @@ echo "== end to end on the GPU: ccadgpu demo and bench with --backend cuda =="
 CLI=(-c "import sys; from ccadgpu.cli import main; sys.exit(main(sys.argv[1:]))")
 timeout 90 "$PY" "${CLI[@]}" demo --backend cuda --iters 12
 rc_demo=$?
-timeout 120 "$PY" "${CLI[@]}" bench --backend cuda --size 16MiB --profile h100-pcie \
-  --workload pingpong,krylov,oversubscribe --policy static,on_demand,access_counter
+# the policies live on the GPU, then the same runs on the CPU stand-in under the cuda space's
+# cpu_access (x86 + PCIe: a CPU touch faults a device page home): the modeled times should agree
+E2E_DIR="${OUTDIR:-$(mktemp -d)}"
+E2E=(--size 16MiB --profile h100-pcie,gh200 --workload pingpong,krylov,oversubscribe,stream_reuse,pipeline
+     --policy static,on_demand,access_counter)
+timeout 150 "$PY" "${CLI[@]}" bench --backend cuda "${E2E[@]}" --json "$E2E_DIR/bench_cuda.json"
 rc_e2e=$(( rc_demo || $? ))
+timeout 90 "$PY" "${CLI[@]}" bench --backend cpu "${E2E[@]}" --tunable cpu_access=migrate_on_cpu_fault \
+  --json "$E2E_DIR/bench_cpu.json" >/dev/null && \
+  "$PY" benchmarks/bench_table.py "$E2E_DIR/bench_cuda.json" --against "$E2E_DIR/bench_cpu.json"
+rc_e2e=$(( rc_e2e || $? ))
 
 echo "gpu_check: tests rc=$rc_tests, measurements rc=$rc_bench, end to end rc=$rc_e2e"
 [ "$rc_tests" -eq 0 ] && [ "$rc_bench" -eq 0 ] && [ "$rc_e2e" -eq 0 ]

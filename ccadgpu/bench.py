@@ -55,10 +55,11 @@ class Run:
 def run_workload(workload: str, policy: str = "static", profile: str = "gh200",
                  size: "int | str" = "64MiB", seed: int = 0, page_size: "int | str" = "64KiB",
                  history: bool = False, keep_trace: bool = False, repeat: int = 0,
-                 backend: Any = "cpu", **policy_params: Any) -> Run:
-    """Run ``workload`` live on a fresh space under ``policy``.  ``policy="oracle"`` first
-    records the workload under ``static``, plans the offline schedule from that trace, then
-    runs again following it."""
+                 backend: Any = "cpu", tunables: dict[str, Any] | None = None,
+                 **policy_params: Any) -> Run:
+    """Run ``workload`` live on a fresh space under ``policy`` (the space's ``tunables``
+    overridden by the dict's).  ``policy="oracle"`` first records the workload under
+    ``static``, plans the offline schedule from that trace, then runs again following it."""
     from .space import Space
     wl = get_workload(workload)
     nbytes = parse_size(size, "size")
@@ -70,7 +71,7 @@ def run_workload(workload: str, policy: str = "static", profile: str = "gh200",
     pol: Any = policy
     if policy == "oracle":
         rec = run_workload(workload, "static", profile, nbytes, seed, ps, keep_trace=True,
-                           backend=backend)
+                           backend=backend, tunables=tunables)
         from .replay import initial_placement, trace_epochs
         eps = trace_epochs(rec.trace)
         init = initial_placement(rec.trace, eps)
@@ -83,7 +84,8 @@ def run_workload(workload: str, policy: str = "static", profile: str = "gh200",
         pol = make_policy("oracle", schedule=sched)
         extra["lower_bound_s"] = sched.lower_bound
     with Space(device_memory=wl.device_bytes(nbytes, ps), page_size=ps, profile=profile,
-               policy=pol, policy_params=policy_params or None, backend=backend) as sp:
+               policy=pol, policy_params=policy_params or None, backend=backend,
+               **(tunables or {})) as sp:
         sp.manager.record_history = history
         t0 = time.perf_counter()
         ok = wl.run(sp, nbytes, np.random.default_rng(seed))

@@ -224,6 +224,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.repeat < 1:
         from .errors import InvalidArgumentError
         raise InvalidArgumentError(f"--repeat must be >= 1, got {args.repeat}")
+    from ccadgpu.tunables import Tunables
+    tunables = dict(Tunables.parse(t) for t in args.tunable)
     if args.json:
         _writable(args.json, "--json")
     if args.plot:
@@ -238,7 +240,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             prog.update(task, description=f"{w} / {p} / {f}")
             runs.append(run_workload(w, p, f, size, args.seed, args.page_size,
                                      history=bool(args.plot), repeat=r,
-                                     backend=args.backend))
+                                     backend=args.backend, tunables=tunables))
             prog.advance(task)
     rows = [r.row for r in runs]
     t = Table(title=f"ccadgpu bench: {ccadgpu.format_bytes(size)}, seed {args.seed}")
@@ -353,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="cpu", choices=("cpu", "auto", "cuda"),
                    help="cpu (default), auto or cuda: where the workloads' memory and kernels "
                         "run (modeled times come from --profile either way)")
+    p.add_argument("--tunable", action="append", default=[], metavar="NAME=VALUE",
+                   help="a space tunable for every run (repeatable; `ccadgpu info` lists "
+                        "them), e.g. cpu_access=migrate_on_cpu_fault, a cuda space's default")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("trace", help="record a workload's trace; replay it under policies")

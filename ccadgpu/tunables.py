@@ -91,6 +91,30 @@ class Tunables:
                                       f"({knob.rule or 'see its doc'})")
         return value
 
+    @classmethod
+    def parse(cls, text: str) -> tuple[str, Any]:
+        """``"NAME=VALUE"`` (a command line's) as ``(name, value)``, the value converted to
+        the knob's type (booleans: ``true``/``false``, ``1``/``0``, ``on``/``off``) and
+        validated; raises :class:`~ccadgpu.errors.InvalidTunableError` (or
+        :class:`~ccadgpu.errors.UnknownTunableError`) naming what is wrong."""
+        name, eq, raw = text.partition("=")
+        name, raw = name.strip(), raw.strip()
+        if not eq or not name:
+            raise InvalidTunableError(f"expected NAME=VALUE for a tunable, got {text!r}")
+        knob = cls._knob(name)
+        try:
+            if knob.type is bool:
+                low = raw.lower()
+                if low not in ("true", "false", "1", "0", "on", "off", "yes", "no"):
+                    raise ValueError(raw)
+                value: Any = low in ("true", "1", "on", "yes")
+            else:
+                value = knob.type(raw)
+        except ValueError:
+            raise InvalidTunableError(f"tunable {name!r} takes {knob.type.__name__}, "
+                                      f"got {raw!r}") from None
+        return name, cls._validate(name, value)
+
     def set(self, **values: Any) -> None:
         """Set several knobs at once: all are validated before any changes."""
         checked = {k: self._validate(k, v) for k, v in values.items()}

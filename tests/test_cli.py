@@ -53,6 +53,31 @@ def test_bench_is_deterministic_in_modeled_time(tmp_path):
         assert outs[0][k] == outs[1][k]
 
 
+def test_bench_tunables_reach_the_space_and_compare(tmp_path, capsys):
+    # pingpong on h100-pcie under first_touch: the device first touches the shared pages and
+    # the CPU updates them there; coherent, it writes them remotely over BAR1 (slow),
+    # migrate_on_cpu_fault brings them home first
+    import subprocess
+    import sys
+    js = {}
+    for mode in ("coherent", "migrate_on_cpu_fault"):
+        js[mode] = tmp_path / f"{mode}.json"
+        assert main(["bench", "--workload", "pingpong", "--policy", "static,first_touch",
+                     "--profile", "h100-pcie", "--size", "1MiB", "--tunable",
+                     f"cpu_access={mode}", "--json", str(js[mode])]) == 0
+    rows = {m: {r["policy"]: r for r in json.loads(f.read_text())["rows"]} for m, f in js.items()}
+    assert rows["coherent"]["static"]["modeled_s"] == \
+        rows["migrate_on_cpu_fault"]["static"]["modeled_s"]
+    ft = [rows[m]["first_touch"] for m in js]
+    assert ft[0]["migrated_bytes"] < ft[1]["migrated_bytes"]
+    assert ft[0]["modeled_s"] > 10 * ft[1]["modeled_s"]
+    tool = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "bench_table.py")
+    out = subprocess.run([sys.executable, tool, str(js["coherent"]), "--against",
+                          str(js["migrate_on_cpu_fault"])], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "2 rows in both: 1 equal (0.1%)" in out.stdout and "verified: yes" in out.stdout
+
+
 def test_trace_record_and_replay(tmp_path, capsys):
     f = tmp_path / "t.npz"
     assert main(["trace", "record", "--workload", "hot_cold", "--size", "1MiB",
@@ -75,6 +100,10 @@ def test_trace_record_and_replay(tmp_path, capsys):
     (["trace", "replay", "/no/such/trace.npz"], "does not exist"),
     (["trace", "record", "--workload", "zzz", "-o", "x.npz"], "available"),
     (["demo", "--size", "4KiB"], "at least 3 pages"),
+    (["bench", "--workload", "pingpong", "--tunable", "nope=1"], "unknown tunable 'nope'"),
+    (["bench", "--workload", "pingpong", "--tunable", "cpu_access"], "NAME=VALUE"),
+    (["bench", "--workload", "pingpong", "--tunable", "trace=maybe"], "takes bool"),
+    (["bench", "--workload", "pingpong", "--tunable", "cpu_access=x"], "out of range"),
 ])
 def test_clear_errors(argv, needle, capsys):
     assert main(argv) == 2
