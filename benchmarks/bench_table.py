@@ -7,7 +7,7 @@ compare two such files row by row.
 ``--against``: for the rows both files hold (same workload, profile and policy), the modeled
 milliseconds of each and their ratio, then how many rows agree within 1% and 3% and whether
 every run verified its results (how `gpu_check.sh` sets a live GPU run beside the stand-in).
-Exit status 1 if a run of either file failed its check.
+Exit status 1 if a run of either file failed its check, or if no row is in both.
 """
 import argparse
 import json
@@ -37,10 +37,11 @@ def compare(a: dict, b: dict) -> bool:
     print("| workload | profile | policy | A modeled ms | B modeled ms | A/B | A moved MiB | "
           "B moved MiB | verified |")
     print("|---|---|---|---|---|---|---|---|---|")
-    ratios, ok = [], True
+    ratios, ok, alone = [], True, []
     for r in a["rows"]:
         s = other.get(key(r))
         if s is None:
+            alone.append(" / ".join(key(r)))
             continue
         q = r["modeled_s"] / s["modeled_s"] if s["modeled_s"] else float("nan")
         ratios.append(q)
@@ -52,7 +53,9 @@ def compare(a: dict, b: dict) -> bool:
     near = lambda tol: sum(abs(q - 1) <= tol for q in ratios)  # noqa: E731
     print(f"\n{len(ratios)} rows in both: {near(0.001)} equal (0.1%), {near(0.01)} within 1%, "
           f"{near(0.03)} within 3%; every result verified: {'yes' if ok else 'NO'}")
-    return ok
+    if alone:
+        print(f"only in A ({len(alone)}): {', '.join(alone)}")
+    return ok and bool(ratios)
 
 
 def main(argv: "list[str] | None" = None) -> int:

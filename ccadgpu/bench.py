@@ -70,8 +70,12 @@ def run_workload(workload: str, policy: str = "static", profile: str = "gh200",
     extra: dict[str, Any] = {}
     pol: Any = policy
     if policy == "oracle":
+        # the schedule is planned from the whole recording: whatever the runs' tunables, it
+        # counts and traces every epoch
+        rec_tunables = {**(tunables or {}), "access_counters": True, "trace": True,
+                        "trace_max_epochs": 1 << 30}
         rec = run_workload(workload, "static", profile, nbytes, seed, ps, keep_trace=True,
-                           backend=backend, tunables=tunables)
+                           backend=backend, tunables=rec_tunables)
         from .replay import initial_placement, trace_epochs
         eps = trace_epochs(rec.trace)
         init = initial_placement(rec.trace, eps)

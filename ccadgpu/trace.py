@@ -213,32 +213,57 @@ class Trace:
         order, processor ``"cpu"`` or ``"device"``, sectors read (32 bytes each; a full pass
         over a page is ``page_size // 32``); ``npages`` pages in ``allocations`` (page counts
         of consecutive allocations, default one of all pages), all on the host at the start;
-        the host holds ``host_frames`` (default ``4 * npages``), the device
-        ``device_frames``; ``profile``: a profile name or path.
+        the host holds ``host_frames`` (default ``4 * npages``, at least ``npages``), the
+        device ``device_frames``; ``profile``: a profile name or path.
 
         Raises :class:`~ccadgpu.errors.InvalidArgumentError` naming the bad argument."""
+        import operator
+
         from .clock import load_profile
         from .errors import InvalidArgumentError
-        sizes = [int(npages)] if allocations is None else [int(n) for n in allocations]
-        if npages < 1 or device_frames < 0 or min(sizes) < 1 or sum(sizes) != npages:
-            raise InvalidArgumentError(
-                f"synthetic trace: npages ({npages}) must be >= 1 and the sum of the allocations "
-                f"({sizes}, each >= 1), device_frames ({device_frames}) >= 0")
-        for i, (proc, touched) in enumerate(epochs):
+
+        def bad(what: str) -> InvalidArgumentError:
+            return InvalidArgumentError(f"synthetic trace: {what}")
+
+        def whole(x: Any, what: str, low: int) -> int:
+            try:
+                v = operator.index(x)
+            except TypeError:
+                raise bad(f"{what} must be an integer, got {x!r}") from None
+            if v < low:
+                raise bad(f"{what} must be >= {low}, got {v}")
+            return v
+        npages = whole(npages, "npages", 1)
+        device_frames = whole(device_frames, "device_frames", 0)
+        page_size = whole(page_size, "page_size", 1)
+        if page_size % 4096:
+            raise bad(f"page_size must be a multiple of 4096, got {page_size}")
+        host_frames = npages * 4 if host_frames is None else \
+            whole(host_frames, "host_frames", npages)       # every page starts on the host
+        sizes = [npages] if allocations is None else \
+            [whole(n, "an allocation's page count", 1) for n in allocations]
+        if not sizes or sum(sizes) != npages:
+            raise bad(f"the allocations ({list(sizes)}) must be page counts summing to npages "
+                      f"({npages})")
+        for i, item in enumerate(epochs):
+            if not (isinstance(item, (tuple, list)) and len(item) == 2 and
+                    isinstance(item[1], dict)):
+                raise bad(f"epoch {i} must be a (processor, {{page: sectors}}) pair, "
+                          f"got {item!r}")
+            proc, touched = item
             if proc not in ("cpu", "device"):
-                raise InvalidArgumentError(f"synthetic trace: epoch {i}'s processor must be "
-                                           f"'cpu' or 'device', got {proc!r}")
-            bad = [v for v, n in touched.items() if not (0 <= v < npages) or n < 1]
-            if bad:
-                raise InvalidArgumentError(f"synthetic trace: epoch {i} touches page {bad[0]} "
-                                           f"({touched[bad[0]]} sectors): pages are "
-                                           f"0..{npages - 1}, sectors >= 1")
+                raise bad(f"epoch {i}'s processor must be 'cpu' or 'device', got {proc!r}")
+            for v, n in touched.items():
+                whole(v, f"epoch {i}'s page {v!r}", 0)
+                if v >= npages:
+                    raise bad(f"epoch {i} touches page {v}: pages are 0..{npages - 1}")
+                whole(n, f"epoch {i}'s sectors of page {v}", 1)
         prof = load_profile(profile)
         starts = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
         alloc_of = np.repeat(np.arange(len(sizes), dtype=np.int32), sizes)
         header = {"format": FORMAT, "version": VERSION, "page_size": int(page_size),
-                  "nodes": [{"id": 0, "name": "host", "frames": host_frames or 4 * npages},
-                            {"id": 1, "name": "device", "frames": int(device_frames)}],
+                  "nodes": [{"id": 0, "name": "host", "frames": host_frames},
+                            {"id": 1, "name": "device", "frames": device_frames}],
                   "profile": prof.as_dict(),
                   "allocations": [{"id": k, "vstart": int(v0), "npages": int(n),
                                    "nbytes": int(n) * page_size,

@@ -97,6 +97,8 @@ class Tunables:
         the knob's type (booleans: ``true``/``false``, ``1``/``0``, ``on``/``off``) and
         validated; raises :class:`~ccadgpu.errors.InvalidTunableError` (or
         :class:`~ccadgpu.errors.UnknownTunableError`) naming what is wrong."""
+        if not isinstance(text, str):
+            raise InvalidTunableError(f"expected a NAME=VALUE string for a tunable, got {text!r}")
         name, eq, raw = text.partition("=")
         name, raw = name.strip(), raw.strip()
         if not eq or not name:

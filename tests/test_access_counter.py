@@ -242,6 +242,7 @@ def test_fused_rule_matches_the_documented_rule():
     pol._peak[:] = rng.exponential(2000, (n, 2))
     pol._total[:] = pol._peak * rng.uniform(1.0, 3.0, (n, 2))
     pol._fast[:] = rng.random((n, 2)) < 0.3
+    pol._cohort[:] = rng.integers(1, 33, (n, 2))      # the fault shares of the CPU's costs
     m = pol.min_epochs         # the state observe keeps: the evidence, or fast and touched
     pol._ready[:] = ((pol._touches >= m) & (pol._total >= (m - 0.5) * pol._peak)) | \
         (pol._fast & (pol._touches >= 1))
@@ -399,3 +400,32 @@ def test_the_way_home_is_priced_with_the_pages_that_fault_together():
     # over and back (1.15x static)
     r = _hot_pages_between_cpu_sweeps(1, 10)
     assert r["access_counter"]["modeled_s"] <= 1.02 * r["static"]["modeled_s"]
+
+
+def test_the_first_cpu_touch_of_promoted_pages_faults_them_home_together():
+    # the device reads a whole region 10 sweeps' worth per launch, the CPU a quarter of each
+    # page in between (h100-pcie: it faults device pages home).  At the CPU's first touch of
+    # the promoted region nothing has taught the policy which pages come home together, but
+    # the touch itself says so: all 32, one fault between them (priced at a whole fault
+    # each, the CPU read the region over BAR1 for an epoch: 1.44x on_demand)
+    ep = [("device", sweeps(range(32), 10)), ("cpu", {p: SWEEP // 4 for p in range(32)})] * 4
+    mgr = run(ep, 32, 64, "h100-pcie")
+    back = moved_at(mgr, "fault", 1, 0)
+    first = min(i for i, n in moved_at(mgr, "access_counter", 0, 1).items())
+    assert back.get(first + 1) == 32
+    tr = make_trace(ep, 32, 64, profile="h100-pcie")
+    best = min(replay(tr, p)["modeled_s"] for p in ("static", "on_demand"))
+    assert mgr.summary()["modeled_s"] < best
+
+
+def test_runs_of_varying_length_are_judged_by_their_average():
+    # runs of 15 launches and of 1 alternate between the CPU's sweeps: moving the three pages
+    # for every run pays on average; an estimate that follows the last run closely moves
+    # them before each short run and holds them before each long one (1.04x static)
+    ep = []
+    for n in [15, 1] * 6:
+        ep += [("device", sweeps(range(3), 3))] * n
+        ep.append(("cpu", sweeps(range(32))))
+    tr = make_trace(ep, 32, 64, profile="h100-pcie")
+    r = {p: replay(tr, p)["modeled_s"] for p in ("static", "on_demand", "access_counter")}
+    assert r["access_counter"] < 0.9 * min(r["static"], r["on_demand"])

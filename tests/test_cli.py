@@ -76,6 +76,21 @@ def test_bench_tunables_reach_the_space_and_compare(tmp_path, capsys):
                           str(js["migrate_on_cpu_fault"])], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "2 rows in both: 1 equal (0.1%)" in out.stdout and "verified: yes" in out.stdout
+    # nothing in common is a failed comparison, not a pass
+    assert main(["bench", "--workload", "hot_cold", "--policy", "static", "--profile",
+                 "gh200", "--size", "1MiB", "--json", str(tmp_path / "other.json")]) == 0
+    out = subprocess.run([sys.executable, tool, str(js["coherent"]), "--against",
+                          str(tmp_path / "other.json")], capture_output=True, text=True)
+    assert out.returncode == 1 and "0 rows in both" in out.stdout and "only in A (2)" in out.stdout
+
+
+def test_the_oracle_records_every_epoch_whatever_the_tunables():
+    from ccadgpu.bench import run_workload
+    want = run_workload("krylov", "oracle", "h100-pcie", "1MiB").row
+    for t in ({"trace": False}, {"trace_max_epochs": 2}):
+        got = run_workload("krylov", "oracle", "h100-pcie", "1MiB", tunables=t).row
+        assert got["modeled_s"] == want["modeled_s"]
+        assert got["lower_bound_s"] == want["lower_bound_s"] > 0
 
 
 def test_trace_record_and_replay(tmp_path, capsys):

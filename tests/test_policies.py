@@ -74,17 +74,23 @@ def test_thrash_detection_on_pingpong():
     # saves more than one move, ~3.2 sweeps, but less than the round trip, ~6.4), so a counter
     # policy without thrash control would move the pages every epoch, as fault-driven migration
     # does.
+    # Without fault-return the CPU's counters bring the pages home (with fault-return the
+    # policy foresees the trip home once it has seen one, and the pages go over and back
+    # once: below).
     ep = [("device", sweeps(range(8), 5)), ("cpu", sweeps(range(8), 40))] * 20
     tr = make_trace(ep, 8, 8, profile="cxl-type2")
-    ac = replay(tr, "access_counter", hysteresis=1.0, min_epochs=1)
+    kw = dict(hysteresis=1.0, min_epochs=1, cpu_fault_return=False)
+    ac = replay(tr, "access_counter", **kw)
     od = replay(tr, "on_demand")
     assert ac["thrashing_pages"] == 8
     # two moves, caught; after the 16-epoch back-off one more pair, caught again with a
     # 32-epoch back-off: moves grow with the log of the run, not with its length
     assert ac["migrated_bytes"] <= 4 * 8 * PS
     assert od["migrated_bytes"] >= 39 * 8 * PS                 # fault-driven ping-pong
-    loose = replay(tr, "access_counter", hysteresis=1.0, min_epochs=1, thrash_moves=1000)
+    loose = replay(tr, "access_counter", thrash_moves=1000, **kw)
     assert loose["migrated_bytes"] > 10 * 8 * PS               # what the back-off prevented
+    foresees = replay(tr, "access_counter", hysteresis=1.0, min_epochs=1)
+    assert foresees["migrated_bytes"] <= 2 * 8 * PS
 
 
 def test_ping_pong_that_pays_its_round_trip_is_not_held_back():
@@ -109,12 +115,16 @@ def test_backoff_ends_once_the_ping_pong_stops():
     ep += [("device", sweeps(range(8), 5))] * 60           # then only the device uses them
     tr = make_trace(ep, 8, 8, profile="cxl-type2")
     prof = load_profile("cxl-type2")
-    mgr = MigrationManager(SimPlacement(PS, [32, 8], np.zeros(8, np.int8)), "access_counter",
-                           prof, Tunables(), hysteresis=1.0, min_epochs=1)
-    for i, r in enumerate(tr):
-        mgr.step(Epoch.from_record(r, i))
-    assert len(mgr.thrashing) == 8
-    assert (mgr.placement.node[:8] == 1).all()               # not stuck on the host
+    for fault_return in (False, True):
+        # (with fault-return the policy foresees the trip home after the first: the pages
+        # must still move once the CPU is overdue)
+        mgr = MigrationManager(SimPlacement(PS, [32, 8], np.zeros(8, np.int8)),
+                               "access_counter", prof, Tunables(), hysteresis=1.0, min_epochs=1,
+                               cpu_fault_return=fault_return)
+        for i, r in enumerate(tr):
+            mgr.step(Epoch.from_record(r, i))
+        assert fault_return or len(mgr.thrashing) == 8
+        assert (mgr.placement.node[:8] == 1).all()           # not stuck on the host
 
 
 def test_capacity_cut_keeps_the_hottest():

@@ -160,7 +160,13 @@ def test_a_synthetic_trace_replays_and_bad_input_names_the_argument():
     for bad, what in ((dict(epochs=[("gpu", {0: 1})]), "processor"),
                       (dict(epochs=[("cpu", {4: 1})]), "page 4"),
                       (dict(epochs=[("cpu", {0: 0})]), "sectors"),
-                      (dict(allocations=(1, 2)), "allocations")):
+                      (dict(allocations=(1, 2)), "allocations"),
+                      (dict(allocations=()), "allocations"),
+                      (dict(epochs=[("cpu", {1.5: 1})]), "must be an integer"),
+                      (dict(epochs=[("cpu",)]), "pair"),
+                      (dict(host_frames=3), "host_frames must be >= 4"),
+                      (dict(page_size=1000), "multiple of 4096"),
+                      (dict(device_frames=2.5), "device_frames")):
         args = dict(epochs=ep, npages=4, device_frames=8, allocations=None) | bad
         with pytest.raises(InvalidArgumentError, match=what):
             Trace.synthetic(**args)

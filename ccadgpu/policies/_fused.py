@@ -36,10 +36,18 @@ def kernels() -> dict:
     assert ptf.PINNED == PINNED
 
     @njit(cache=True, nogil=True, inline="always")
+    def cpu_cohort(cohort, p):  # pragma: no cover - jitted
+        """The pages expected to come home with page ``p`` when the CPU touches it on the
+        device: those seen doing so last time (``cohort[p, 0]``), else, before the CPU has
+        touched it there, those that went over with it (``cohort[p, 1]``)."""
+        c = cohort[p, 0]
+        return c if c > 0 else cohort[p, 1]
+
+    @njit(cache=True, nogil=True, inline="always")
     def cpu_home(burst, cohort, p, gain_dev, home_move, away_move, fault,
                  away_faults):  # pragma: no cover - jitted
         """With fault-return, what a CPU touch of page ``p`` on the device costs: the way
-        home (its move and its share of the CPU's fault, shared with ``cohort[p, 0]``
+        home (its move and its share of the CPU's fault, shared with ``cpu_cohort``
         pages) and what the device then loses: its next burst read remotely, or the move
         back (a fault's share too where ``away_faults``: without launch promotion, the
         device's touch faults it over), whichever is cheaper."""
@@ -49,7 +57,30 @@ def kernels() -> dict:
         away = burst[p, 1] * gain_dev
         if away > back:
             away = back
-        return home_move + fault / cohort[p, 0] + away
+        return home_move + fault / cpu_cohort(cohort, p) + away
+
+    @njit(cache=True, nogil=True, inline="always")
+    def cpu_back(burst, cohort, p, gain_cpu, home_move, fault, fault_return,
+                 sweep):  # pragma: no cover - jitted
+        """What the CPU's next touch of page ``p`` costs with the page on the device: its
+        burst (or a sweep) read remotely, or, with ``fault_return``, the way home if cheaper
+        (its move and its share of the CPU's fault)."""
+        b = burst[p, 0]
+        remote = (b if b > 0.0 else sweep) * gain_cpu
+        if fault_return:
+            home = home_move + fault / cpu_cohort(cohort, p)
+            if home < remote:
+                remote = home
+        return remote
+
+    @njit(cache=True, nogil=True, inline="always")
+    def dev_ahead(vol, vsince, burst, p):  # pragma: no cover - jitted
+        """The device sectors page ``p`` can expect before the CPU next touches it: what is
+        left of its usual run's sectors between CPU touches (``observe``), at least one
+        burst."""
+        a = vol[p] - vsince[p]
+        b = burst[p, 1]
+        return a if a > b else b
 
     @njit(cache=True, nogil=True)
     def candidates(starts, span, proc, frm, to, node, last_move, preferred, flags,
@@ -57,7 +88,7 @@ def kernels() -> dict:
                    dtab, wtab, gain_dev, gain_cpu, cohort, home_move, away_move, fault,
                    away_faults, fault_return,
                    break_even, price, payback, wait_on, cpu_last, gap, sweep, at_launch,
-                   total, peak, min_epochs, out_pages, out_rate,
+                   total, peak, min_epochs, vol, vsince, out_pages, out_rate,
                    out_wait):  # pragma: no cover - jitted
         """Pages ``starts[j] + o`` (``o < span``; ascending and disjoint) that pass every test
         of ``AccessCounter._evaluate``, written to ``out_pages`` / ``out_rate``, and those
@@ -68,7 +99,11 @@ def kernels() -> dict:
         ready are judged (those ready before were judged at their epoch's end): the launch
         counts as one more touching epoch with the page's usual burst, in the reuse test
         (``total`` / ``peak``: sectors and largest burst since the page's last move) and in
-        the device's rent for the payback rate (not in the rent paid)."""
+        the device's rent for the payback rate (not in the rent paid).  A page the CPU comes
+        back to between the device's runs (``vol``, ``vsince``: see ``observe``; unless the
+        CPU is overdue by a whole run), where the CPU's touch takes it home (fault-return),
+        must also pay for its move and the way home with the device's sectors expected before
+        that touch (``dev_ahead``)."""
         c = 0
         nwait = 0
         nd = dtab.shape[0]
@@ -125,6 +160,15 @@ def kernels() -> dict:
                 if not (paid >= break_even * price or
                         (payback > 0.0 and rate * payback >= price)):
                     continue
+                if proc == 1 and fault_return and 0.0 < vol[p] and vsince[p] < 2.0 * vol[p]:
+                    # the CPU comes back between the device's runs (and is not overdue by a
+                    # whole run); where its touch takes the page home, the move must pay
+                    # before it, with the sectors left (at a launch: this one's included)
+                    b0 = burst[p, 0]
+                    back = home_move + fault / cpu_cohort(cohort, p)
+                    if back < (b0 if b0 > 0.0 else sweep) * gain_cpu and \
+                            dev_ahead(vol, vsince, burst, p) * gain_dev <= price + back:
+                        continue
                 if preferred[p] == frm or (flags[p] & PINNED) != 0 or \
                         ((accessed_by[p] >> to) & 1):
                     continue
@@ -142,13 +186,6 @@ def kernels() -> dict:
         return c, nwait
 
     @njit(cache=True, nogil=True, inline="always")
-    def dev_ahead(run, dsince, p):  # pragma: no cover - jitted
-        """How many device-touching epochs page ``p`` can expect before the CPU next touches
-        it: what is left of its usual run between CPU touches (``observe``), at least one."""
-        a = run[p] - dsince[p]
-        return a if a > 1.0 else 1.0
-
-    @njit(cache=True, nogil=True, inline="always")
     def began_away(p, node, last_move, epoch, proc):  # pragma: no cover - jitted
         """Whether page ``p`` began the epoch away from processor ``proc``'s node: it is there
         now only if it moved at this epoch's start (``last_move``)."""
@@ -156,7 +193,7 @@ def kernels() -> dict:
 
     @njit(cache=True, nogil=True)
     def observe(pages, by_proc, last_move, moved, acc, acc_at, since, touches, burst, total,
-                peak, dtab, epoch, min_epochs, rp, node, proc, cohort, dsince, run,
+                peak, dtab, epoch, min_epochs, rp, node, proc, cohort, vsince, vol,
                 evidence):  # pragma: no cover - jitted
         """``AccessCounter.observe``'s per-page counts for the epoch's pages (sectors
         ``by_proc[k, processor]``): decayed sectors, touching epochs, running mean burst,
@@ -167,9 +204,11 @@ def kernels() -> dict:
         processor ``proc`` (node ``proc``): how many such pages of its region of ``rp`` pages
         it touched, those that fault together (a page whose ``last_move`` is this epoch moved
         at its start, from the other node; the pages come sorted: a region's are one run);
-        ``dsince[p]``: device-touching epochs since the CPU last touched ``p``, and ``run[p]``
-        the running mean of that count where a CPU touch ended it (wherever the page was:
-        a pattern of use, not of placement)."""
+        ``vsince[p]``: the device's sectors since the CPU last touched ``p``, and ``vol[p]``
+        the running mean of that count where a CPU touch ended it, the latest run weighing a
+        quarter (wherever the page was: a pattern of use, not of placement; an average over
+        several runs, since where their lengths vary the next run is as likely short as
+        long)."""
         n = pages.shape[0]
         k = 0
         while k < n:
@@ -210,14 +249,13 @@ def kernels() -> dict:
                 total[p, q] = tot
                 peak[p, q] = pk
                 evidence[k, q] = t >= min_epochs and tot >= (min_epochs - 0.5) * pk
-            if by_proc[k, 1] > 0:
-                dsince[p] += 1
+            vsince[p] += by_proc[k, 1]
             if by_proc[k, 0] > 0:
-                ds = dsince[p]
+                ds = vsince[p]
                 if ds > 0:
-                    r0 = run[p]
-                    run[p] = 0.5 * (r0 + ds) if r0 > 0 else ds
-                dsince[p] = 0
+                    r0 = vol[p]
+                    vol[p] = r0 + 0.25 * (ds - r0) if r0 > 0 else ds
+                vsince[p] = 0.0
             if stale or since[p] < 0:
                 since[p] = epoch
             acc_at[p] = epoch
@@ -281,17 +319,20 @@ def kernels() -> dict:
         return m
 
     @njit(cache=True, nogil=True)
-    def launch_scan(pages, first, sectors, burst, gain_dev, price, fault, cohort, run, dsince,
-                    node, preferred, flags, accessed_by, ready, launch, host, device, out_pull,
-                    out_gain, out_cand):  # pragma: no cover - jitted
+    def launch_scan(pages, first, sectors, burst, gain_dev, price, fault, cohort, vol, vsince,
+                    gain_cpu, home_move, fault_return, sweep, node, preferred, flags,
+                    accessed_by, ready, launch, host, device, out_pull, out_gain,
+                    out_cand):  # pragma: no cover - jitted
         """``AccessCounter.fault``'s one pass over a device launch's footprint (``sectors``
         its ``[k, processor, rw]``; ``first`` >= 0: the pages are the run ``first, first + 1,
         ...``, not read).  Of the pages on ``host`` that the device touches: those whose
-        previous burst saves more than ``price`` and their share of a ``fault`` (shared with
-        ``cohort[p, 1]`` pages, see ``observe``), not preferred on the host, not pinned, not
-        mapped remotely by the device, go to ``out_pull`` (their gain, burst times
-        ``gain_dev``, to ``out_gain``); with ``launch``, the others that the device touched
-        before and that are not ready yet go to ``out_cand`` (the launch rules judge them).
+        device sectors expected before the CPU's next touch (``dev_ahead``) save more than
+        ``price`` and what that touch then costs (``cpu_back``; for a page the CPU has not
+        come back to, a fault's share instead, shared with ``cohort[p, 1]`` pages, see
+        ``observe``), not preferred on the host, not pinned, not mapped remotely by the
+        device, go to ``out_pull`` (that gain to ``out_gain``); with ``launch``, the others
+        that the device touched before and that are not ready yet go to ``out_cand`` (the
+        launch rules judge them).
         Writes only where the outputs have room, and returns both counts either way: a first
         call with empty outputs sizes the second, and most launches find nothing, so they
         allocate nothing."""
@@ -305,8 +346,18 @@ def kernels() -> dict:
             b = burst[p, 1]
             if b <= 0.0 or sectors[k, 1, 0] + sectors[k, 1, 1] <= 0:
                 continue
-            g = b * gain_dev * dev_ahead(run, dsince, p)
-            if g > price + fault / cohort[p, 1]:
+            g = gain_dev * dev_ahead(vol, vsince, burst, p)
+            # beyond the move: where the CPU comes back between the device's runs, what its
+            # next touch then costs; else a fault's share (the device's fault over without
+            # launch promotion, else a margin for a way home not seen yet)
+            if vol[p] > 0.0:
+                bar = price + cpu_back(burst, cohort, p, gain_cpu, home_move, fault,
+                                       fault_return, sweep)
+                if not launch:
+                    bar += fault / cohort[p, 1]
+            else:
+                bar = price + fault / cohort[p, 1]
+            if g > bar:
                 if preferred[p] == host or (flags[p] & PINNED) != 0 or \
                         ((accessed_by[p] >> device) & 1):
                     continue

@@ -128,6 +128,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..runs import group_counts
 from . import _fused
 from .base import (CPU, DEV, DEVICE, HOST, Move, Policy, RateLimit, as_index, decay,
                    decay_table)
@@ -243,12 +244,13 @@ class AccessCounter(Policy):
         self._prev_r = np.zeros((ALLOC_SLOTS, 2), np.int64)
         self._burst = np.zeros((0, 2))           # sectors per touching epoch (running mean)
         # per processor: the pages of its region that were away from the processor with it
-        # when it last touched the page away, those that would fault with it
+        # when it last touched the page away, those that would fault with it (the CPU's: 0
+        # until seen, see _cpu_cohort)
         self._cohort = np.ones((0, 2), np.int32)
-        # device-touching epochs since the CPU last touched the page, and their running mean
+        # the device's sectors since the CPU last touched the page, and their running mean
         # where a CPU touch ended them: the device's use between the CPU's visits
-        self._dsince = np.zeros(0, np.int32)
-        self._run = np.zeros(0)
+        self._vsince = np.zeros(0)
+        self._vol = np.zeros(0)
         self._until = np.zeros(0, np.int64)      # back-off: no move before this epoch
         self._caught = np.zeros(0, np.int16)     # times caught thrashing (doubles the back-off)
         self._moved = np.zeros(0, np.int64)      # ctx.last_move seen, to restart the count
@@ -274,8 +276,10 @@ class AccessCounter(Policy):
         self._ready = ext(self._ready)
         self._seen = ext(self._seen, -2)
         self._burst, self._until = ext(self._burst), ext(self._until)
+        old = len(self._cohort)
         self._cohort = ext(self._cohort, 1)
-        self._dsince, self._run = ext(self._dsince), ext(self._run)
+        self._cohort[old:, CPU] = 0
+        self._vsince, self._vol = ext(self._vsince), ext(self._vol)
         self._caught, self._moved = ext(self._caught), ext(self._moved, -(1 << 40))
 
     def forget(self, lo: int, hi: int) -> None:
@@ -291,9 +295,10 @@ class AccessCounter(Policy):
             self._ready[lo:hi] = False
             self._seen[lo:hi] = -2
             self._burst[lo:hi] = 0.0
-            self._cohort[lo:hi] = 1
-            self._dsince[lo:hi] = 0
-            self._run[lo:hi] = 0.0
+            self._cohort[lo:hi, DEV] = 1
+            self._cohort[lo:hi, CPU] = 0
+            self._vsince[lo:hi] = 0.0
+            self._vol[lo:hi] = 0.0
             self._until[lo:hi] = 0
             self._caught[lo:hi] = 0
 
@@ -316,7 +321,7 @@ class AccessCounter(Policy):
             v, bp, ctx.last_move, self._moved, self._acc, self._acc_at, self._since,
             self._touches, self._burst, self._total, self._peak,
             decay_table(self.owed_halflife_epochs), ctx.epoch, self.min_epochs,
-            ctx.pages_per_region, ctx.node, ep.processor, self._cohort, self._dsince, self._run,
+            ctx.pages_per_region, ctx.node, ep.processor, self._cohort, self._vsince, self._vol,
             evidence)
         i = as_index(v)
         self._learn(i, ep, bp > 0, evidence, ctx.epoch)
@@ -378,17 +383,44 @@ class AccessCounter(Policy):
 
     # -- the rules -----------------------------------------------------------------------------
     def _dev_ahead(self, v: "slice | np.ndarray") -> np.ndarray:
-        """How many device-touching epochs pages ``v`` can expect before the CPU next touches
-        them: what is left of their usual run of device epochs between the CPU's touches, at
-        least one (a page the CPU has not touched: one)."""
-        return np.maximum(self._run[v] - self._dsince[v], 1.0)
+        """The device sectors pages ``v`` can expect before the CPU next touches them: what is
+        left of their usual run's sectors between the CPU's touches, at least one burst (a
+        page the CPU has not touched: one burst).  A running mean over runs, not the last
+        one: where run lengths vary, the next is as likely short as long."""
+        return np.maximum(self._vol[v] - self._vsince[v], self._burst[v, DEV])
+
+    def _cpu_cohort(self, v: "slice | np.ndarray") -> np.ndarray:
+        """The pages expected to come home with pages ``v`` when the CPU touches them on the
+        device: those seen doing so last time, else, before the CPU has touched a page there,
+        those that went over with it (a default of one would price a whole fault per page,
+        and a page so priced never goes over for the CPU to show otherwise)."""
+        c = self._cohort[v]
+        return np.where(c[:, CPU] > 0, c[:, CPU], c[:, DEV])
+
+    def _pull_margin(self, ctx: "PolicyContext", v: "slice | np.ndarray") -> np.ndarray:
+        """What a device pull of pages ``v`` (at a launch) must save beyond the move: for a
+        page the CPU comes back to between the device's runs, the CPU's next touch with the
+        page on the device (its burst, or a sweep, read remotely, or with fault-return the way
+        home if cheaper) and, without launch promotion, the device's fault over; for the
+        others a fault's share (the fault over, or a margin for a way home not seen yet)."""
+        fault = ctx.profile.fault
+        over = fault / self._cohort[v, DEV]
+        b = self._burst[v, CPU]
+        back = np.where(b > 0, b, self._sweep) * self._cpu_remote_gain
+        if self._cpu_returns:
+            back = np.minimum(back, self._price[HOST] + fault / self._cpu_cohort(v))
+        if not self.launch_promote:
+            back = back + over
+        return np.where(self._vol[v] > 0, back, over)
 
     def _cpu_epoch_cost(self, ctx: "PolicyContext", v: "slice | np.ndarray",
-                        burst_cpu: np.ndarray) -> np.ndarray:
+                        burst_cpu: np.ndarray, together: np.ndarray | None = None
+                        ) -> np.ndarray:
         """What one CPU-touching epoch of pages ``v`` costs with them on the device: the CPU's
         ``burst_cpu`` read remotely, or, with ``cpu_fault_return``, the way home (the move and
-        the page's share of the CPU's fault: see the cohorts) plus what the device then loses
-        (its next burst read remotely, or the move back, whichever is cheaper)."""
+        the page's share of the CPU's fault: see the cohorts; ``together``, where known, the
+        pages that come home with each) plus what the device then loses (its next burst read
+        remotely, or the move back, whichever is cheaper)."""
         remote = burst_cpu * self._cpu_remote_gain
         if not self._cpu_returns:
             return remote
@@ -397,7 +429,9 @@ class AccessCounter(Policy):
         if not self.launch_promote:       # else the move back is made at a launch: no fault
             back = back + fault / self._cohort[v, DEV]
         loss = self._burst[v, DEV] * self._gain[DEV]
-        home = self._price[HOST] + fault / self._cohort[v, CPU] + np.minimum(loss, back)
+        if together is None:
+            together = self._cpu_cohort(v)
+        home = self._price[HOST] + fault / together + np.minimum(loss, back)
         return np.minimum(remote, home)
 
     def net_value(self, ctx: "PolicyContext", v: np.ndarray, toward: int
@@ -504,8 +538,8 @@ class AccessCounter(Policy):
             not self.launch_promote, self._cpu_returns,
             self.break_even,
             factor * self._price[to], self.payback_epochs, wait_on, self._cpu_last, gap,
-            self._sweep, at_launch, self._total, self._peak, self.min_epochs, out_p, out_r,
-            out_w)
+            self._sweep, at_launch, self._total, self._peak, self.min_epochs, self._vol,
+            self._vsince, out_p, out_r, out_w)
         if nw and not at_launch:
             self._pending = np.union1d(self._pending, out_w[:nw])
         return out_p[:n], out_r[:n]
@@ -539,10 +573,10 @@ class AccessCounter(Policy):
             # CPU's last touch of it found on the device too); the way over too unless it is
             # made at a launch; the device's use, its bursts until the CPU is expected back
             ph = pages[h]
-            share = 1.0 / self._cohort[ph, CPU]
+            share = 1.0 / self._cpu_cohort(ph)
             if not self.launch_promote:
                 share = share + 1.0 / self._cohort[ph, DEV]
-            pays = self._burst[ph, DEV] * self._gain[DEV] * self._dev_ahead(ph) > \
+            pays = self._dev_ahead(ph) * self._gain[DEV] > \
                 self._price[DEVICE] + self._price[HOST] + ctx.profile.fault * share
             ok[h[pays]] = True
             hot[h[pays]] = False
@@ -621,12 +655,15 @@ class AccessCounter(Policy):
             v = v[ok]
             # the CPU's expected burst: its previous one on this page, else one full sweep;
             # bringing the page home pays if that burst read remotely would cost more than the
-            # way home plus what the device then loses.  Back-offs do not keep the CPU off a
-            # page it does not map (no thrash filter here).
+            # way home plus what the device then loses.  The pages that come home together
+            # are known here: this epoch's device pages of each region (the cohort, learnt
+            # after the fact, is not known before the CPU's first touch of a page away).
+            # Back-offs do not keep the CPU off a page it does not map (no thrash filter here).
             burst = self._burst[v, CPU]
             burst = np.where(burst > 0, burst, self._sweep)
             remote = burst * self._gain[CPU]
-            back = v[remote > self._cpu_epoch_cost(ctx, v, burst)]
+            _, region, count = group_counts(v // ctx.pages_per_region)
+            back = v[remote > self._cpu_epoch_cost(ctx, v, burst, count[region])]
             return [Move(back, HOST, "fault")] if len(back) else []
         # the device: pages whose bursts until the CPU's next touch pay for the move go; then the
         # launch's footprint may bring the evidence of reuse that others lacked
@@ -639,8 +676,9 @@ class AccessCounter(Policy):
             # NumPy passes below cost a page-sized temporary each, page faults included)
             k = _fused.kernels()["launch_scan"]
             args = (v, _run_start(i), sec, self._burst, self._gain[DEV], self._price[DEVICE],
-                    ctx.profile.fault, self._cohort, self._run, self._dsince, node, pref, flags,
-                    acc_by, self._ready, launch, HOST, DEVICE)
+                    ctx.profile.fault, self._cohort, self._vol, self._vsince,
+                    self._cpu_remote_gain, self._price[HOST], self._cpu_returns, self._sweep,
+                    node, pref, flags, acc_by, self._ready, launch, HOST, DEVICE)
             n_pull, n_cand = k(*args, v[:0], _NO_VALUES, v[:0])
             if n_pull == 0 and n_cand == 0:
                 return []
@@ -649,9 +687,9 @@ class AccessCounter(Policy):
             k(*args, pull, gain, cand)
         else:              # pages outside the tables (NumPy raises) or hand-made sectors
             b = self._burst[i, DEV]
-            gain = b * self._gain[DEV] * self._dev_ahead(i)
+            gain = self._gain[DEV] * self._dev_ahead(i)
             on = (node[i] == HOST) & (b > 0) & ep.touched_by(DEV)
-            over = on & (gain > self._price[DEVICE] + ctx.profile.fault / self._cohort[i, DEV])
+            over = on & (gain > self._price[DEVICE] + self._pull_margin(ctx, i))
             pull, gain = v[over], gain[over]
             p_ok = (pref[pull] != HOST) & ~ctx.pinned_at(pull) & \
                 ((acc_by[pull] & (1 << DEVICE)) == 0)
