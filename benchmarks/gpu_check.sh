@@ -47,8 +47,8 @@ rc_demo=$?
 # the policies live on the GPU, then the same runs on the CPU stand-in under the cuda space's
 # cpu_access (x86 + PCIe: a CPU touch faults a device page home): the modeled times should agree
 E2E_DIR="${OUTDIR:-$(mktemp -d)}"
-E2E=(--size 16MiB --profile h100-pcie,gh200 --workload pingpong,krylov,oversubscribe,stream_reuse,pipeline
-     --policy static,on_demand,access_counter)
+E2E=(--size 16MiB --profile h100-pcie,gh200 --policy static,on_demand,access_counter
+     --workload pingpong,krylov,oversubscribe,stream_reuse,pipeline)
 timeout 150 "$PY" "${CLI[@]}" bench --backend cuda "${E2E[@]}" --json "$E2E_DIR/bench_cuda.json"
 rc_e2e=$(( rc_demo || $? ))
 timeout 90 "$PY" "${CLI[@]}" bench --backend cpu "${E2E[@]}" --tunable cpu_access=migrate_on_cpu_fault \

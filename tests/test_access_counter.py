@@ -242,7 +242,10 @@ def test_fused_rule_matches_the_documented_rule():
     pol._peak[:] = rng.exponential(2000, (n, 2))
     pol._total[:] = pol._peak * rng.uniform(1.0, 3.0, (n, 2))
     pol._fast[:] = rng.random((n, 2)) < 0.3
-    pol._cohort[:] = rng.integers(1, 33, (n, 2))      # the fault shares of the CPU's costs
+    pol._cohort[:] = rng.integers(0, 33, (n, 2))      # the fault shares of the CPU's costs
+    pol._cohort[:, 1] = np.maximum(pol._cohort[:, 1], 1)  # (the CPU's: 0 until seen)
+    pol._vol[:] = np.where(rng.random(n) < 0.5, rng.exponential(8000, n), 0.0)
+    pol._vsince[:] = rng.exponential(6000, n)         # the device's use between CPU visits
     m = pol.min_epochs         # the state observe keeps: the evidence, or fast and touched
     pol._ready[:] = ((pol._touches >= m) & (pol._total >= (m - 0.5) * pol._peak)) | \
         (pol._fast & (pol._touches >= 1))
@@ -268,6 +271,12 @@ def test_fused_rule_matches_the_documented_rule():
         ok = (ctx.node == frm) & ready & \
             (mgr.last_move == pol._moved) & (pol._until <= ctx.epoch) & (want_rate > 0) & \
             ((value >= pol.break_even * price) | (want_rate * pol.payback_epochs >= price))
+        if proc == 1:      # a page the CPU takes home must pay that before the CPU is due
+            home = pol._price[0] + prof.fault / pol._cpu_cohort(pages)
+            cpu_b = pol._burst[:, 0]
+            due = (pol._vol > 0) & (pol._vsince < 2 * pol._vol) & \
+                (home < np.where(cpu_b > 0, cpu_b, pol._sweep) * pol._gain[0])
+            ok &= ~due | (pol._dev_ahead(pages) * pol._gain[1] > price + home)
         assert ok.sum() > 5 and (~ok).sum() > 5
         assert got.tolist() == pages[ok].tolist()
         assert np.allclose(rate, want_rate[ok], rtol=1e-12)

@@ -79,15 +79,19 @@ pages pay back that fast.
   (a cuda space on x86 + PCIe) there is no remote read to weigh: every CPU touch of a device
   page costs its way home, and the rules price it so.  The promotion rules count the CPU's
   accesses at the same cost, so a page the CPU also uses is judged on the net.
-* **device bursts**: a host page whose device bursts until the CPU is expected back (its
-  previous burst, times what is left of its usual run of device-touching epochs between the
-  CPU's touches: one for a page the CPU leaves alone) save more than a move and its share of
-  a fault moves when the next launch over it starts (cause ``access_counter``, no fault: the
-  footprint is known; with ``launch_promote=False`` the touch faults it over, cause
-  ``fault``), instead of being read remotely.  The fault's share
-  stays in the bar as a margin: the way home of such a page, when the CPU takes it, is a
-  fault (without it, ``krylov`` on ``gh200`` under ``migrate_on_cpu_fault`` pulled pages
-  whose burst paid for the move but not for the trip back, and fell behind ``static``).
+* **device bursts**: a host page whose device sectors until the CPU is expected back (what is
+  left of its usual run's sectors between the CPU's touches, a running mean per page; at
+  least one burst, the only measure for a page the CPU leaves alone) save more than a move
+  and a margin moves when the next launch over it starts (cause ``access_counter``, no fault:
+  the footprint is known; with ``launch_promote=False`` the touch faults it over, cause
+  ``fault``), instead of being read remotely.  The margin, for a page the CPU comes back to,
+  is what the CPU's next touch then costs (its way home, or its remote read); for the
+  others, a fault's share: the way home of such a page, when the CPU takes it, is a fault
+  (without it, ``krylov`` on ``gh200`` under ``migrate_on_cpu_fault`` pulled pages whose burst
+  paid for the move but not for the trip back, and fell behind ``static``).  Where the CPU's
+  touch takes pages home (fault-return), the promotion rules above also ask a page the CPU
+  comes back to to pay its move and its way home with the sectors expected before the CPU is
+  due (not once the CPU is overdue by a whole run).
   Here and in the thrash exemption below a page's share of a fault is the fault over the
   pages of its region that were away from the processor with it the last time the processor
   touched it away, those that would fault with it (the manager prices one fault per faulting
@@ -104,8 +108,8 @@ Real systems fight three failure modes, and so does this policy:
   ``thrash_moves`` times within the manager's thrash window is left where it is, mapped
   remotely, for ``backoff_epochs`` epochs (doubling each time it is caught again), whatever
   moved it (counters or faults), unless the device's use of it until the CPU is expected
-  back (its burst times what is left of its usual run between the CPU's touches) saves more
-  than its way over and back, its fault shares included (a CG search direction the device
+  back (the sectors left of its usual run between the CPU's touches) saves more than its way
+  over and back, its fault shares included (a CG search direction the device
   reads many times per product and the CPU updates in between, or a page the device reads
   for eight launches between the CPU's visits: ping-pong that pays is not thrashing);
   demotions need ``hysteresis`` times more net rent than promotions;
@@ -634,9 +638,9 @@ class AccessCounter(Policy):
     def fault(self, ctx: "PolicyContext", ep: "Epoch") -> list[Move]:
         """Moves when an epoch starts (see the module docs): a CPU touch of a device page
         faults it home where that pays (``cpu_fault_return``); a device launch moves the host
-        pages of its footprint whose device bursts until the CPU is expected back
-        (:meth:`_dev_ahead`) save more than the move and a fault's share, and those it makes
-        ready that pass the promotion rules (``launch_promote``)."""
+        pages of its footprint whose device sectors until the CPU is expected back
+        (:meth:`_dev_ahead`) save more than the move and :meth:`_pull_margin`, and those it
+        makes ready that pass the promotion rules (``launch_promote``)."""
         v = ep.vpns
         if len(v) == 0:
             return []
@@ -665,8 +669,8 @@ class AccessCounter(Policy):
             _, region, count = group_counts(v // ctx.pages_per_region)
             back = v[remote > self._cpu_epoch_cost(ctx, v, burst, count[region])]
             return [Move(back, HOST, "fault")] if len(back) else []
-        # the device: pages whose bursts until the CPU's next touch pay for the move go; then the
-        # launch's footprint may bring the evidence of reuse that others lacked
+        # the device: pages whose use until the CPU's next touch pays for the move go; then
+        # the launch's footprint may bring the evidence of reuse that others lacked
         node, pref, flags, acc_by = ctx.node, ctx.preferred, ctx.flags, ctx.accessed_by
         sec = ep.sectors
         launch = self.launch_promote
