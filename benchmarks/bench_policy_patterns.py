@@ -10,6 +10,9 @@ kernels), 64 KiB pages, two 2 MiB regions:
   ``launches`` launches in a row, then the CPU sweeps the whole region; 12 times.  Whether
   moving the three pages for each run of launches pays depends on the run's length (the CPU's
   sweep faults them home on PCIe);
+* **varied runs**: as *runs*, but each of 24 rounds draws its run length from a small set
+  ((1, 8), (1, 1, 1, 12), (1, 2, 16), (1, 15), (2, 6), (1, 1, 30)), with 2-10 sweeps per
+  launch on 1, 3 or 32 pages; 144 traces;
 * **random**: ``--cases`` random alternations of device launches and CPU epochs: random page
   sets for each (overlapping or not), device bursts of 0.5 to 40 sweeps, CPU bursts of 0.05 to
   2, runs of 1 to 8 launches between CPU epochs (a CPU epoch is skipped one time in five),
@@ -51,6 +54,28 @@ def runs_case(launches: int, burst: int) -> list:
         ep += [("device", {p: burst * SWEEP for p in range(3)})] * launches
         ep.append(("cpu", {p: SWEEP for p in range(32)}))
     return ep
+
+
+VARIED = ((1, 8), (1, 1, 1, 12), (1, 2, 16), (1, 15), (2, 6), (1, 1, 30))
+
+
+def varied_case(dist: tuple, burst: int, npg: int, seed: int) -> list:
+    rng = np.random.default_rng([seed, burst, npg, len(dist)])
+    ep = []
+    for _ in range(24):
+        ep += [("device", {p: burst * SWEEP for p in range(npg)})] * int(rng.choice(dist))
+        ep.append(("cpu", {p: SWEEP for p in range(32)}))
+    return ep
+
+
+def ratios(cases: list, npages: int, prof: str, params: dict) -> np.ndarray:
+    """``[ac / better of static and on_demand, ac / oracle]`` per trace of ``cases``."""
+    out = []
+    for ep in cases:
+        t = times(ep, npages, prof, params)
+        out.append((t["access_counter"] / min(t["static"], t["on_demand"]),
+                    t["access_counter"] / t["oracle"]))
+    return np.array(out).reshape(-1, 2)
 
 
 def random_case(seed: int, case: int) -> tuple[list, tuple]:
@@ -98,6 +123,13 @@ def main(argv: list[str] | None = None) -> int:
                              f"{t['access_counter'] / t['oracle']:.2f}"])
         print(f"## {prof}: runs (us; ratio of access_counter)\n")
         print(table(["launches", "burst", *POLICIES, "ac/best", "ac/oracle"], rows))
+        vr = ratios([varied_case(d, b, n, sd) for d in VARIED for b in (2, 3, 5, 10)
+                     for n in (1, 3, 32) for sd in (0, 1)], 32, prof, params)
+        print(f"\n## {prof}: {len(vr)} varied runs\n")
+        print(f"access_counter / the better of static and on_demand: geometric mean "
+              f"{np.exp(np.log(vr[:, 0]).mean()):.3f}, worst {vr[:, 0].max():.2f}, "
+              f"> 1.1: {(vr[:, 0] > 1.1).sum()}; / oracle: geometric mean "
+              f"{np.exp(np.log(vr[:, 1]).mean()):.3f}")
         res = []
         for c in range(a.cases):
             ep, desc = random_case(a.seed, c)
