@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
-from .counters import _is_basic_key, count_host
+from .counters import (_is_basic_key, count_footprints, count_host, fault_host_ahead,
+                       host_footprints)
 
 if TYPE_CHECKING:
     from .space import Allocation, Space
@@ -104,19 +105,23 @@ def _host_accesses(reads: list, writes: list, key: Any = _WHOLE) -> Iterator[Non
     migrations of their pages) and count the CPU traffic (:mod:`ccadgpu.counters`): ``reads``
     are read, ``writes`` written, an array in both read and written; with ``key``, only the
     elements ``writes[0][key]`` are (an indexed store)."""
+    ops = []
+    for i, a in enumerate(writes):
+        if buffer_of(a) is not None:
+            mode = "rw" if any(a is r for r in reads) else "w"
+            ops.append((a, mode, key if (i == 0 and key is not _WHOLE) else None))
+    for a in reads:
+        if not any(a is w for w in writes) and buffer_of(a) is not None:
+            ops.append((a, "r", None))
+    groups = host_footprints(ops) if ops else []
+    # faults first: the pages come home before the writers below hold them in place
+    fault_host_ahead(groups)
     with contextlib.ExitStack() as stack:
-        ops = []
-        for i, a in enumerate(writes):
+        for a in writes:
             buf = buffer_of(a)
             if buf is not None:
                 stack.enter_context(buf.space._writing(a))
-                mode = "rw" if any(a is r for r in reads) else "w"
-                ops.append((a, mode, key if (i == 0 and key is not _WHOLE) else None))
-        for a in reads:
-            if not any(a is w for w in writes) and buffer_of(a) is not None:
-                ops.append((a, "r", None))
-        if ops:
-            count_host(ops)
+        count_footprints(groups)
         yield
 
 

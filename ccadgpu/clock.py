@@ -222,14 +222,17 @@ class Clock:
     and accumulates modeled (and wall) seconds.
 
     ``elapsed`` is the modeled time of everything priced so far; ``by_kind`` splits it into
-    ``"kernel"``, ``"host"`` and ``"migration"``."""
+    ``"kernel"``, ``"host"``, ``"migration"`` and ``"fault"`` (the profile's fault cost per
+    faulting region, for faults that ran before the accesses they served: tunable
+    ``faults_ahead``)."""
 
     def __init__(self, profile: Profile, nnodes: int = 2):
         self.profile = profile
         self._lock = threading.Lock()
         self.elapsed = 0.0
         self.wall = 0.0
-        self.by_kind: dict[str, float] = {"kernel": 0.0, "host": 0.0, "migration": 0.0}
+        self.by_kind: dict[str, float] = {"kernel": 0.0, "host": 0.0, "migration": 0.0,
+                                          "fault": 0.0}
         self._nnodes = nnodes
         self._bw = profile.bandwidth.tolist()
         self._lat = profile.latency.tolist()

@@ -306,9 +306,10 @@ def key_footprint(space: "Space", arr: np.ndarray, key: Any) -> Footprint:
     return page_histogram_footprint(space, arr, np.bincount(pages, minlength=n)[:n])
 
 
-def count_host(ops: list[tuple[np.ndarray, str, Any]]) -> None:
-    """Count CPU accesses ``(array, mode, key)`` (``key`` None: the whole array) seen by the
-    array protocols, one update per space.  Validates the arrays even when counting is off."""
+def host_footprints(ops: list[tuple[np.ndarray, str, Any]]) -> list[tuple[Any, list]]:
+    """The footprints of CPU accesses ``(array, mode, key)`` (``key`` None: the whole array)
+    seen by the array protocols, grouped by space: ``[(space, [(footprint, mode), ...])]``
+    (an empty list for a space that counts nothing).  Validates the arrays."""
     from .array import buffer_of
     by_space: dict[int, tuple[Any, list]] = {}
     for arr, mode, key in ops:
@@ -316,15 +317,41 @@ def count_host(ops: list[tuple[np.ndarray, str, Any]]) -> None:
         if buf is None:
             continue
         by_space.setdefault(id(buf.space), (buf.space, []))[1].append((arr, mode, key))
+    out = []
     for sp, items in by_space.values():
-        ctr = sp.counters
-        if not ctr.enabled:
+        if not sp.counters.enabled:
             for arr, _m, _k in items:
                 sp._resolve(arr)
+            out.append((sp, []))
             continue
-        fps = [(dense_footprint(sp, a) if k is None else key_footprint(sp, a, k), m)
-               for a, m, k in items]
-        ctr._host_footprints(fps)
+        out.append((sp, [(dense_footprint(sp, a) if k is None else key_footprint(sp, a, k), m)
+                         for a, m, k in items]))
+    return out
+
+
+def fault_host_ahead(groups: list[tuple[Any, list]]) -> None:
+    """Let each space fault the device pages these CPU accesses will touch home first, where
+    its manager would (tunable ``faults_ahead``); before the operation's writers register
+    (a migration skips pages being written)."""
+    for sp, fps in groups:
+        if fps:
+            sp._fault_ahead_host(fps)
+
+
+def count_footprints(groups: list[tuple[Any, list]]) -> None:
+    """Count the CPU accesses of :func:`host_footprints`, one update per space."""
+    for sp, fps in groups:
+        if fps:
+            sp.counters._host_footprints(fps)
+
+
+def count_host(ops: list[tuple[np.ndarray, str, Any]]) -> None:
+    """Count CPU accesses ``(array, mode, key)`` (``key`` None: the whole array) seen by the
+    array protocols, one update per space, their faults first (:func:`fault_host_ahead`).
+    Validates the arrays even when counting is off."""
+    groups = host_footprints(ops)
+    fault_host_ahead(groups)
+    count_footprints(groups)
 
 
 # --------------------------------------------------------------------------------------------
@@ -893,19 +920,28 @@ class AccessCounters:
             sp._resolve(arr)
             return
         fp = dense_footprint(sp, arr) if key is None else key_footprint(sp, arr, key)
+        sp._fault_ahead_host([(fp, mode)])
         self._host_footprints([(fp, mode)])
+
+    def _host_tally(self, items: list[tuple[Footprint, str]]) -> "Tally":
+        """The tally of one CPU operation's accesses, split local/remote by where its pages
+        are now (space lock held)."""
+        sp = self._space
+        b = TallyBuilder(self.local_nodes(), len(sp.nodes))
+        for fp, mode in items:
+            node = sp.pt.node[fp.vlo:fp.vhi].copy()
+            if "r" in mode:
+                b.add(CPU, READ, fp, node)
+            if "w" in mode:
+                b.add(CPU, WRITE, fp, node)
+        return b.build()
 
     def _host_footprints(self, items: list[tuple[Footprint, str]]) -> None:
         sp = self._space
-        b = TallyBuilder(self.local_nodes(), len(sp.nodes))
         with sp._cond:
-            for fp, mode in items:
-                node = sp.pt.node[fp.vlo:fp.vhi].copy()
-                if "r" in mode:
-                    b.add(CPU, READ, fp, node)
-                if "w" in mode:
-                    b.add(CPU, WRITE, fp, node)
-            t = b.build()
+            if sp._host_alone and self._host_open:
+                self._close_host_epoch()     # the operation before faulted: an epoch of its own
+            t = self._host_tally(items)
             if t.n == 0:
                 return
             modeled = sp.clock.tally_seconds(t.sectors_by_node(len(sp.nodes)), launch=False)

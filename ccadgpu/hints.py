@@ -60,6 +60,7 @@ def advise(space: "Space", arr: np.ndarray, preferred_location: Any = _UNSET,
         raise InvalidArgumentError(f"read_mostly must be True or False, got {read_mostly!r}")
     _, lo, hi = space._span_vpns(arr)
     with space._cond:
+        space.pt.gen += 1
         if pref is not None:
             space.pt.preferred[lo:hi] = pref
         if acc is not None:

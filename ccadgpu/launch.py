@@ -154,6 +154,11 @@ def execute(space: "Space", name: str, run: Callable[[bool], tuple[Any, Sequence
                 pre.append(indexed_footprint(space, a.array, a.index))
             else:
                 pre.append(None)
+    early = None
+    if counting and pre and all(fp is not None for fp in pre):
+        # every page is known before the kernel runs: its faults go first, as on hardware
+        early = space._fault_ahead_launch(
+            name, [(fp, a.rw, lo, n) for fp, a, (lo, n) in zip(pre, accesses, span)])
     dev = space.device
     with dev.running():
         with contextlib.ExitStack() as writers:
@@ -174,25 +179,31 @@ def execute(space: "Space", name: str, run: Callable[[bool], tuple[Any, Sequence
                 res = LaunchResult(name, value, -1, wall, math.nan)
                 dev.last_launch = res
                 return res
-            b = TallyBuilder(counters.local_nodes(), len(space.nodes))
-            hi_iter = iter(hists)
-            for a, fp, (lo, node) in zip(accesses, pre, spans):
-                if fp is None:
-                    try:
-                        h = next(hi_iter)
-                    except StopIteration:
-                        raise InvalidArgumentError(f"{name}: kernel returned fewer page "
-                                                   "histograms than it declared") from None
-                    fp = page_histogram_footprint(space, a.array, h)
-                b.add(DEVICE, a.rw, fp, node)
-            t = b.build()
+            ahead = ep = None
+            if early is not None:
+                ahead, ep, t, views = early
+                if not all(np.array_equal(v, node) for v, (_lo, node) in zip(views, spans)):
+                    ep = None                 # pages moved since: count where they are now
+            if ep is None:
+                b = TallyBuilder(counters.local_nodes(), len(space.nodes))
+                hi_iter = iter(hists)
+                for a, fp, (lo, node) in zip(accesses, pre, spans):
+                    if fp is None:
+                        try:
+                            h = next(hi_iter)
+                        except StopIteration:
+                            raise InvalidArgumentError(f"{name}: kernel returned fewer page "
+                                                       "histograms than it declared") from None
+                        fp = page_histogram_footprint(space, a.array, h)
+                    b.add(DEVICE, a.rw, fp, node)
+                t = b.build()
             with space._cond:
                 epoch = counters._next_launch_epoch()
                 modeled = space.clock.tally_seconds(t.sectors_by_node(len(space.nodes)),
                                                     launch=True)
                 nnot = counters._apply(t, epoch)
                 ids = t.alloc_ids(space.pt.alloc)
-                space._queue_epoch(epoch, name, DEVICE, t, wall, ids)
+                space._queue_epoch(epoch, name, DEVICE, t, wall, ids, ahead, ep)
                 space.clock.advance("kernel", modeled, wall)
                 rec = None
                 if space.trace._recording():

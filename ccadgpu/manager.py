@@ -16,8 +16,16 @@ epoch's accesses, plus one profile ``fault`` cost per faulting region (moves of 
 ``fault``); (2) the epoch's accesses, priced with the profile under the placement they then
 see; (3) per-page heat (decayed sectors) and access-counter notifications
 (:mod:`ccadgpu.notify`, the same logic as the hardware unit); (4) ``policy.epoch_end`` moves.
-On the CPU stand-in the kernel really ran before step (1)'s moves; the modeled clock is what
-says how the device would have fared.
+Live, step (1) runs *before* the accesses where they are known first (tunable
+``faults_ahead``, on by default; :meth:`MigrationManager.fault_ahead`): a launch whose
+declared accesses give its pages before its kernel runs, and a CPU operation over device pages
+that the manager would fault home (:meth:`MigrationManager.would_fault`), which then ends the
+open host epoch and is an epoch of its own.  The pages then really are where the faults put
+them when the kernel or the CPU touches them, as on hardware, so the space clock and the
+launch's counts agree with this model.  A launch with counts only its kernel knows (in-kernel
+page histograms) and CPU operations that join the open host epoch have their step (1) after
+the accesses ran, priced as if before.  A replay steps the recorded epochs in the same order
+and decides the same.
 
 **The manager's final say** (the thread: "the manager makes the final decision"): pinned pages
 never move; ``tunables.migration_enabled = False`` stops every policy move (R5); a preferred
@@ -59,6 +67,12 @@ register(Knob("cpu_access", str, "coherent",
               "device-private memory: the page returns to the host first).",
               lambda v: v in ("coherent", "migrate_on_cpu_fault"),
               "'coherent' or 'migrate_on_cpu_fault'"))
+register(Knob("faults_ahead", bool, True,
+              "Live spaces run the manager's moves at an epoch's start before its accesses: a "
+              "launch's (when its declared accesses give its pages before it runs) and a CPU "
+              "operation's over device pages the policy faults home (the operation is then an "
+              "epoch of its own).  False: they run after the accesses (which see the pages "
+              "where they were) and are priced as if before."))
 register(Knob("thrash_window_epochs", int, 8,
               "A page that moves again within this many epochs of its last move counts as "
               "ping-ponging (ctx.recent_moves; access_counter backs off such pages).",
@@ -97,6 +111,8 @@ class Epoch:
     #: when the epoch was queued
     alloc_ids: np.ndarray | None = None
     rec_node: np.ndarray | None = None
+    #: step (1), already run before the accesses (live, :meth:`MigrationManager.fault_ahead`)
+    ahead: "FaultsAhead | None" = None
 
     def touched_by(self, proc: int) -> np.ndarray:
         return self.by_proc[:, proc] > 0
@@ -400,6 +416,18 @@ class StepResult:
         return self.access_s + self.migrate_s + self.fault_s
 
 
+@dataclass
+class FaultsAhead:
+    """Step (1) of an epoch run before its accesses (:meth:`MigrationManager.fault_ahead`)."""
+    res: StepResult
+    faulted: np.ndarray
+    decide_s: float
+    extra_fault: float
+    step_s: float
+    #: the faults' modeled seconds (the step prices them again, the same)
+    fault_s: float
+
+
 class MigrationManager:
     """Runs ``policy`` over epochs against ``placement`` (see the module docs)."""
 
@@ -574,19 +602,14 @@ class MigrationManager:
         return np.concatenate(faulted) if faulted else np.zeros(0, np.int64)
 
     # -- one epoch ---------------------------------------------------------------------------------------
-    def step(self, ep: Epoch) -> StepResult:
-        """Run the manager over one epoch (see the module docs for the order)."""
-        t0 = time.perf_counter()
-        self._ensure()
-        ctx = self.ctx
-        prof = self.clock.profile
-        res = StepResult(ep.index, ep.kernel, ep.processor, 0.0, 0.0, 0.0, 0, 0, 0,
-                         wall_s=ep.wall)
+    def _fault_phase(self, ep: Epoch, res: StepResult) -> tuple[np.ndarray, float]:
+        """Step (1): the policy's moves when the epoch starts, the preferred locations and the
+        mandatory CPU faults, executed; returns the pages moved by faults and the decision
+        seconds.  ``self._extra_fault`` holds the faults the policy charged itself."""
         self._extra_fault = 0.0
         v = ep.vpns
-        # (1) fault time
         t_dec = time.perf_counter()
-        moves = list(self.policy.fault(ctx, ep))
+        moves = list(self.policy.fault(self.ctx, ep))
         if self.policy.name != "static" and len(v):
             # a preferred location is where a page goes when its processor touches it
             iv = as_index(v)
@@ -601,9 +624,66 @@ class MigrationManager:
             moves.append(Move(cpu[self.placement.node[cpu] == DEVICE], HOST, "fault",
                               mandatory=True))
         faulted = self._apply(moves, res)
-        decide = time.perf_counter() - t_dec
+        return faulted, time.perf_counter() - t_dec
+
+    def would_fault(self, ep: Epoch) -> bool:
+        """Whether step (1) of the CPU epoch ``ep`` may move pages, asked before its accesses
+        run (nothing changes): true when it touches device pages that must come home
+        (``migrate_on_cpu_fault``, a preferred location on the host) or that the policy may
+        fault home (:meth:`Policy.would_fault`)."""
+        self._ensure()
+        v = ep.vpns
+        if ep.processor != CPU or len(v) == 0 or self.policy.name == "static" and \
+                self.tunables.cpu_access != "migrate_on_cpu_fault":
+            return False
+        iv = as_index(v)
+        on_dev = (self.placement.node[iv] == DEVICE) & ep.touched_by(CPU)
+        if not on_dev.any():
+            return False
+        if self.tunables.cpu_access == "migrate_on_cpu_fault":
+            return True
+        if (self.placement.preferred()[iv][on_dev] == HOST).any():
+            return True
+        return bool(self.policy.would_fault(self.ctx, ep))
+
+    def fault_ahead(self, ep: Epoch) -> FaultsAhead:
+        """Run step (1) of ``ep`` now, before its accesses (live: a launch whose footprint is
+        known, a CPU operation that touches device pages): the pages move for real first, as
+        on hardware, where a fault precedes the access it serves.  Pass the result as
+        ``ep.ahead`` to :meth:`step`, which then goes on from step (2).  The manager must have
+        stepped every epoch before ``ep``, so that a replay of the trace decides the same."""
+        t0 = time.perf_counter()
+        self._ensure()
+        res = StepResult(self.ctx.epoch, ep.kernel, ep.processor, 0.0, 0.0, 0.0, 0, 0, 0,
+                         wall_s=ep.wall)
+        faulted, decide = self._fault_phase(ep, res)
+        return FaultsAhead(res, faulted, decide, self._extra_fault, time.perf_counter() - t0,
+                           self._fault_seconds(faulted))
+
+    def _fault_seconds(self, faulted: np.ndarray) -> float:
+        """The faults' cost: the profile's per faulting region, and what the policy charged."""
         n_regions = len(sorted_unique(faulted // self._rp)) if len(faulted) else 0
-        res.fault_s = n_regions * prof.fault + self._extra_fault
+        return n_regions * self.clock.profile.fault + self._extra_fault
+
+    def step(self, ep: Epoch) -> StepResult:
+        """Run the manager over one epoch (see the module docs for the order)."""
+        t0 = time.perf_counter()
+        self._ensure()
+        ctx = self.ctx
+        # (1) fault time: now, or already (ep.ahead, from fault_ahead)
+        ahead = ep.ahead
+        if ahead is None:
+            res = StepResult(ep.index, ep.kernel, ep.processor, 0.0, 0.0, 0.0, 0, 0, 0,
+                             wall_s=ep.wall)
+            faulted, decide = self._fault_phase(ep, res)
+            before = 0.0
+        else:
+            res, faulted, decide, before = ahead.res, ahead.faulted, ahead.decide_s, ahead.step_s
+            res.index, res.kernel, res.processor, res.wall_s = (ep.index, ep.kernel,
+                                                                  ep.processor, ep.wall)
+            self._extra_fault = ahead.extra_fault
+        v = ep.vpns
+        res.fault_s = self._fault_seconds(faulted)
         # (2) the accesses, under the placement they now see; (3) counters: heat, recency,
         # notifications (one fused pass over the pages, ccadgpu.upkeep)
         notes = upkeep.account_epoch(self, ep, self.placement.seen_by(ep.processor, v), res)
@@ -620,7 +700,7 @@ class MigrationManager:
         if self.record_history:
             self._history.append(self.placement.node.copy())
         self._decide_s += decide - res.migrate_wall_s      # the policy and the manager's say
-        self._step_s += time.perf_counter() - t0 - res.migrate_wall_s
+        self._step_s += time.perf_counter() - t0 + before - res.migrate_wall_s
         return res
 
     def forget(self, lo: int, hi: int) -> None:

@@ -105,6 +105,7 @@ def repoint(sp: "Space", mv: np.ndarray, src_nodes: np.ndarray, src_frames: np.n
     (:func:`notify`) once the move is complete."""
     pt = sp.pt
     pt.node[mv] = target
+    pt.gen += 1
     pt.frame[mv] = dst_frames
     for n in np.unique(src_nodes).tolist():
         sp.nodes[n].give(src_frames[src_nodes == n], release=drop_host and n == HOST)

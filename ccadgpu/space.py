@@ -192,6 +192,14 @@ class Space:
         from .manager import LivePlacement, MigrationManager
         self._mq: list[Any] = []                 # epochs waiting for the manager
         self._host_tallies: list[Any] = []       # CPU accesses of the open host epoch
+        #: the open host epoch is one CPU operation whose faults ran first (it closes before
+        #: the next operation), and those faults (tunable faults_ahead)
+        self._host_alone = False
+        self._host_ahead: Any = None
+        #: dense CPU operations the manager would not fault, while nothing has changed since
+        #: (the manager's epoch and the page table's generation)
+        self._no_faults: set[tuple] = set()
+        self._no_faults_at: tuple[int, int] = (-1, -1)
         self._mlock = threading.Lock()
         self._mowner: int | None = None          # the thread stepping the manager
         self._forget_q: list[tuple[int, int]] = []   # freed ranges the manager must forget
@@ -444,6 +452,7 @@ class Space:
             self.pt.ensure(self.va.high_water)
             vs = slice(vstart, vstart + npages)
             self.pt.node[vs] = nodes
+            self.pt.gen += 1
             self.pt.frame[vs] = frames
             self.pt.flags[vs] = ptf.PINNED if pinned else 0
             alloc = Allocation(self._next_id, vstart, npages, nbytes, shp, dt,
@@ -775,12 +784,16 @@ class Space:
         same pages."""
         if mode not in ("r", "w", "rw"):
             raise InvalidArgumentError(f"host_access mode must be 'r', 'w' or 'rw', got {mode!r}")
+        from .counters import count_footprints, fault_host_ahead, host_footprints
+        self._resolve(arr)                   # this space's, not freed: or it raises here
+        groups = host_footprints([(arr, mode, None)])
+        fault_host_ahead(groups)             # before the writer holds the pages in place
         if "w" not in mode:
-            self.counters.host(arr, mode)
+            count_footprints(groups)
             yield arr.view(np.ndarray)
             return
         with self._writing(arr):
-            self.counters.host(arr, mode)
+            count_footprints(groups)
             yield arr.view(np.ndarray)
 
     @contextlib.contextmanager
@@ -849,22 +862,125 @@ class Space:
         return _hints.hints(self, arr)
 
     # -- the migration manager ---------------------------------------------------------------------
+    def _epoch_of(self, epoch: int, kernel: str, processor: int, tally: Any,
+                  wall: float) -> Any:
+        from .manager import Epoch
+        return Epoch(0, epoch, kernel, processor, np.asarray(tally.vpns, np.int64),
+                     np.asarray(tally.sectors, np.int64), processor == DEVICE, wall)
+
     def _queue_epoch(self, epoch: int, kernel: str, processor: int, tally: Any,
-                     wall: float, ids: Any = None) -> None:
+                     wall: float, ids: Any = None, ahead: Any = None, ep: Any = None) -> None:
         """Hand a finished epoch to the manager (space lock held); it runs in
         :meth:`_run_manager`, outside every lock and writer section.  Each page's allocation
         and node are captured now, so that pages freed (and perhaps reused) before the manager
         gets to the epoch are recognised (``ids``: ``tally.alloc_ids`` if the caller has
-        them)."""
-        from .manager import Epoch
+        them).  ``ahead``: its step (1), already run (:meth:`_faults_ahead`); ``ep``: the
+        epoch it ran on, when made from this same tally."""
         if tally.n:
-            ep = Epoch(0, epoch, kernel, processor, np.asarray(tally.vpns, np.int64),
-                       np.asarray(tally.sectors, np.int64), processor == DEVICE, wall)
+            if ep is None:
+                ep = self._epoch_of(epoch, kernel, processor, tally, wall)
+            else:
+                ep.epoch, ep.wall = epoch, wall
             ep.alloc_ids = tally.expand_alloc(tally.alloc_ids(self.pt.alloc) if ids is None
                                               else ids)
             ep.rec_node = np.asarray(tally.node, np.int8)
+            ep.ahead = ahead
             self._touched(ep.alloc_ids, epoch)
             self._mq.append(ep)
+
+    # -- faults before the accesses they serve (tunable faults_ahead) ----------------------------
+    def _may_fault_ahead(self) -> bool:
+        """Whether the manager's faults may run now, on this thread: not inside a migration (a
+        migrate listener holds the space lock) nor the manager's own step."""
+        return (self.tunables.faults_ahead and not self.closed and
+                not self._cond._is_owned() and self._mowner != threading.get_ident())
+
+    def _faults_ahead(self, ep: Any) -> Any:
+        """Step every epoch before ``ep`` (the open host epoch ends here), then run ``ep``'s
+        step (1) now: its moves happen before its accesses, and a replay of the trace decides
+        the same, since it steps the same epochs in the same order.  Returns the
+        :class:`~ccadgpu.manager.FaultsAhead` for ``ep.ahead`` (None if the policy failed)."""
+        with self._cond:
+            self.counters._close_host_epoch()
+        self._run_manager(wait=True)
+        with self._mlock:
+            self._mowner = threading.get_ident()
+            try:
+                ahead = self.manager.fault_ahead(ep)
+                self.clock.advance("fault", ahead.fault_s)    # the access waited for them
+                return ahead
+            except Exception as exc:  # noqa: BLE001 - a policy must not break the access
+                self.vmstat.add(manager_errors=1)
+                warnings.warn(f"migration manager failed on the faults of {ep.kernel}: "
+                              f"{exc!r}", RuntimeWarning, stacklevel=3)
+                return None
+            finally:
+                self._mowner = None
+
+    def _fault_ahead_host(self, fps: list) -> None:
+        """A CPU operation over ``fps`` (footprint, mode) is about to run: where it touches
+        device pages that the manager would fault home, it becomes a host epoch of its own and
+        those faults run first (the pages come home before the CPU reads them); otherwise it
+        joins the open host epoch, and reads device pages remotely."""
+        m = self.manager
+        if not self._may_fault_ahead() or (m.policy.name == "static" and
+                                            self.tunables.cpu_access != "migrate_on_cpu_fault"):
+            return
+        dev = self.device.id
+        with self._cond:
+            if not any(((self.pt.node[fp.vlo:fp.vhi] == dev) & (fp.nbytes > 0)).any()
+                       for fp, _ in fps):
+                return
+            # the answer cannot change until the manager steps or a page moves (a loop of
+            # CPU operations over device pages the CPU reads remotely asks once)
+            stamp = (m.ctx.epoch, self.pt.gen)
+            if stamp != self._no_faults_at:
+                self._no_faults, self._no_faults_at = set(), stamp
+            key = tuple((fp.vlo, fp.vhi, mode) for fp, mode in fps) \
+                if all(fp.is_full() for fp, _ in fps) else None
+            if key is not None and key in self._no_faults:
+                return
+            ep = self._epoch_of(self.counters.epoch, "host", 0,
+                                self.counters._host_tally(fps), float("nan"))
+        with self._mlock:
+            self._mowner = threading.get_ident()
+            try:
+                would = m.would_fault(ep)
+            except Exception:  # noqa: BLE001 - the epoch's own step will report it
+                would = False
+            finally:
+                self._mowner = None
+        if not would:
+            with self._cond:
+                if key is not None and stamp == (m.ctx.epoch, self.pt.gen):
+                    self._no_faults.add(key)
+            return
+        ahead = self._faults_ahead(ep)
+        with self._cond:
+            if not self.counters._host_open:      # the operation opens the next host epoch
+                self._host_alone, self._host_ahead = True, ahead
+
+    def _fault_ahead_launch(self, name: str, footprints: list) -> Any:
+        """A launch over ``footprints`` ((footprint, rw, first vpn, pages) of each declared
+        access, all known before the kernel runs) is about to start: run its faults now
+        (:meth:`_faults_ahead`).  Returns None, or (faults, its epoch, the tally and the
+        device's view of each access it was made with): the launch's own tally when no page
+        has moved since."""
+        if not self._may_fault_ahead() or self.manager.policy.name == "static" or \
+                self.device.state != "online":
+            return None
+        from .counters import TallyBuilder
+        b = TallyBuilder(self.counters.local_nodes(), len(self.nodes))
+        views = []
+        with self._cond:
+            for fp, rw, lo, n in footprints:
+                views.append(self._device_view(lo, lo + n))
+                b.add(DEVICE, rw, fp, views[-1])
+        t = b.build()
+        if t.n == 0:
+            return None
+        ep = self._epoch_of(self.counters.epoch, name, DEVICE, t, float("nan"))
+        return self._faults_ahead(ep), ep, t, views
 
     def _device_view(self, lo: int, hi: int) -> np.ndarray:
         """Node of pages ``[lo, hi)`` as the device sees them: a read-mostly page with a device
@@ -885,7 +1001,8 @@ class Space:
         from .counters import merge_tallies
         parts, self._host_tallies = self._host_tallies, []
         t = merge_tallies([p[0] for p in parts])
-        self._queue_epoch(epoch, "host", 0, t, float("nan"))
+        ahead, self._host_alone, self._host_ahead = self._host_ahead, False, None
+        self._queue_epoch(epoch, "host", 0, t, float("nan"), ahead=ahead)
         # a page counts as the same page only if one allocation held it throughout
         v = np.concatenate([np.asarray(p[0].vpns, np.int64) for p in parts])
         ids = np.concatenate([p[1] for p in parts]).astype(np.int64)

@@ -8,9 +8,9 @@ intermediate stage lives on the device (``advise(preferred_location="device")``)
 batch is prefetched to the device before the transforms and the result to the host before the
 CPU consumes it (``prefetch``).  The table compares bytes moved and time, per policy, with and
 without the hints: *modeled ms* by the space clock (accesses charged where the pages were when
-each operation ran), *manager ms* by the migration manager (faults priced at first touch, as
-``ccadgpu bench`` reports; the user's own moves, the hints' prefetches, are not in it; see the
-README's *What is still weak*).
+each operation ran, migrations, and faults, which run before the accesses they serve),
+*manager ms* by the migration manager (as ``ccadgpu bench`` reports; the user's own moves, the
+hints' prefetches, are not in it; see the README's *What is still weak*).
 
     python examples/pipeline.py [--mib 8] [--batches 6] [--profiles h100-pcie,gh200]
 """

@@ -62,7 +62,7 @@ for policy in args.policies.split(","):
         assert info == 0, f"{policy}: cg did not converge (info={info})"
         assert np.allclose(x, x_ref, rtol=1e-6, atol=1e-8), f"{policy}: another solution"
 
-print(f"\nprofile {args.profile}; modeled = kernels + CPU work on managed memory + migrations")
+print(f"\nprofile {args.profile}; modeled = kernels + CPU work on managed memory + migrations + faults")
 print(f"{'policy':15s} {'matvecs':>7s} {'wall s':>7s} {'modeled ms':>10s} {'matrix MiB':>10s} "
       f"{'vector MiB':>10s} {'matrix on dev':>13s} {'max|x-x_ref|':>12s}")
 for pol, info, mv, wall, modeled, mm, vm, dev, tot, err in rows:

@@ -228,8 +228,10 @@ def test_freed_pages_wait_for_the_managers_step():
     epoch is decided and priced with the pages where they were when touched (as a replay of the
     trace is), and no new array lands on them meanwhile."""
     import gc
+    # faults_ahead off: the CPU's read then leaves the pages on the device (its fault is
+    # decided when the manager steps the epoch), the case where they must wait
     with ccadgpu.Space(device_memory=16 * PS, page_size=PS, profile="h100-pcie",
-                       policy="on_demand") as sp:
+                       policy="on_demand", faults_ahead=False) as sp:
         a = sp.asarray(np.ones(4 * F), placement="device")
         a.sum()                          # the CPU reads device pages: an open host epoch
         va = sp.allocation_of(a).vstart
@@ -274,7 +276,8 @@ def test_freed_and_reused_pages_are_not_acted_on():
     dead pages of an array that died) are priced where they were, and never acted on: the
     array that reuses their range is not moved."""
     import gc
-    with ccadgpu.Space(device_memory=16 * PS, page_size=PS, policy="on_demand") as sp:
+    with ccadgpu.Space(device_memory=16 * PS, page_size=PS, policy="on_demand",
+                       faults_ahead=False) as sp:    # (or the read would fault them home)
         a = sp.asarray(np.ones(4 * F), placement="device")
         a.sum()                                      # a host epoch over a's pages, still open
         va = sp.allocation_of(a).vstart

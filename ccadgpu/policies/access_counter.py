@@ -635,6 +635,33 @@ class AccessCounter(Policy):
             moves.append(Move(up, DEVICE, cause))
         return moves
 
+    def _cpu_home(self, ctx: "PolicyContext", ep: "Epoch") -> np.ndarray:
+        """The device pages of the CPU epoch ``ep`` that its touch faults home (changes
+        nothing)."""
+        v = ep.vpns
+        if not self.cpu_fault_return or len(v) == 0 or v[-1] >= len(self._until):
+            return v[:0]
+        ok = ctx.node[as_index(v)] == DEVICE
+        if not ok.any():
+            return v[:0]
+        ok &= ep.touched_by(CPU)
+        v = v[ok]
+        # the CPU's expected burst: its previous one on this page, else one full sweep;
+        # bringing the page home pays if that burst read remotely would cost more than the
+        # way home plus what the device then loses.  The pages that come home together
+        # are known here: this epoch's device pages of each region (the cohort, learnt
+        # after the fact, is not known before the CPU's first touch of a page away).
+        # Back-offs do not keep the CPU off a page it does not map (no thrash filter here).
+        burst = self._burst[v, CPU]
+        burst = np.where(burst > 0, burst, self._sweep)
+        remote = burst * self._gain[CPU]
+        _, region, count = group_counts(v // ctx.pages_per_region)
+        return v[remote > self._cpu_epoch_cost(ctx, v, burst, count[region])]
+
+    def would_fault(self, ctx: "PolicyContext", ep: "Epoch") -> bool:
+        self._grow(ctx.npages)
+        return len(self._cpu_home(ctx, ep)) > 0
+
     def fault(self, ctx: "PolicyContext", ep: "Epoch") -> list[Move]:
         """Moves when an epoch starts (see the module docs): a CPU touch of a device page
         faults it home where that pays (``cpu_fault_return``); a device launch moves the host
@@ -650,24 +677,7 @@ class AccessCounter(Policy):
         proc = ep.processor
         i = as_index(v)
         if proc == CPU:
-            if not self.cpu_fault_return:
-                return []
-            ok = ctx.node[i] == DEVICE
-            if not ok.any():
-                return []
-            ok &= ep.touched_by(CPU)
-            v = v[ok]
-            # the CPU's expected burst: its previous one on this page, else one full sweep;
-            # bringing the page home pays if that burst read remotely would cost more than the
-            # way home plus what the device then loses.  The pages that come home together
-            # are known here: this epoch's device pages of each region (the cohort, learnt
-            # after the fact, is not known before the CPU's first touch of a page away).
-            # Back-offs do not keep the CPU off a page it does not map (no thrash filter here).
-            burst = self._burst[v, CPU]
-            burst = np.where(burst > 0, burst, self._sweep)
-            remote = burst * self._gain[CPU]
-            _, region, count = group_counts(v // ctx.pages_per_region)
-            back = v[remote > self._cpu_epoch_cost(ctx, v, burst, count[region])]
+            back = self._cpu_home(ctx, ep)
             return [Move(back, HOST, "fault")] if len(back) else []
         # the device: pages whose use until the CPU's next touch pays for the move go; then
         # the launch's footprint may bring the evidence of reuse that others lacked

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .base import DEV, DEVICE, HOST, Move, Policy, RateLimit
+from .base import CPU, DEV, DEVICE, HOST, Move, Policy, RateLimit
 
 if TYPE_CHECKING:
     from ..manager import Epoch, PolicyContext
@@ -74,6 +74,15 @@ class AutoNuma(Policy):
         if target == DEVICE and len(cand):
             cand = self._rate.admit(ctx.now, cand, ctx.page_size)
         return [Move(cand, target, "fault")] if len(cand) else []
+
+    def would_fault(self, ctx: "PolicyContext", ep: "Epoch") -> bool:
+        # fault()'s test for the CPU, without unmarking anything
+        v = ep.vpns
+        v = v[v < len(self._marked)]
+        f = v[~np.isnan(self._marked[v])]
+        hot = (ctx.now - self._marked[f]) <= self.hot_threshold_s
+        ok = (self._last[f] == CPU) if self.two_stage_filter else np.ones(len(f), bool)
+        return bool((hot & ok & (ctx.node[f] != HOST)).any())
 
     def epoch_end(self, ctx: "PolicyContext", ep: "Epoch", notes: np.ndarray) -> list[Move]:
         if (ctx.epoch + 1) % self.scan_period_epochs:

@@ -111,6 +111,15 @@ class Policy:
         should not depend on them."""
         return []
 
+    def would_fault(self, ctx: "PolicyContext", ep: "Epoch") -> bool:
+        """Whether :meth:`fault` may move pages of the CPU epoch ``ep``, asked live before a CPU
+        operation over device pages runs; it must change nothing.  True makes the operation an
+        epoch of its own whose faults run first (the pages come home before the CPU reads
+        them, as on hardware); a policy that says False where it would move pages has them
+        read remotely live and brought home afterwards (the manager still prices the epoch as
+        if they had faulted first).  By default: whether the policy has a :meth:`fault`."""
+        return type(self).fault is not Policy.fault
+
     def observe(self, ctx: "PolicyContext", ep: "Epoch") -> None:
         """Update the policy's own per-page counters from the epoch (called before
         :meth:`epoch_end`; accounted as counter upkeep, not as decision time)."""

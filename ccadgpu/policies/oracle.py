@@ -201,6 +201,9 @@ class Oracle(Policy):
     def params(self) -> dict:
         return {"lower_bound": self.schedule.lower_bound, "lambda": self.schedule.lam}
 
+    def would_fault(self, ctx: "PolicyContext", ep: "Epoch") -> bool:
+        return False        # its moves follow the recorded epochs: splitting one would shift them
+
     def fault(self, ctx: "PolicyContext", ep: "Epoch") -> list[Move]:
         s = self.schedule
         if ctx.epoch >= len(s.on_device):

@@ -44,6 +44,13 @@ class FirstTouch(Policy):
         new = new[ctx.node[new] != target]
         return [Move(new, target, "fault")] if len(new) else []
 
+    def would_fault(self, ctx: "PolicyContext", ep: "Epoch") -> bool:
+        v = ep.vpns
+        seen = np.zeros(len(v), bool)
+        known = v < len(self._seen)
+        seen[known] = self._seen[v[known]]
+        return bool((ctx.node[v[~seen]] != HOST).any())
+
 
 class OnDemand(Policy):
     """Fault-driven migration, like default CUDA unified memory without hints: a device touch of
@@ -79,6 +86,10 @@ class OnDemand(Policy):
             if len(down):
                 moves.append(Move(down, HOST, "fault"))
         return moves
+
+    def would_fault(self, ctx: "PolicyContext", ep: "Epoch") -> bool:
+        v = ep.vpns[ep.touched_by(CPU)]
+        return self.cpu_faults and bool((ctx.node[v] == DEVICE).any())
 
     def victims(self, ctx: "PolicyContext", need: int, exclude: np.ndarray) -> np.ndarray:
         cand = ctx.evictable(exclude)

@@ -1,0 +1,229 @@
+"""Faults before the accesses they serve (tunable ``faults_ahead``, on by default).
+
+A live space runs the manager's step (1) of an epoch before its accesses where it knows them
+first: a launch whose declared accesses give its pages, and a CPU operation over device pages
+that the manager would fault home (which then becomes a host epoch of its own).  So the
+accesses see the pages where the faults put them (the space clock and the launch's counts
+agree with the manager's model), and a replay of the trace still reproduces the live run.
+"""
+import os
+
+import numpy as np
+import pytest
+
+import ccadgpu
+from ccadgpu import ops
+from ccadgpu.errors import DeviceOfflineError, FreedArrayError
+from ccadgpu.manager import CPU
+from ccadgpu.policies import make_policy
+from ccadgpu.replay import replay
+from ccadgpu.workloads import WORKLOADS
+
+PS = 64 << 10
+F = PS // 8
+
+
+def remote(rec):
+    return sum(v for k, v in rec.bytes_by().items() if k.endswith("_remote"))
+
+
+def space(policy="on_demand", profile="h100-pcie", **kw):
+    return ccadgpu.Space(device_memory=64 * PS, page_size=PS, profile=profile, policy=policy,
+                         **kw)
+
+
+@pytest.mark.parametrize("ahead", [True, False])
+def test_a_launch_faults_its_host_pages_over_before_its_kernel_runs(ahead):
+    with space(faults_ahead=ahead) as sp:
+        x = sp.asarray(np.arange(8 * F, dtype=np.float64))
+        y = sp.zeros(8 * F)
+        ops.scale(y, x, 2.0)
+        r = sp.device.last_launch
+        assert np.array_equal(np.asarray(y), 2.0 * np.arange(8 * F))
+        assert (sp.placement(x) == 1).all() and (sp.placement(y) == 1).all()
+        if ahead:                     # the kernel ran on device pages
+            assert r.bytes_remote == 0 and r.bytes_local == r.nbytes
+        else:                         # it ran where the pages were, they moved afterwards
+            assert r.bytes_remote == r.nbytes
+        res = sp.manager.results[-1]
+        assert res.moved == {("fault", 0, 1): 16} and res.remote_bytes == 0
+
+
+def test_the_space_clock_comes_down_to_the_managers_model(tmp_path):
+    """The manager prices faults before the accesses they serve; with faults_ahead the live
+    accesses happen that way too, so the space clock no longer charges the CPU's reads of
+    device pages over BAR1 (0.5 GB/s).  Either way a replay of the trace reproduces the live
+    manager (with faults_ahead the CPU operations that fault are epochs of their own, so a
+    fault of two arrays in one region is two faults, not one)."""
+    out = {}
+    for ahead in (True, False):
+        with space(faults_ahead=ahead) as sp:
+            x = sp.asarray(np.ones(8 * F))
+            y = sp.zeros(8 * F)
+            for _ in range(3):
+                ops.scale(y, x, 2.0)
+                x[...] = np.asarray(y).sum()           # the CPU writes x: device pages
+                float(y.sum())                         # and reads y: device pages
+            sp.sync()
+            s = sp.manager.summary()
+            path = sp.trace.save(os.path.join(tmp_path, f"{ahead}.npz"))
+            out[ahead] = (s, sp.clock.by_kind["host"])
+        r = replay(ccadgpu.Trace.load(path), "on_demand")
+        assert r["modeled_s"] == pytest.approx(s["modeled_s"], rel=1e-12)
+        assert r["migrated_bytes_by_cause"] == s["migrated_bytes_by_cause"]
+    (s1, host1), (s0, host0) = out[True], out[False]
+    assert s1["migrated_bytes_by_cause"] == s0["migrated_bytes_by_cause"]
+    assert host1 < host0 / 20
+
+
+def test_a_cpu_operation_that_faults_is_an_epoch_of_its_own():
+    with space() as sp:
+        h = sp.asarray(np.ones(4 * F))
+        d = sp.asarray(np.ones(4 * F), placement="device")
+        n0 = len(sp.trace)
+        float(h.sum())                    # host pages only: opens a host epoch
+        float(d.sum())                    # device pages: that epoch ends, d comes home first
+        float(h.sum())                    # the next operation starts another epoch
+        sp.sync()
+        recs = list(sp.trace)[n0:]
+        assert [r.kernel for r in recs] == ["host"] * 3
+        assert all(remote(r) == 0 for r in recs)
+        assert (sp.placement(d) == 0).all()
+        assert sp.manager.results[-2].moved == {("fault", 1, 0): 4}
+
+
+def test_remote_reads_stay_remote_and_join_the_open_epoch():
+    """Over NVLink-C2C access_counter lets the CPU read device pages remotely: nothing faults,
+    nothing moves, and the operations stay one host epoch."""
+    with space("access_counter", "gh200") as sp:
+        h = sp.asarray(np.ones(4 * F))
+        d = sp.asarray(np.ones(4 * F), placement="device")
+        n0 = len(sp.trace)
+        float(h.sum())
+        float(d.sum())
+        float(h.sum())
+        sp.sync()
+        recs = list(sp.trace)[n0:]
+        assert len(recs) == 1 and remote(recs[0]) == 4 * PS
+        assert (sp.placement(d) == 1).all()
+
+
+@pytest.mark.parametrize("mode", ["r", "w"])
+def test_host_access_and_migrate_on_cpu_fault(mode):
+    with space("static", cpu_access="migrate_on_cpu_fault") as sp:
+        d = sp.asarray(np.arange(4 * F, dtype=np.float64), placement="device")
+        with sp.host_access(d, mode) as v:
+            assert (sp.placement(d) == 0).all()       # home before the CPU touches it
+            if mode == "w":
+                v[:] = 7.0
+        sp.sync()
+        assert np.asarray(d)[0] == (7.0 if mode == "w" else 0.0)
+        assert remote(sp.trace[-1]) == 0
+        assert sp.manager.results[-1].moved == {("fault", 1, 0): 4}
+
+
+def test_a_write_faults_its_pages_home_and_is_not_lost():
+    """The writer of a CPU store registers after its faults: the move is not refused as busy,
+    and the stored values are there afterwards."""
+    with space() as sp:
+        d = sp.asarray(np.zeros(4 * F), placement="device")
+        d[...] = 3.0
+        d[::7] = 5.0
+        sp.sync()
+        assert (sp.placement(d) == 0).all()
+        ref = np.full(4 * F, 3.0)
+        ref[::7] = 5.0
+        assert np.array_equal(np.asarray(d), ref)
+        assert sp.stats().get("pgmigrate_busy", 0) == 0
+
+
+def test_bad_input_moves_nothing():
+    with space() as sp:
+        x = sp.asarray(np.ones(4 * F))
+        y = sp.zeros(4 * F)
+        with pytest.raises(ccadgpu.errors.CcadError):
+            ops.scale(y, x[: F], 2.0)                  # shape mismatch: refused up front
+        sp.device.offline()
+        with pytest.raises(DeviceOfflineError):
+            ops.scale(y, x, 2.0)
+        sp.device.online()
+        assert (sp.placement(x) == 0).all() and (sp.placement(y) == 0).all()
+        z = sp.asarray(np.ones(4 * F), placement="device")
+        sp.free(z)
+        with pytest.raises(FreedArrayError):
+            with sp.host_access(z, "r"):
+                pass
+        assert sp.nodes[1].used_frames == 0
+
+
+@pytest.mark.parametrize("policy", ["on_demand", "access_counter", "autonuma", "first_touch"])
+def test_would_fault_says_what_fault_does_and_changes_nothing(tmp_path, policy):
+    """A policy's would_fault answers, for a CPU epoch, whether its fault() moves pages; asked
+    right before fault() in a replay of a run with CPU work on device pages, it agrees every
+    time (and asking does not change what the replay decides)."""
+    with space("static", "h100-pcie") as sp:
+        wl = WORKLOADS["krylov"]
+        assert wl.run(sp, 2 << 20, np.random.default_rng(0))
+        sp.sync()
+        path = sp.trace.save(os.path.join(tmp_path, "t.npz"))
+    asked = []
+
+    base = type(make_policy(policy))
+
+    class Asking(base):
+        def fault(self, ctx, ep):
+            if ep.processor == CPU:
+                would = self.would_fault(ctx, ep)
+                moves = base.fault(self, ctx, ep)
+                asked.append((would, any(len(m.vpns) for m in moves)))
+                return moves
+            return base.fault(self, ctx, ep)
+
+    trace = ccadgpu.Trace.load(path)
+    a = replay(trace, Asking())
+    b = replay(trace, policy)
+    assert asked and all(w == m for w, m in asked)
+    assert a["modeled_s"] == pytest.approx(b["modeled_s"], rel=1e-12)
+    if policy in ("on_demand", "access_counter"):
+        assert any(m for _, m in asked)               # the run had CPU faults to predict
+
+
+@pytest.mark.parametrize("profile", ["h100-pcie", "gh200"])
+@pytest.mark.parametrize("policy", ["static", "on_demand", "access_counter"])
+def test_the_space_clock_is_the_managers_model_when_every_fault_runs_ahead(policy, profile):
+    """CPU work and dense launches only, no user moves: every fault runs before its access,
+    so the space clock (accesses where their pages were, migrations, faults) and the
+    manager's model are the same sum.  (Not autonuma's: the hint faults of CPU work on pages
+    that stay put are charged by the manager only.)"""
+    with space(policy, profile) as sp:
+        a, b, c = sp.zeros(8 * F), sp.zeros(8 * F), sp.zeros(8 * F)
+        rng = np.random.default_rng(0)
+        for _ in range(4):
+            a[...] = rng.standard_normal(8 * F)      # the CPU produces
+            ops.scale(b, a, 2.0)                     # the device transforms
+            ops.copy(c, b)
+            ops.axpy(1.0, a, c)
+            assert np.allclose(np.asarray(c), 3.0 * np.asarray(a))   # the CPU consumes
+        sp.sync()
+        s = sp.manager.summary()
+        assert sp.clock.elapsed == pytest.approx(s["modeled_s"], rel=1e-9)
+        if policy == "on_demand" or profile == "h100-pcie" and policy != "static":
+            assert s["migrated_bytes_by_cause"]     # something moved, ahead
+
+
+def test_a_remembered_no_goes_stale_when_anything_changes():
+    """The space remembers that the manager would not fault a CPU operation's device pages
+    (a loop of remote reads asks once); a hint, a move or a step must make it ask again."""
+    with space("access_counter", "gh200") as sp:
+        d = sp.asarray(np.ones(4 * F), placement="device")
+        float(d.sum())
+        float(d.sum())                                 # remembered: read remotely
+        assert (sp.placement(d) == 1).all() and sp._no_faults
+        sp.advise(d, preferred_location="host")        # now its CPU touch brings it home
+        float(d.sum())
+        assert (sp.placement(d) == 0).all()
+        sp.advise(d, preferred_location=None)
+        sp.move_pages(d, "device")                     # a user's move, no step since
+        stamp = sp._no_faults_at
+        float(d.sum())
+        assert sp._no_faults_at != stamp               # asked again
