@@ -420,11 +420,9 @@ class StepResult:
 class FaultsAhead:
     """Step (1) of an epoch run before its accesses (:meth:`MigrationManager.fault_ahead`)."""
     res: StepResult
-    faulted: np.ndarray
     decide_s: float
-    extra_fault: float
     step_s: float
-    #: the faults' modeled seconds (the step prices them again, the same)
+    #: the faults' modeled seconds
     fault_s: float
 
 
@@ -633,8 +631,7 @@ class MigrationManager:
         fault home (:meth:`Policy.would_fault`)."""
         self._ensure()
         v = ep.vpns
-        if ep.processor != CPU or len(v) == 0 or self.policy.name == "static" and \
-                self.tunables.cpu_access != "migrate_on_cpu_fault":
+        if ep.processor != CPU or len(v) == 0 or not self.cpu_may_fault:
             return False
         iv = as_index(v)
         on_dev = (self.placement.node[iv] == DEVICE) & ep.touched_by(CPU)
@@ -645,6 +642,12 @@ class MigrationManager:
         if (self.placement.preferred()[iv][on_dev] == HOST).any():
             return True
         return bool(self.policy.would_fault(self.ctx, ep))
+
+    @property
+    def cpu_may_fault(self) -> bool:
+        """Whether a CPU touch of a device page can ever fault it home here."""
+        return self.policy.name != "static" or \
+            self.tunables.cpu_access == "migrate_on_cpu_fault"
 
     def fault_ahead(self, ep: Epoch) -> FaultsAhead:
         """Run step (1) of ``ep`` now, before its accesses (live: a launch whose footprint is
@@ -657,7 +660,7 @@ class MigrationManager:
         res = StepResult(self.ctx.epoch, ep.kernel, ep.processor, 0.0, 0.0, 0.0, 0, 0, 0,
                          wall_s=ep.wall)
         faulted, decide = self._fault_phase(ep, res)
-        return FaultsAhead(res, faulted, decide, self._extra_fault, time.perf_counter() - t0,
+        return FaultsAhead(res, decide, time.perf_counter() - t0,
                            self._fault_seconds(faulted))
 
     def _fault_seconds(self, faulted: np.ndarray) -> float:
@@ -676,14 +679,13 @@ class MigrationManager:
             res = StepResult(ep.index, ep.kernel, ep.processor, 0.0, 0.0, 0.0, 0, 0, 0,
                              wall_s=ep.wall)
             faulted, decide = self._fault_phase(ep, res)
-            before = 0.0
+            res.fault_s, before = self._fault_seconds(faulted), 0.0
         else:
-            res, faulted, decide, before = ahead.res, ahead.faulted, ahead.decide_s, ahead.step_s
+            res, decide, before = ahead.res, ahead.decide_s, ahead.step_s
             res.index, res.kernel, res.processor, res.wall_s = (ep.index, ep.kernel,
                                                                   ep.processor, ep.wall)
-            self._extra_fault = ahead.extra_fault
+            res.fault_s = ahead.fault_s
         v = ep.vpns
-        res.fault_s = self._fault_seconds(faulted)
         # (2) the accesses, under the placement they now see; (3) counters: heat, recency,
         # notifications (one fused pass over the pages, ccadgpu.upkeep)
         notes = upkeep.account_epoch(self, ep, self.placement.seen_by(ep.processor, v), res)

@@ -923,8 +923,7 @@ class Space:
         those faults run first (the pages come home before the CPU reads them); otherwise it
         joins the open host epoch, and reads device pages remotely."""
         m = self.manager
-        if not self._may_fault_ahead() or (m.policy.name == "static" and
-                                            self.tunables.cpu_access != "migrate_on_cpu_fault"):
+        if not self._may_fault_ahead() or not m.cpu_may_fault:
             return
         dev = self.device.id
         with self._cond:
