@@ -92,7 +92,7 @@ def make_data(kernel: str, n: int, rng: np.random.Generator) -> dict[str, np.nda
 
 def plain_call(kernel: str, d: dict[str, np.ndarray], K: Any, nch: int,
                check: bool = True) -> Callable[[], Any]:
-    """The bare Numba kernel on arrays ``d`` (indexed kernels with counting off, and with their
+    """The bare Numba kernel on arrays ``d`` (indexed kernels with their
     index check, as ``ccadgpu.ops`` runs them, unless ``check`` is false)."""
     if kernel == "copy":
         return lambda: K.copy(d["y"], d["x"])
@@ -109,13 +109,12 @@ def plain_call(kernel: str, d: dict[str, np.ndarray], K: Any, nch: int,
     if kernel == "stencil5":
         return lambda: K.stencil5(d["out"], d["inp"], 0.5, 0.125)
     if kernel == "gather":
-        return lambda: K.gather(d["out"], d["src"], d["idx"], check, False, 0, 8, 4096, 12, 1, nch)
+        return lambda: K.gather(d["out"], d["src"], d["idx"], check, nch)
     if kernel == "scatter":
-        return lambda: K.scatter(d["src"], d["idx"], d["out"], check, False, 0, 8, 4096, 12, 1,
-                                 nch)
+        return lambda: K.scatter(d["src"], d["idx"], d["out"], check, nch)
     if kernel == "spmv_csr":
         return lambda: K.spmv_csr(d["y"], d["indptr"], d["indices"], d["data"], d["x"],
-                                  check, False, 0, 8, 4096, 12, 1, nch)
+                                  check, nch)
     raise ValueError(kernel)
 
 

@@ -115,13 +115,13 @@ def _host_accesses(reads: list, writes: list, key: Any = _WHOLE) -> Iterator[Non
             ops.append((a, "r", None))
     groups = host_footprints(ops) if ops else []
     # faults first: the pages come home before the writers below hold them in place
-    fault_host_ahead(groups)
+    aheads = fault_host_ahead(groups)
     with contextlib.ExitStack() as stack:
         for a in writes:
             buf = buffer_of(a)
             if buf is not None:
                 stack.enter_context(buf.space._writing(a))
-        count_footprints(groups)
+        count_footprints(groups, aheads)
         yield
 
 

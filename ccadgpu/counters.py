@@ -329,20 +329,20 @@ def host_footprints(ops: list[tuple[np.ndarray, str, Any]]) -> list[tuple[Any, l
     return out
 
 
-def fault_host_ahead(groups: list[tuple[Any, list]]) -> None:
+def fault_host_ahead(groups: list[tuple[Any, list]]) -> list:
     """Let each space fault the device pages these CPU accesses will touch home first, where
     its manager would (tunable ``faults_ahead``); before the operation's writers register
-    (a migration skips pages being written)."""
-    for sp, fps in groups:
-        if fps:
-            sp._fault_ahead_host(fps)
+    (a migration skips pages being written).  Returns, per group, the faults that ran (None:
+    none), for :func:`count_footprints`."""
+    return [sp._fault_ahead_host(fps) if fps else None for sp, fps in groups]
 
 
-def count_footprints(groups: list[tuple[Any, list]]) -> None:
-    """Count the CPU accesses of :func:`host_footprints`, one update per space."""
-    for sp, fps in groups:
+def count_footprints(groups: list[tuple[Any, list]], aheads: list | None = None) -> None:
+    """Count the CPU accesses of :func:`host_footprints`, one update per space; ``aheads``:
+    what :func:`fault_host_ahead` returned for them."""
+    for i, (sp, fps) in enumerate(groups):
         if fps:
-            sp.counters._host_footprints(fps)
+            sp.counters._host_footprints(fps, aheads[i] if aheads else None)
 
 
 def count_host(ops: list[tuple[np.ndarray, str, Any]]) -> None:
@@ -350,8 +350,7 @@ def count_host(ops: list[tuple[np.ndarray, str, Any]]) -> None:
     array protocols, one update per space, their faults first (:func:`fault_host_ahead`).
     Validates the arrays even when counting is off."""
     groups = host_footprints(ops)
-    fault_host_ahead(groups)
-    count_footprints(groups)
+    count_footprints(groups, fault_host_ahead(groups))
 
 
 # --------------------------------------------------------------------------------------------
@@ -920,8 +919,7 @@ class AccessCounters:
             sp._resolve(arr)
             return
         fp = dense_footprint(sp, arr) if key is None else key_footprint(sp, arr, key)
-        sp._fault_ahead_host([(fp, mode)])
-        self._host_footprints([(fp, mode)])
+        self._host_footprints([(fp, mode)], sp._fault_ahead_host([(fp, mode)]))
 
     def _host_tally(self, items: list[tuple[Footprint, str]]) -> "Tally":
         """The tally of one CPU operation's accesses, split local/remote by where its pages
@@ -936,11 +934,15 @@ class AccessCounters:
                 b.add(CPU, WRITE, fp, node)
         return b.build()
 
-    def _host_footprints(self, items: list[tuple[Footprint, str]]) -> None:
+    def _host_footprints(self, items: list[tuple[Footprint, str]], ahead: Any = None) -> None:
+        """Count one CPU operation; ``ahead``: the faults that ran for it first
+        (:meth:`Space._fault_ahead_host`), which make it a host epoch of its own."""
         sp = self._space
         with sp._cond:
-            if sp._host_alone and self._host_open:
-                self._close_host_epoch()     # the operation before faulted: an epoch of its own
+            if (sp._host_alone or ahead is not None) and self._host_open:
+                self._close_host_epoch()     # the operation before faulted, or this one did
+            if ahead is not None:            # set with the count, so no other operation's
+                sp._host_alone, sp._host_ahead = True, ahead     # epoch can take them
             t = self._host_tally(items)
             if t.n == 0:
                 return

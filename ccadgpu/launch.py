@@ -2,8 +2,9 @@
 
 Every launch (``ccadgpu.ops.*`` and ``space.device.launch``) goes through :func:`execute`:
 
-1. validate the declared accesses (arrays of this space, index ranges) -- nothing has changed
-   if this raises;
+1. validate the declared accesses (arrays of this space, index ranges) and count those known
+   before the kernel runs -- nothing has changed if this raises; when every page is known, the
+   manager's faults for them run now (tunable ``faults_ahead``);
 2. enter ``space.device.running()`` (raises DeviceOfflineError unless the device is online; an
    offline waits for the launch to leave);
 3. register as a *writer* over every array the kernel writes (waits for in-flight migrations of
@@ -11,8 +12,9 @@ Every launch (``ccadgpu.ops.*`` and ``space.device.launch``) goes through :func:
    page the kernel touches: local/remote is decided by where a page was when the kernel started
    (a read-only page may migrate under a running kernel, as readers proceed during migrations);
 4. run the kernel on plain views of the arrays, timing it (wall seconds);
-5. count: dense accesses arithmetically, indexed ones from per-page histograms (built inside the
-   kernel by ``ccadgpu.ops``, or by ``np.bincount`` of a declared index array), price the epoch
+5. count: dense accesses arithmetically, indexed ones from per-page histograms (built by
+   ``ccadgpu.ops`` before the kernel on the stand-in and inside it on a GPU, or by
+   ``np.bincount`` of a declared index array), price the epoch
    with the space's profile (modeled seconds), update the counters, queue notifications, append
    the epoch record to ``space.trace``.
 
@@ -100,11 +102,14 @@ class LaunchResult:
 class Access:
     """One declared access of a launch (internal form).  ``kind``: ``"dense"``, ``"indexed"``
     (histogram from ``index`` by NumPy) or ``"kernel"`` (the kernel returns the page histogram,
-    in the order of the ``"kernel"`` accesses)."""
+    in the order of the ``"kernel"`` accesses).  ``ahead``, for a ``"kernel"`` access: builds
+    that histogram before the kernel runs (validating the indices); used when every
+    ``"kernel"`` access of the launch has one, and the kernel is then asked for none."""
     array: np.ndarray
     rw: int
     kind: str = "dense"
     index: Any = None
+    ahead: Callable[[], np.ndarray] | None = None
 
 
 # The workqueue threading layer of Numba is not thread-safe: serialise parallel kernels then.
@@ -141,11 +146,13 @@ def execute(space: "Space", name: str, run: Callable[[bool], tuple[Any, Sequence
             accesses: Sequence[Access]) -> LaunchResult:
     """Run ``run(counting)`` as one device launch over ``accesses`` (see the module docs).
     ``run`` returns ``(value, histograms)``: one per-page histogram per ``"kernel"`` access when
-    ``counting`` is true."""
+    ``counting`` is true (false when every access is counted without the kernel)."""
     span = [_check_space(space, a.array, name) for a in accesses]
     counters = space.counters
     counting = counters.enabled
     pre: list[Footprint | None] = []
+    # histograms built ahead give the pages before the kernel runs, so its faults can go first
+    kernel_counts = counting and any(a.kind == "kernel" and a.ahead is None for a in accesses)
     if counting:
         for a, sp_ in zip(accesses, span):
             if a.kind == "dense":
@@ -153,7 +160,8 @@ def execute(space: "Space", name: str, run: Callable[[bool], tuple[Any, Sequence
             elif a.kind == "indexed":
                 pre.append(indexed_footprint(space, a.array, a.index))
             else:
-                pre.append(None)
+                pre.append(None if kernel_counts or a.ahead is None else
+                           page_histogram_footprint(space, a.array, a.ahead()))
     early = None
     if counting and pre and all(fp is not None for fp in pre):
         # every page is known before the kernel runs: its faults go first, as on hardware
@@ -172,7 +180,7 @@ def execute(space: "Space", name: str, run: Callable[[bool], tuple[Any, Sequence
                         spans.append((lo, space._device_view(lo, lo + n)))
             with _serial():
                 t0 = time.perf_counter()
-                value, hists = run(counting)
+                value, hists = run(kernel_counts)
                 wall = time.perf_counter() - t0
             if not counting:
                 space.vmstat.add(kernel_launches=1, kernel_wall_seconds=wall)

@@ -631,16 +631,23 @@ class MigrationManager:
         fault home (:meth:`Policy.would_fault`)."""
         self._ensure()
         v = ep.vpns
-        if ep.processor != CPU or len(v) == 0 or not self.cpu_may_fault:
+        if ep.processor != CPU or len(v) == 0 or not self.cpu_may_fault or \
+                not self.tunables.migration_enabled:
             return False
         iv = as_index(v)
-        on_dev = (self.placement.node[iv] == DEVICE) & ep.touched_by(CPU)
-        if not on_dev.any():
+        pl = self.placement
+        # the pages a fault home could move at all (what _filter lets through)
+        movable = (pl.node[iv] == DEVICE) & ep.touched_by(CPU) & \
+            ((pl.flags()[iv] & ptf.PINNED) == 0)
+        if not movable.any():
             return False
-        if self.tunables.cpu_access == "migrate_on_cpu_fault":
+        pref = pl.preferred()[iv]
+        if self.tunables.cpu_access == "migrate_on_cpu_fault" or (pref[movable] == HOST).any():
             return True
-        if (self.placement.preferred()[iv][on_dev] == HOST).any():
-            return True
+        # a policy's fault is vetoed by a device preference and by the CPU mapping them remotely
+        if not (movable & (pref != DEVICE) &
+                ((pl.accessed_by()[iv] & (1 << HOST)) == 0)).any():
+            return False
         return bool(self.policy.would_fault(self.ctx, ep))
 
     @property

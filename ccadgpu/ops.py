@@ -198,24 +198,40 @@ def _precheck_indices(sp: Any, op: str, name: str, idx: np.ndarray, n: int,
 def _run_indexed(sp: Any, op: str, args: tuple, table: np.ndarray, idx: np.ndarray,
                  result: np.ndarray, dense: list) -> np.ndarray:
     """Launch gather or scatter (``args`` in the kernel's order) on checked operands.  The
-    indexed operand ``table`` (gather's source, scatter's destination) is counted per page by
-    the kernel's histogram; ``dense`` are the other operands' accesses."""
+    indexed operand ``table`` (gather's source, scatter's destination) is counted per page: on
+    the stand-in by a histogram of ``idx`` built before the kernel, on a GPU by the kernel's
+    own counters; ``dense`` are the other operands' accesses."""
     written = op == "scatter"
     flat = tuple(_flat(a) for a in args)
-    kernel = getattr(_kernels(), op)
-    off0, isz, page, npages = kernel_page_params(sp, table)
-    shift = _shift(page)
     nch = _nthreads()
+    checked = False
+
+    def ahead() -> np.ndarray:
+        nonlocal checked
+        h = _histogram(sp, table, _flat(idx).view(np.ndarray), nch)
+        if h is None:
+            raise _index_error(op, "idx", idx, table.size)
+        checked = True
+        return h
 
     def run(counting: bool) -> tuple[Any, list]:
         if sp.gpu is not None:
             return result, _gpu_indexed(sp, op, flat, table, written, counting)
-        h, ok = kernel(*flat, True, counting, off0, isz, page, shift, npages, nch)
-        if not ok:                  # the kernel checked its indices and wrote nothing
-            raise _index_error(op, "idx", idx, table.size)
-        return result, ([h.sum(axis=0)] if counting else [])
-    acc = dense + [Access(table, WRITE if written else READ, "kernel")]
+        if not getattr(_kernels(), op)(*flat, not checked, nch):
+            raise _index_error(op, "idx", idx, table.size)     # checked; nothing written
+        return result, []
+    acc = dense + [Access(table, WRITE if written else READ, "kernel",
+                          ahead=ahead if sp.gpu is None else None)]
     return execute(sp, op, run, acc).value
+
+
+def _histogram(sp: Any, table: np.ndarray, idx: np.ndarray, nch: int) -> np.ndarray | None:
+    """Element accesses per page of ``table`` for one access per ``idx`` (the stand-in's count
+    of an indexed operand, before its kernel runs); None if an index is out of range."""
+    off0, isz, page, npages = kernel_page_params(sp, table)
+    h, ok = _kernels().page_histogram(idx, table.size, off0, isz, page, _shift(page), npages,
+                                      nch)
+    return h.sum(axis=0) if ok else None
 
 
 def _check_csr_status(status: int, indices: np.ndarray, ncols: int) -> None:
@@ -425,24 +441,34 @@ def spmv_csr(y: np.ndarray, indptr: np.ndarray, indices: np.ndarray, data: np.nd
     _no_overlap("spmv_csr", "y", y, False, indptr=indptr, indices=indices, data=data, x=x)
     K = _kernels()
     yy, ii, dd, xx = (a.view(np.ndarray) for a in (y, indices, data, x))
-    off0, isz, page, npages = kernel_page_params(sp, x)
-    shift = _shift(page)
     nch = _nthreads()
+    checked = False                 # whether the stand-in's kernel may skip its CSR check
     if sp.gpu is not None:          # checked on the GPU, without pulling indptr's pages over
         k = sp.gpu.kernels
         k.check_csr(k.b.as_device_array(ip), len(indices))
         _precheck_indices(sp, "spmv_csr", "indices", indices, len(x), y)
-    elif _drops_duplicates(sp, y):  # else the kernel checks, before its first store
+    elif _drops_duplicates(sp, y):  # else ahead() or the kernel checks, before any store
         _check_csr_status(K.csr_status(ip, ii, len(xx), nch), ii, len(xx))
+        checked = True
+
+    def ahead() -> np.ndarray:
+        # one access of x per nonzero, once indptr is known to cover them all; the histogram's
+        # pass checks the indices (the two checks of csr_status, in two passes)
+        nonlocal checked
+        if not checked and not K.indptr_ok(ip, len(ii), nch):
+            _check_csr_status(1, ii, len(xx))
+        h = _histogram(sp, x, ii, nch)
+        if h is None:
+            _check_csr_status(2, ii, len(xx))
+        checked = True
+        return h
 
     def run(counting: bool) -> tuple[Any, list]:
         if sp.gpu is not None:
             return y, _gpu_indexed(sp, "spmv", (yy, ip, ii, dd, xx), x, False, counting)
-        h, status = K.spmv_csr(yy, ip, ii, dd, xx, True, counting, off0, isz, page, shift,
-                               npages, nch)
-        _check_csr_status(status, ii, len(xx))
-        return y, ([h.sum(axis=0)] if counting else [])
+        _check_csr_status(K.spmv_csr(yy, ip, ii, dd, xx, not checked, nch), ii, len(xx))
+        return y, []
     acc = _dense((indptr, READ), (indices, READ), (data, READ), (y, WRITE)) + \
-        [Access(x, READ, "kernel")]
+        [Access(x, READ, "kernel", ahead=ahead if sp.gpu is None else None)]
     return execute(sp, "spmv_csr", run, acc).value
 

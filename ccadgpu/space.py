@@ -199,7 +199,7 @@ class Space:
         #: dense CPU operations the manager would not fault, while nothing has changed since
         #: (the manager's epoch and the page table's generation)
         self._no_faults: set[tuple] = set()
-        self._no_faults_at: tuple[int, int] = (-1, -1)
+        self._no_faults_at: tuple[int, int, int] = (-1, -1, -1)
         self._mlock = threading.Lock()
         self._mowner: int | None = None          # the thread stepping the manager
         self._forget_q: list[tuple[int, int]] = []   # freed ranges the manager must forget
@@ -787,13 +787,13 @@ class Space:
         from .counters import count_footprints, fault_host_ahead, host_footprints
         self._resolve(arr)                   # this space's, not freed: or it raises here
         groups = host_footprints([(arr, mode, None)])
-        fault_host_ahead(groups)             # before the writer holds the pages in place
+        aheads = fault_host_ahead(groups)    # before the writer holds the pages in place
         if "w" not in mode:
-            count_footprints(groups)
+            count_footprints(groups, aheads)
             yield arr.view(np.ndarray)
             return
         with self._writing(arr):
-            count_footprints(groups)
+            count_footprints(groups, aheads)
             yield arr.view(np.ndarray)
 
     @contextlib.contextmanager
@@ -906,6 +906,7 @@ class Space:
         with self._mlock:
             self._mowner = threading.get_ident()
             try:
+                self._forget_freed()
                 ahead = self.manager.fault_ahead(ep)
                 self.clock.advance("fault", ahead.fault_s)    # the access waited for them
                 return ahead
@@ -917,33 +918,36 @@ class Space:
             finally:
                 self._mowner = None
 
-    def _fault_ahead_host(self, fps: list) -> None:
+    def _fault_ahead_host(self, fps: list) -> Any:
         """A CPU operation over ``fps`` (footprint, mode) is about to run: where it touches
-        device pages that the manager would fault home, it becomes a host epoch of its own and
-        those faults run first (the pages come home before the CPU reads them); otherwise it
-        joins the open host epoch, and reads device pages remotely."""
+        device pages that the manager would fault home, those faults run first (the pages come
+        home before the CPU reads them), and the returned
+        :class:`~ccadgpu.manager.FaultsAhead`, passed to its count, makes it a host epoch of
+        its own; otherwise (None) it joins the open host epoch, and reads device pages
+        remotely."""
         m = self.manager
         if not self._may_fault_ahead() or not m.cpu_may_fault:
-            return
+            return None
         dev = self.device.id
         with self._cond:
             if not any(((self.pt.node[fp.vlo:fp.vhi] == dev) & (fp.nbytes > 0)).any()
                        for fp, _ in fps):
-                return
-            # the answer cannot change until the manager steps or a page moves (a loop of
-            # CPU operations over device pages the CPU reads remotely asks once)
-            stamp = (m.ctx.epoch, self.pt.gen)
+                return None
+            # the answer cannot change until the manager steps, a page moves or a tunable is
+            # set (a loop of CPU operations over device pages read remotely asks once)
+            stamp = (m.ctx.epoch, self.pt.gen, self.tunables.gen)
             if stamp != self._no_faults_at:
                 self._no_faults, self._no_faults_at = set(), stamp
             key = tuple((fp.vlo, fp.vhi, mode) for fp, mode in fps) \
                 if all(fp.is_full() for fp, _ in fps) else None
             if key is not None and key in self._no_faults:
-                return
+                return None
             ep = self._epoch_of(self.counters.epoch, "host", 0,
                                 self.counters._host_tally(fps), float("nan"))
         with self._mlock:
             self._mowner = threading.get_ident()
             try:
+                self._forget_freed()
                 would = m.would_fault(ep)
             except Exception:  # noqa: BLE001 - the epoch's own step will report it
                 would = False
@@ -951,13 +955,10 @@ class Space:
                 self._mowner = None
         if not would:
             with self._cond:
-                if key is not None and stamp == (m.ctx.epoch, self.pt.gen):
+                if key is not None and stamp == (m.ctx.epoch, self.pt.gen, self.tunables.gen):
                     self._no_faults.add(key)
-            return
-        ahead = self._faults_ahead(ep)
-        with self._cond:
-            if not self.counters._host_open:      # the operation opens the next host epoch
-                self._host_alone, self._host_ahead = True, ahead
+            return None
+        return self._faults_ahead(ep)
 
     def _fault_ahead_launch(self, name: str, footprints: list) -> Any:
         """A launch over ``footprints`` ((footprint, rw, first vpn, pages) of each declared
@@ -1013,6 +1014,15 @@ class Space:
         if self._mq and self._mq[-1].kernel == "host":
             self._mq[-1].alloc_ids = np.where(lo == hi, lo, -2)
 
+    def _forget_freed(self, forget: list | None = None) -> None:
+        """Have the manager forget the ranges freed since it last did, before it decides
+        anything (manager lock held; ``forget``: taken from the queue already)."""
+        if forget is None:
+            with self._cond:
+                forget, self._forget_q = self._forget_q, []
+        for lo, hi in forget:
+            self.manager.forget(lo, hi)
+
     def _run_manager(self, wait: bool = False) -> None:
         """Step the manager over the queued epochs, one thread at a time (``wait``: block until
         this thread may; otherwise a thread already stepping picks the epochs up)."""
@@ -1027,8 +1037,7 @@ class Space:
                             break
                         ep = self._fresh(self._mq.pop(0))
                         forget, self._forget_q = self._forget_q, []
-                    for lo, hi in forget:
-                        self.manager.forget(lo, hi)
+                    self._forget_freed(forget)
                     ep.index = self.manager.ctx.epoch
                     try:
                         self.manager.step(ep)

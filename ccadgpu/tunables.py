@@ -69,6 +69,7 @@ class Tunables:
     def __init__(self, **overrides: Any) -> None:
         object.__setattr__(self, "_lock", threading.Lock())
         object.__setattr__(self, "_values", {k: v.default for k, v in KNOBS.items()})
+        object.__setattr__(self, "_gen", 0)
         self.set(**overrides)
 
     @staticmethod
@@ -122,6 +123,12 @@ class Tunables:
         checked = {k: self._validate(k, v) for k, v in values.items()}
         with self._lock:
             self._values.update(checked)
+            object.__setattr__(self, "_gen", self._gen + 1)
+
+    @property
+    def gen(self) -> int:
+        """Bumped by every :meth:`set` (answers that depend on the knobs go stale)."""
+        return self._gen
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):

@@ -227,3 +227,186 @@ def test_a_remembered_no_goes_stale_when_anything_changes():
         stamp = sp._no_faults_at
         float(d.sum())
         assert sp._no_faults_at != stamp               # asked again
+
+
+def _csr(n, nnz_per_row, ncols, rng):
+    indptr = np.arange(n + 1, dtype=np.int64) * nnz_per_row
+    indices = rng.integers(0, ncols, n * nnz_per_row).astype(np.int64)
+    return indptr, indices, rng.standard_normal(n * nnz_per_row)
+
+
+@pytest.mark.parametrize("op", ["gather", "scatter", "spmv_csr"])
+@pytest.mark.parametrize("ahead", [True, False])
+def test_an_indexed_launch_faults_its_pages_before_its_kernel(op, ahead):
+    """The indexed operand's pages are known before the kernel only from a histogram built
+    ahead: with it, every page the launch touches is on the device when the kernel runs; the
+    counts are the same either way, and equal NumPy's."""
+    rng = np.random.default_rng(1)
+    with space(faults_ahead=ahead) as sp:
+        n = 8 * F
+        table = sp.asarray(rng.standard_normal(n))
+        idx = sp.asarray(rng.integers(0, n, n // 2))
+        if op == "gather":
+            out = sp.zeros(n // 2)
+            ops.gather(out, table, idx)
+            ref = np.asarray(table)[np.asarray(idx)]
+            assert np.array_equal(np.asarray(out), ref)
+        elif op == "scatter":
+            src = sp.asarray(rng.standard_normal(n // 2))
+            ref = np.asarray(table).copy()
+            ref[np.asarray(idx)] = np.asarray(src)
+            ops.scatter(table, idx, src)
+            ii = np.asarray(idx)
+            # duplicate indices: one of the values lands
+            assert np.isin(np.asarray(table)[ii], np.asarray(src)).all()
+            untouched = np.setdiff1d(np.arange(n), ii)
+            assert np.array_equal(np.asarray(table)[untouched], ref[untouched])
+        else:
+            ip, ind, dat = _csr(F, 4, n, rng)
+            indptr, indices, data = sp.asarray(ip), sp.asarray(ind), sp.asarray(dat)
+            y = sp.zeros(F)
+            ops.spmv_csr(y, indptr, indices, data, table)
+            ref = np.add.reduceat(dat * np.asarray(table)[ind], ip[:-1])
+            assert np.allclose(np.asarray(y), ref)
+            idx = indices
+        r = sp.device.last_launch
+        if ahead:
+            assert r.bytes_remote == 0 and r.bytes_local == r.nbytes
+        else:
+            assert r.bytes_remote > 0
+        pages = np.bincount(np.asarray(idx) * 8 // PS, minlength=8)
+        rec = r.record
+        v0 = sp._span_vpns(table)[1]
+        got = dict(zip(rec.vpns.tolist(), rec.sectors.reshape(len(rec.vpns), -1).sum(1)))
+        # one 32-byte sector per element access of the table
+        assert [got.get(v0 + p, 0) for p in range(8)] == pages.tolist()
+
+
+@pytest.mark.parametrize("op", ["gather", "scatter", "spmv_csr"])
+def test_a_bad_index_found_ahead_changes_nothing(op):
+    """The histogram built ahead checks the indices: an index out of range is refused before
+    any fault, move or store."""
+    with space() as sp:
+        n = 4 * F
+        table = sp.asarray(np.arange(n, dtype=np.float64))
+        bad = np.arange(n // 2)
+        bad[-1] = n                                    # one past the end
+        idx = sp.asarray(bad)
+        other = sp.zeros(n // 2)
+        before = sp.pt.node.copy(), len(sp.trace), sp.clock.elapsed
+        with pytest.raises(ccadgpu.errors.InvalidArgumentError, match="out of range"):
+            if op == "gather":
+                ops.gather(other, table, idx)
+            elif op == "scatter":
+                ops.scatter(table, idx, other)
+            else:
+                ops.spmv_csr(other, sp.asarray(np.arange(n // 2 + 1)), idx,
+                             sp.asarray(np.ones(n // 2)), table)
+        if op == "spmv_csr":
+            with pytest.raises(ccadgpu.errors.InvalidArgumentError, match="indptr"):
+                ops.spmv_csr(other, sp.asarray(np.arange(n // 2 + 1)[::-1].copy()),
+                             sp.asarray(np.arange(n // 2)), sp.asarray(np.ones(n // 2)), table)
+        sp.sync()
+        assert np.array_equal(sp.pt.node[:len(before[0])], before[0])
+        assert len(sp.trace) == before[1] and sp.clock.elapsed == before[2]
+        assert np.array_equal(np.asarray(table), np.arange(n, dtype=np.float64))
+        assert not np.asarray(other).any()
+
+
+def test_the_page_histogram_kernel_is_numpys():
+    """page_histogram against np.bincount: odd offsets, page sizes that are not powers of two,
+    and an index out of range (reported, not counted)."""
+    from ccadgpu.kernels import cpu as K
+    rng = np.random.default_rng(3)
+    for page, isz, off0 in ((4096, 8, 0), (4096, 4, 100), (3000, 8, 16), (65536, 2, 65534)):
+        n = 50_000
+        npages = (off0 + n * isz + page - 1) // page
+        idx = rng.integers(0, n, 30_001).astype(np.int32)
+        shift = page.bit_length() - 1 if page & (page - 1) == 0 else -1
+        h, ok = K.page_histogram(idx, n, off0, isz, page, shift, npages, 3)
+        ref = np.bincount((off0 + idx.astype(np.int64) * isz) // page, minlength=npages)
+        assert ok and np.array_equal(h.sum(axis=0), ref)
+        idx[7] = -1
+        assert not K.page_histogram(idx, n, off0, isz, page, shift, npages, 3)[1]
+
+
+def test_a_tunable_set_makes_a_remembered_no_stale():
+    with space("access_counter", "gh200") as sp:
+        d = sp.asarray(np.ones(4 * F), placement="device")
+        float(d.sum())
+        float(d.sum())                                 # read remotely, remembered
+        assert (sp.placement(d) == 1).all() and sp._no_faults
+        sp.tunables.cpu_access = "migrate_on_cpu_fault"
+        float(d.sum())                                 # must come home before this read
+        assert (sp.placement(d) == 0).all()
+        sp.sync()
+        assert remote(sp.trace[-1]) == 0               # read after the move
+
+
+def test_faults_ahead_see_a_free_that_came_before_them(tmp_path):
+    """A range freed and reused before a launch: the manager forgets the old pages before it
+    runs the launch's faults (first_touch must see the new array's first touch), as the
+    replay of the trace does."""
+    import gc
+    with space("first_touch") as sp:
+        x, z = sp.zeros(4 * F), sp.zeros(4 * F)
+        ops.scale(z, x, 2.0)                           # the device touches x first
+        sp.sync()
+        vx = sp.allocation_of(x).vstart
+        sp.free(x)
+        del x
+        gc.collect()
+        y = sp.zeros(4 * F)
+        assert sp.allocation_of(y).vstart == vx        # the same pages, a new array
+        ops.scale(z, y, 2.0)
+        sp.sync()
+        assert (sp.placement(y) == 1).all()
+        s = sp.manager.summary()
+        path = sp.trace.save(os.path.join(tmp_path, "t.npz"))
+    r = replay(ccadgpu.Trace.load(path), "first_touch")
+    assert r["modeled_s"] == pytest.approx(s["modeled_s"], rel=1e-12)
+    assert r["migrated_bytes_by_cause"] == s["migrated_bytes_by_cause"]
+
+
+def test_faults_of_an_operation_that_then_fails_do_not_land_on_the_next_one(monkeypatch):
+    """The faults that ran for a CPU operation go with its count: if it raises in between,
+    the next, unrelated, operation is not charged with them."""
+    from ccadgpu.manager import MigrationManager
+    with space() as sp:
+        d = sp.asarray(np.ones(4 * F), placement="device")
+        h = sp.asarray(np.ones(4 * F))
+        sp.sync()
+        orig = MigrationManager.fault_ahead
+
+        def free_meanwhile(self, ep):                  # as another thread might
+            r = orig(self, ep)
+            sp.free(d)
+            return r
+        monkeypatch.setattr(MigrationManager, "fault_ahead", free_meanwhile)
+        with pytest.raises(FreedArrayError):
+            d[...] = 2.0
+        monkeypatch.setattr(MigrationManager, "fault_ahead", orig)
+        assert not sp._host_alone and sp._host_ahead is None
+        float(h.sum())
+        sp.sync()
+        r = sp.manager.results[-1]
+        assert r.kernel == "host" and r.moved == {} and r.fault_s == 0
+
+
+@pytest.mark.parametrize("why", ["pinned", "migration_enabled", "preferred_device"])
+def test_pages_that_cannot_move_do_not_split_host_epochs(why):
+    """would_fault knows the manager's own vetoes: CPU reads of device pages that may not move
+    stay one host epoch (a loop of them asks once) instead of an epoch per operation."""
+    with space() as sp:
+        d = sp.asarray(np.ones(4 * F), placement="device", pinned=why == "pinned")
+        if why == "migration_enabled":
+            sp.tunables.migration_enabled = False
+        elif why == "preferred_device":
+            sp.advise(d, preferred_location="device")
+        sp.sync()
+        n0 = len(sp.trace)
+        for _ in range(5):
+            float(d.sum())
+        sp.sync()
+        assert len(sp.trace) - n0 == 1 and (sp.placement(d) == 1).all()
+        assert len(sp._no_faults) == 1

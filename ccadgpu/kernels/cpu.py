@@ -2,12 +2,12 @@
 
 Each kernel works in place on plain 1-D (or 2-D for the stencil) C-contiguous views of managed
 memory; :mod:`ccadgpu.ops` validates the arguments, and the indexed kernels check their own
-index values (``check``) before their first store.  Kernels whose accesses depend on data (gather,
-scatter, the ``x`` of CSR mat-vec) take ``count`` and build a per-page histogram of those
-accesses inside the kernel, one row per chunk of work so that threads never share a counter; the
-caller sums the rows (``nch`` chunks: pass ``numba.get_num_threads()``; reading it inside a
-kernel would defeat the compile cache).  With ``count=False`` the same kernel skips the histogram (this is the
-"plain kernel" the benchmarks compare against).  A page of an access to element ``j`` is
+index values (``check``) before their first store.  The accesses that depend on data (gather,
+scatter, the ``x`` of CSR mat-vec) are counted by :func:`page_histogram`, one pass over the
+index array before the kernel runs that also checks it (the kernel then runs with
+``check=False``): the launch's pages are then known before its kernel, so its faults can go
+first.  Work is split into ``nch`` chunks (pass ``numba.get_num_threads()``; reading it inside
+a kernel would defeat the compile cache).  A page of an access to element ``j`` is
 ``(off0 + j * itemsize) // page`` (a shift by ``shift`` when the page size is a power of two),
 ``off0`` being element 0's offset in the first page.
 
@@ -144,30 +144,24 @@ def stencil5(out, inp, cc, cn):  # pragma: no cover - compiled
 
 
 # -- indexed ---------------------------------------------------------------------------------------
-# Each indexed kernel checks its indices itself, in a first parallel pass over the index array,
-# and returns before its first store if one is out of range (``check=True``; Numba does not
-# bounds-check, so the work loop must never see a bad index).  The caller then raises with
+# Each indexed kernel can check its indices itself, in a first parallel pass over the index
+# array, and return before its first store if one is out of range (``check=True``; Numba does
+# not bounds-check, so the work loop must never see a bad index).  The caller then raises with
 # nothing written.  The pass is branch-free (an unsigned compare per index, OR-reduced), so it
-# runs at the speed of reading the index array once.
+# runs at the speed of reading the index array once.  When the launch is counted, the page
+# histogram's pass checks instead (the same compare, one read of the index for both).
 #
-# The histogram runs block by block *after* the block's accesses rather than fused into the same
-# loop: a fused read-modify-write of the histogram serialises the loop enough to cut the memory
-# parallelism of the random accesses (measured: +16% for a 256 MiB gather fused, ~0% blocked).
+# Counting in that separate pass rather than in the kernel: a per-block histogram inside the
+# kernel re-read each block of indices after its accesses, and cost 1.16-1.24x the kernel; the
+# pass ahead, which replaces the check's pass, costs 0.73-0.78x that (gather, scatter; spmv_csr
+# 1.02x, its CSR check being a pass of its own), and gives the pages before the kernel runs.
 #
 # The random accesses are prefetched _AHEAD iterations early (the index is known that far
 # ahead): each one misses the caches and, on 4 KiB pages, the TLB, and the out-of-order window
 # alone overlaps too few of them.  Measured on 256 MiB (2 cores): gather and spmv_csr ~1.6x
 # faster, on plain and on managed arrays alike; scatter ~1.1x faster on plain arrays, unchanged
 # on managed ones (stores do not stall the way loads do).
-_BLOCK = 2048
 _AHEAD = 64
-
-
-@nb.njit(inline="always", cache=True, nogil=True)
-def _count(h, idx, lo, hi, off0, itemsize, page, shift):  # pragma: no cover - compiled
-    """Add one access per idx[lo:hi] to the page histogram h."""
-    for i in range(lo, hi):
-        h[_page(off0, idx[i], itemsize, page, shift)] += 1
 
 
 @nb.njit(inline="always", cache=True, nogil=True)
@@ -191,105 +185,103 @@ def indices_ok(idx, n, nch):  # pragma: no cover - compiled
 
 
 @nb.njit(**_JIT)
-def csr_status(indptr, indices, ncols, nch):  # pragma: no cover - compiled
-    """0 if (indptr, indices) is a valid CSR structure with ``ncols`` columns; 1 if indptr does
-    not start at 0, decreases or does not end at ``indices.size``; 2 if an index is outside
-    [0, ncols).  One parallel pass over both arrays."""
-    nrows = indptr.size - 1
-    if indptr[0] != 0 or indptr[nrows] != indices.size:
-        return 1
-    nnz = indices.size
-    dec = np.zeros(nch, np.bool_)
+def page_histogram(idx, n, off0, itemsize, page, shift, npages, nch):  # pragma: no cover
+    """Per-chunk page histograms of one access per idx (element idx[i] of an array of ``n``
+    elements), built before a kernel runs so that its faults can go first.  Returns (hist,
+    ok): ok is False when an index is outside [0, n) (such entries are not counted)."""
+    m = idx.size
+    hist = np.zeros((nch, npages), np.int64)
     bad = np.zeros(nch, np.bool_)
+    un = np.uint64(n)
+    for c in prange(nch):
+        h = hist[c]
+        b = False
+        for i in range(c * m // nch, (c + 1) * m // nch):
+            j = idx[i]
+            if np.uint64(j) >= un:
+                b = True
+            else:
+                h[_page(off0, j, itemsize, page, shift)] += 1
+        bad[c] = b
+    return hist, not bad.any()
+
+
+@nb.njit(**_JIT)
+def indptr_ok(indptr, nnz, nch):  # pragma: no cover - compiled
+    """Whether a CSR row pointer starts at 0, never decreases and ends at ``nnz``."""
+    nrows = indptr.size - 1
+    if indptr[0] != 0 or indptr[nrows] != nnz:
+        return False
+    dec = np.zeros(nch, np.bool_)
     for c in prange(nch):
         d = False
         for r in range(c * nrows // nch, (c + 1) * nrows // nch):
             d |= indptr[r + 1] < indptr[r]
         dec[c] = d
-        bad[c] = _any_outside(indices, c * nnz // nch, (c + 1) * nnz // nch, ncols)
-    if dec.any():
+    return not dec.any()
+
+
+@nb.njit(**_JIT)
+def csr_status(indptr, indices, ncols, nch):  # pragma: no cover - compiled
+    """0 if (indptr, indices) is a valid CSR structure with ``ncols`` columns; 1 if indptr does
+    not start at 0, decreases or does not end at ``indices.size``; 2 if an index is outside
+    [0, ncols)."""
+    if not indptr_ok(indptr, indices.size, nch):
         return 1
-    return 2 if bad.any() else 0
+    return 0 if indices_ok(indices, ncols, nch) else 2
 
 
 @nb.njit(**_JIT)
-def gather(out, src, idx, check, count, off0, itemsize, page, shift, npages,
-           nch):  # pragma: no cover - compiled
-    """out[i] = src[idx[i]].  Returns (hist, ok): with ``count``, per-chunk page histograms of
-    the src accesses; with ``check``, ok is False, and nothing was written, when an index is
-    outside [0, src.size)."""
+def gather(out, src, idx, check, nch):  # pragma: no cover - compiled
+    """out[i] = src[idx[i]].  Returns ok: with ``check``, False, and nothing was written, when
+    an index is outside [0, src.size)."""
     n = idx.size
-    hist = np.zeros((nch, npages if count else 1), np.int64)
     if check and not indices_ok(idx, src.size, nch):
-        return hist, False
+        return False
     for c in prange(nch):
-        lo = c * n // nch
         hi = (c + 1) * n // nch
-        h = hist[c]
-        for b0 in range(lo, hi, _BLOCK):
-            b1 = min(b0 + _BLOCK, hi)
-            for i in range(b0, b1):
-                if i + _AHEAD < hi:
-                    _prefetch(src, idx[i + _AHEAD], 0)
-                out[i] = src[idx[i]]
-            if count:
-                _count(h, idx, b0, b1, off0, itemsize, page, shift)
-    return hist, True
+        for i in range(c * n // nch, hi):
+            if i + _AHEAD < hi:
+                _prefetch(src, idx[i + _AHEAD], 0)
+            out[i] = src[idx[i]]
+    return True
 
 
 @nb.njit(**_JIT)
-def scatter(dst, idx, src, check, count, off0, itemsize, page, shift, npages,
-            nch):  # pragma: no cover - compiled
-    """dst[idx[i]] = src[i].  Returns (hist, ok): with ``count``, per-chunk page histograms of
-    the dst accesses; with ``check``, ok is False, and nothing was written, when an index is
-    outside [0, dst.size).  Duplicate indices race (which write wins is unspecified), as on a
-    GPU."""
+def scatter(dst, idx, src, check, nch):  # pragma: no cover - compiled
+    """dst[idx[i]] = src[i].  Returns ok: with ``check``, False, and nothing was written, when
+    an index is outside [0, dst.size).  Duplicate indices race (which write wins is
+    unspecified), as on a GPU."""
     n = idx.size
-    hist = np.zeros((nch, npages if count else 1), np.int64)
     if check and not indices_ok(idx, dst.size, nch):
-        return hist, False
+        return False
     for c in prange(nch):
-        lo = c * n // nch
         hi = (c + 1) * n // nch
-        h = hist[c]
-        for b0 in range(lo, hi, _BLOCK):
-            b1 = min(b0 + _BLOCK, hi)
-            for i in range(b0, b1):
-                if i + _AHEAD < hi:
-                    _prefetch(dst, idx[i + _AHEAD], 1)
-                dst[idx[i]] = src[i]
-            if count:
-                _count(h, idx, b0, b1, off0, itemsize, page, shift)
-    return hist, True
+        for i in range(c * n // nch, hi):
+            if i + _AHEAD < hi:
+                _prefetch(dst, idx[i + _AHEAD], 1)
+            dst[idx[i]] = src[i]
+    return True
 
 
 @nb.njit(**_JIT)
-def spmv_csr(y, indptr, indices, data, x, check, count, off0, itemsize, page, shift, npages,
-             nch):  # pragma: no cover - compiled
-    """y = A @ x for A in CSR form (indptr, indices, data).  Returns (hist, status): with
-    ``count``, per-chunk page histograms of the x accesses (one per nonzero); with ``check``,
-    status is :func:`csr_status`'s (nonzero: nothing was written)."""
+def spmv_csr(y, indptr, indices, data, x, check, nch):  # pragma: no cover - compiled
+    """y = A @ x for A in CSR form (indptr, indices, data).  Returns a status: with ``check``,
+    :func:`csr_status`'s (nonzero: nothing was written), else 0."""
     nrows = y.size
-    hist = np.zeros((nch, npages if count else 1), np.int64)
     if check:
         status = csr_status(indptr, indices, x.size, nch)
         if status != 0:
-            return hist, status
-    rows_per_block = 256
+            return status
     for c in prange(nch):
         lo = c * nrows // nch
         hi = (c + 1) * nrows // nch
-        h = hist[c]
         kend = indptr[hi]
-        for r0 in range(lo, hi, rows_per_block):
-            r1 = min(r0 + rows_per_block, hi)
-            for r in range(r0, r1):
-                s = 0.0
-                for k in range(indptr[r], indptr[r + 1]):
-                    if k + _AHEAD < kend:
-                        _prefetch(x, indices[k + _AHEAD], 0)
-                    s += data[k] * x[indices[k]]
-                y[r] = s
-            if count:
-                _count(h, indices, indptr[r0], indptr[r1], off0, itemsize, page, shift)
-    return hist, 0
+        for r in range(lo, hi):
+            s = 0.0
+            for k in range(indptr[r], indptr[r + 1]):
+                if k + _AHEAD < kend:
+                    _prefetch(x, indices[k + _AHEAD], 0)
+                s += data[k] * x[indices[k]]
+            y[r] = s
+    return 0
