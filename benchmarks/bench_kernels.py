@@ -8,7 +8,8 @@ For each kernel, at ``--size`` per main array (>= 256 MiB for the recorded table
 
 * **plain**: the Numba kernel itself (``ccadgpu.kernels.cpu``) on plain NumPy arrays, as NumPy
   allocates them (NumPy asks for transparent huge pages on large arrays).  Indexed kernels run
-  with their index check on, as ``ccadgpu.ops`` runs them;
+  with their index check on, as ``ccadgpu.ops`` runs them uncounted (counted, the page
+  histogram's pass checks the indices, and the kernel runs unchecked);
 * **plain 4K**: the same on plain arrays allocated without huge pages (4 KiB PTEs, as the
   managed arrays had before the arenas collapsed fresh 2 MiB chunks into huge pages, and still
   have where the kernel cannot: ``tunables.thp_collapse``);

@@ -941,11 +941,11 @@ class AccessCounters:
         with sp._cond:
             if (sp._host_alone or ahead is not None) and self._host_open:
                 self._close_host_epoch()     # the operation before faulted, or this one did
-            if ahead is not None:            # set with the count, so no other operation's
-                sp._host_alone, sp._host_ahead = True, ahead     # epoch can take them
             t = self._host_tally(items)
             if t.n == 0:
                 return
+            if ahead is not None:            # set with the count, so no other operation's
+                sp._host_alone, sp._host_ahead = True, ahead     # epoch can take them
             modeled = sp.clock.tally_seconds(t.sectors_by_node(len(sp.nodes)), launch=False)
             sp.clock.advance("host", modeled)
             self._apply(t, self.epoch)

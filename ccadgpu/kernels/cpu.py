@@ -152,9 +152,10 @@ def stencil5(out, inp, cc, cn):  # pragma: no cover - compiled
 # histogram's pass checks instead (the same compare, one read of the index for both).
 #
 # Counting in that separate pass rather than in the kernel: a per-block histogram inside the
-# kernel re-read each block of indices after its accesses, and cost 1.16-1.24x the kernel; the
-# pass ahead, which replaces the check's pass, costs 0.73-0.78x that (gather, scatter; spmv_csr
-# 1.02x, its CSR check being a pass of its own), and gives the pages before the kernel runs.
+# kernel re-read each block of indices after its accesses; a counted launch cost 1.14-1.24x an
+# uncounted one that way, and 0.88-0.91x with the pass ahead, which replaces the check's pass
+# (benchmarks/bench_kernels.py, 256 MiB, 2026-12-07, 2 cores), and it gives the pages before
+# the kernel runs.
 #
 # The random accesses are prefetched _AHEAD iterations early (the index is known that far
 # ahead): each one misses the caches and, on 4 KiB pages, the TLB, and the out-of-order window
