@@ -4,7 +4,9 @@ Every launch (``ccadgpu.ops.*`` and ``space.device.launch``) goes through :func:
 
 1. validate the declared accesses (arrays of this space, index ranges) and count those known
    before the kernel runs -- nothing has changed if this raises; when every page is known, the
-   manager's faults for them run now (tunable ``faults_ahead``);
+   manager's faults for them run now (tunable ``faults_ahead``); a launch that fails after
+   them (a later step raises) is an *aborted* epoch: its faults priced and traced, nothing
+   counted;
 2. enter ``space.device.running()`` (raises DeviceOfflineError unless the device is online; an
    offline waits for the launch to leave);
 3. register as a *writer* over every array the kernel writes (waits for in-flight migrations of
@@ -49,8 +51,9 @@ import math
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -168,7 +171,7 @@ def execute(space: "Space", name: str, run: Callable[[bool], tuple[Any, Sequence
         early = space._fault_ahead_launch(
             name, [(fp, a.rw, lo, n) for fp, a, (lo, n) in zip(pre, accesses, span)])
     dev = space.device
-    with dev.running():
+    with _aborts(space, name, early) as counted, dev.running():
         with contextlib.ExitStack() as writers:
             for a in accesses:
                 if a.rw == WRITE:
@@ -212,6 +215,7 @@ def execute(space: "Space", name: str, run: Callable[[bool], tuple[Any, Sequence
                 nnot = counters._apply(t, epoch)
                 ids = t.alloc_ids(space.pt.alloc)
                 space._queue_epoch(epoch, name, DEVICE, t, wall, ids, ahead, ep)
+                counted.append(True)
                 space.clock.advance("kernel", modeled, wall)
                 rec = None
                 if space.trace._recording():
@@ -229,6 +233,24 @@ def execute(space: "Space", name: str, run: Callable[[bool], tuple[Any, Sequence
                        notifications=nnot, record=rec)
     dev.last_launch = res
     return res
+
+
+@contextlib.contextmanager
+def _aborts(space: "Space", name: str, early: Any) -> Iterator[list]:
+    """Around a launch whose faults may have run already (``early``): if it fails before it
+    is counted (the caller appends to the yielded list once it is), it is an aborted epoch
+    (:meth:`Space._abort_launch`), so the moves its faults made are priced and replayed."""
+    counted: list = []
+    try:
+        yield counted
+    except BaseException:
+        if early is not None and not counted:
+            try:
+                space._abort_launch(name, early)
+            except Exception as exc:  # noqa: BLE001 - the launch's own error is the one to see
+                warnings.warn(f"{name}: could not record the aborted launch: {exc!r}",
+                              RuntimeWarning, stacklevel=3)
+        raise
 
 
 def _declared(space: "Space", items: Iterable[Any], rw: int, what: str) -> list[Access]:

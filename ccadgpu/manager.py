@@ -25,7 +25,9 @@ them when the kernel or the CPU touches them, as on hardware, so the space clock
 launch's counts agree with this model.  A launch with counts only its kernel knows (in-kernel
 page histograms) and CPU operations that join the open host epoch have their step (1) after
 the accesses ran, priced as if before.  A replay steps the recorded epochs in the same order
-and decides the same.
+and decides the same.  A launch that fails once its faults ran (its kernel raised, the device
+went offline) is an *aborted* epoch: its faults stay done and priced, steps (2)-(4) do not run
+(``Epoch.aborted``; its trace record says so).
 
 **The manager's final say** (the thread: "the manager makes the final decision"): pinned pages
 never move; ``tunables.migration_enabled = False`` stops every policy move (R5); a preferred
@@ -113,6 +115,8 @@ class Epoch:
     rec_node: np.ndarray | None = None
     #: step (1), already run before the accesses (live, :meth:`MigrationManager.fault_ahead`)
     ahead: "FaultsAhead | None" = None
+    #: a launch that failed after its faults ran: the manager steps its faults (1) only
+    aborted: bool = False
 
     def touched_by(self, proc: int) -> np.ndarray:
         return self.by_proc[:, proc] > 0
@@ -133,6 +137,7 @@ class Epoch:
                  np.asarray(rec.vpns, np.int64), np.asarray(rec.sectors, np.int64),
                  dev, rec.wall_seconds)
         ep.alloc_ids = np.asarray(rec.alloc, np.int64)
+        ep.aborted = rec.aborted
         return ep
 
 
@@ -693,15 +698,17 @@ class MigrationManager:
                                                                   ep.processor, ep.wall)
             res.fault_s = ahead.fault_s
         v = ep.vpns
-        # (2) the accesses, under the placement they now see; (3) counters: heat, recency,
-        # notifications (one fused pass over the pages, ccadgpu.upkeep)
-        notes = upkeep.account_epoch(self, ep, self.placement.seen_by(ep.processor, v), res)
-        res.notifications = len(notes)
-        self.policy.observe(ctx, ep)
-        # (4) decisions from counters
-        t_dec = time.perf_counter()
-        self._apply(list(self.policy.epoch_end(ctx, ep, notes)), res)
-        decide += time.perf_counter() - t_dec
+        if not ep.aborted:       # an aborted launch made no access the manager can know of
+            # (2) the accesses, under the placement they now see; (3) counters: heat,
+            # recency, notifications (one fused pass over the pages, ccadgpu.upkeep)
+            notes = upkeep.account_epoch(self, ep, self.placement.seen_by(ep.processor, v),
+                                         res)
+            res.notifications = len(notes)
+            self.policy.observe(ctx, ep)
+            # (4) decisions from counters
+            t_dec = time.perf_counter()
+            self._apply(list(self.policy.epoch_end(ctx, ep, notes)), res)
+            decide += time.perf_counter() - t_dec
         res.device_pages = self.placement.used_frames(DEVICE)
         ctx.now += res.total_s
         ctx.epoch += 1

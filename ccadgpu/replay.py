@@ -22,6 +22,7 @@ replay from the allocation placement) and keep every page allocated.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Sequence
 
 import numpy as np
@@ -154,7 +155,10 @@ def replay(trace: Trace, policy: "str | Policy", profile: "str | Profile | None"
     extra: dict[str, Any] = {}
     if policy == "oracle":
         vp = np.flatnonzero(init >= 0)
-        sched = plan_oracle(epochs, prof, ps, dev_frames, init[vp], vp, tun.cpu_access)
+        # an aborted launch's faults are all it cost: it plans as an epoch of no accesses
+        plan = [dataclasses.replace(e, sectors=np.zeros_like(e.sectors), launch=False)
+                if e.aborted else e for e in epochs]
+        sched = plan_oracle(plan, prof, ps, dev_frames, init[vp], vp, tun.cpu_access)
         pol: "str | Policy" = make_policy("oracle", schedule=sched)
         extra = {"lower_bound_s": sched.lower_bound, "oracle_planned_s": sched.planned_cost}
     else:

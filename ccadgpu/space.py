@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import math
 import operator
 import os
 import threading
@@ -869,13 +870,14 @@ class Space:
                      np.asarray(tally.sectors, np.int64), processor == DEVICE, wall)
 
     def _queue_epoch(self, epoch: int, kernel: str, processor: int, tally: Any,
-                     wall: float, ids: Any = None, ahead: Any = None, ep: Any = None) -> None:
+                     wall: float, ids: Any = None, ahead: Any = None, ep: Any = None,
+                     aborted: bool = False) -> None:
         """Hand a finished epoch to the manager (space lock held); it runs in
         :meth:`_run_manager`, outside every lock and writer section.  Each page's allocation
         and node are captured now, so that pages freed (and perhaps reused) before the manager
         gets to the epoch are recognised (``ids``: ``tally.alloc_ids`` if the caller has
         them).  ``ahead``: its step (1), already run (:meth:`_faults_ahead`); ``ep``: the
-        epoch it ran on, when made from this same tally."""
+        epoch it ran on, when made from this same tally; ``aborted``: see :meth:`_abort_launch`."""
         if tally.n:
             if ep is None:
                 ep = self._epoch_of(epoch, kernel, processor, tally, wall)
@@ -884,7 +886,7 @@ class Space:
             ep.alloc_ids = tally.expand_alloc(tally.alloc_ids(self.pt.alloc) if ids is None
                                               else ids)
             ep.rec_node = np.asarray(tally.node, np.int8)
-            ep.ahead = ahead
+            ep.ahead, ep.aborted = ahead, aborted
             self._touched(ep.alloc_ids, epoch)
             self._mq.append(ep)
 
@@ -981,6 +983,26 @@ class Space:
             return None
         ep = self._epoch_of(self.counters.epoch, name, DEVICE, t, float("nan"))
         return self._faults_ahead(ep), ep, t, views
+
+    def _abort_launch(self, name: str, early: Any) -> None:
+        """A launch whose faults ran (``early``, from :meth:`_fault_ahead_launch`) failed before
+        it was counted (its kernel raised, the device went offline): its faults stay done, so
+        it is an aborted epoch, which the manager steps for its faults only, the trace
+        records, and a replay steps the same way."""
+        ahead, ep, t, _views = early
+        if ahead is None:
+            return
+        with self._cond:
+            if self.closed:
+                return
+            epoch = self.counters._next_launch_epoch()
+            ids = t.alloc_ids(self.pt.alloc)
+            self._queue_epoch(epoch, name, DEVICE, t, math.nan, ids, ahead, ep, aborted=True)
+            if self.trace._recording():
+                self.trace._append(self.trace._record(epoch, name, "device", t, math.nan, 0.0,
+                                                      None, 0, ids, aborted=True))
+        self.vmstat.add(kernel_aborts=1)
+        self._run_manager()
 
     def _device_view(self, lo: int, hi: int) -> np.ndarray:
         """Node of pages ``[lo, hi)`` as the device sees them: a read-mostly page with a device

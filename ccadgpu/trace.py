@@ -25,6 +25,11 @@ epoch); ``position`` is the number of the first epoch the manager stepped after 
 With them a replay sees the pages exist, and where, when the live manager did
 (:func:`ccadgpu.replay.replay`); traces without them (or missing epochs) are replayed from the
 pages' first appearance.
+
+A launch that fails once the manager's faults for it ran (its kernel raised, the device went
+offline) leaves an *aborted* record (``EpochRecord.aborted``; the header's ``aborted`` lists
+their positions): its counts are the accesses it declared, which those faults served; it
+counts no bytes, and a replay steps only its faults.
 """
 from __future__ import annotations
 
@@ -70,12 +75,14 @@ class EpochRecord:
     :class:`~ccadgpu.counters.Tally` (pass it as ``counts``; ``vpns`` and ``node`` are then
     the tally's, and ``alloc`` may be its compact :meth:`~ccadgpu.counters.Tally.alloc_ids`):
     the arrays are then built when read, and a record of a dense launch keeps no per-page
-    array at all."""
+    array at all.  ``aborted``: a launch that failed once its faults ran; its counts are the
+    accesses it declared, which its faults served, and it made none the counters saw."""
 
     def __init__(self, epoch: int, kernel: str, processor: str, vpns: np.ndarray | None,
                  counts: "np.ndarray | Tally", sectors: np.ndarray | None,
                  node: np.ndarray | None, alloc: "np.ndarray | list[int]", wall_seconds: float,
-                 modeled_seconds: float, t_start: float = 0.0, notifications: int = 0):
+                 modeled_seconds: float, t_start: float = 0.0, notifications: int = 0,
+                 aborted: bool = False):
         from .counters import Tally
         self.epoch = epoch
         self.kernel = kernel
@@ -86,6 +93,7 @@ class EpochRecord:
         self.modeled_seconds = modeled_seconds
         self.t_start = t_start
         self.notifications = notifications
+        self.aborted = bool(aborted)
 
     vpns = _from_tally("vpns", "``int64[n]`` the touched pages (sorted).")
     node = _from_tally("node", "``int8[n]`` where each page was (the local/remote split).")
@@ -99,8 +107,8 @@ class EpochRecord:
 
     @property
     def nbytes(self) -> int:
-        """Total bytes counted in this epoch."""
-        return self._tally.nbytes
+        """Total bytes counted in this epoch (none when it was aborted)."""
+        return 0 if self.aborted else self._tally.nbytes
 
     def bytes_by(self) -> dict[str, int]:
         """Totals by ``"<proc>_<read|write>_<local|remote>"``."""
@@ -112,7 +120,8 @@ class EpochRecord:
     def __repr__(self) -> str:
         wall = "-" if math.isnan(self.wall_seconds) else f"{self.wall_seconds:.3g}s"
         return (f"EpochRecord(epoch={self.epoch}, kernel={self.kernel!r}, pages={self._tally.n}, "
-                f"bytes={self.nbytes}, wall={wall}, modeled={self.modeled_seconds:.3g}s)")
+                f"bytes={self.nbytes}, wall={wall}, modeled={self.modeled_seconds:.3g}s"
+                f"{', aborted' if self.aborted else ''})")
 
 
 def _alloc_meta(a: Any) -> dict[str, Any]:
@@ -333,7 +342,8 @@ class Trace:
 
     def _record(self, epoch: int, kernel: str, processor: str, t: "Tally", wall: float,
                 modeled: float, t_start: float | None = None, notifications: int = 0,
-                alloc: "np.ndarray | list[int] | None" = None) -> EpochRecord:
+                alloc: "np.ndarray | list[int] | None" = None,
+                aborted: bool = False) -> EpochRecord:
         """``alloc``: ``t.alloc_ids`` now, if the caller has them (kept, read only)."""
         sp = self._space
         assert sp is not None
@@ -342,7 +352,7 @@ class Trace:
         if t_start is None:
             t_start = time.perf_counter() - self._t0 - (wall if math.isfinite(wall) else 0.0)
         return EpochRecord(epoch, kernel, processor, None, t, None, None, alloc, wall,
-                           modeled, t_start, notifications)
+                           modeled, t_start, notifications, aborted)
 
     def _append(self, rec: EpochRecord) -> None:
         sp = self._space
@@ -436,6 +446,7 @@ class Trace:
             "events": events,
             "epochs": len(recs), "kernels": [r.kernel for r in recs],
             "processors_by_epoch": [r.processor for r in recs],
+            "aborted": [i for i, r in enumerate(recs) if r.aborted],
             "saved": time.time()})
         offs = np.zeros(len(recs) + 1, np.int64)
         offs[1:] = np.cumsum([len(r.vpns) for r in recs])
@@ -502,6 +513,7 @@ class Trace:
         N = len(a["vpn"])
         kernels = header.get("kernels", [])
         procs = header.get("processors_by_epoch", [])
+        aborted = header.get("aborted", [])          # absent from older files: none
         _check_header(header, path)
         if N and int(a["vpn"].min()) < 0:
             raise TraceFormatError(f"{path}: negative page numbers (corrupt file?)")
@@ -511,8 +523,11 @@ class Trace:
                 or a["counts"].shape != (N, 2, 2, 2) or a["sectors"].shape != (N, 2, 2)
                 or len(a["node"]) != N or len(a["alloc"]) != N
                 or any(len(a[k]) != E for k in ("wall_seconds", "modeled_seconds", "t_start",
-                                                 "notifications"))):
+                                                 "notifications"))
+                or not isinstance(aborted, list)
+                or not all(type(i) is int and 0 <= i < E for i in aborted)):
             raise TraceFormatError(f"{path}: inconsistent trace arrays (corrupt file?)")
+        aborted = set(aborted)
         recs = []
         for i in range(E):
             s = slice(int(offs[i]), int(offs[i + 1]))
@@ -520,6 +535,6 @@ class Trace:
                                     a["vpn"][s], a["counts"][s], a["sectors"][s], a["node"][s],
                                     a["alloc"][s], float(a["wall_seconds"][i]),
                                     float(a["modeled_seconds"][i]), float(a["t_start"][i]),
-                                    int(a["notifications"][i])))
+                                    int(a["notifications"][i]), i in aborted))
         return cls(header, recs)
 

@@ -13,7 +13,7 @@ import pytest
 
 import ccadgpu
 from ccadgpu import ops
-from ccadgpu.errors import DeviceOfflineError, FreedArrayError
+from ccadgpu.errors import DeviceOfflineError, FreedArrayError, TraceFormatError
 from ccadgpu.manager import CPU
 from ccadgpu.policies import make_policy
 from ccadgpu.replay import replay
@@ -410,3 +410,113 @@ def test_pages_that_cannot_move_do_not_split_host_epochs(why):
         sp.sync()
         assert len(sp.trace) - n0 == 1 and (sp.placement(d) == 1).all()
         assert len(sp._no_faults) == 1
+
+
+def _boom(y, x):
+    raise RuntimeError("kernel failed")
+
+
+@pytest.mark.parametrize("policy", ["on_demand", "access_counter", "first_touch"])
+def test_a_launch_that_fails_after_its_faults_is_an_aborted_epoch(tmp_path, policy):
+    """Its faults ran (the pages moved for real): the manager prices them, the trace records
+    an aborted epoch, and a replay makes the same moves; nothing is counted for it."""
+    with space(policy) as sp:
+        x = sp.asarray(np.ones(8 * F))
+        y = sp.zeros(8 * F)
+        ops.scale(y, x, 2.0)
+        before = sp.counters.totals()
+        launches = sp.vmstat["kernel_launches"]
+        with pytest.raises(RuntimeError, match="kernel failed"):
+            sp.device.launch(_boom, y, x, reads=[x], writes=[y])
+        assert sp.vmstat["kernel_launches"] == launches
+        assert sp.vmstat["kernel_aborts"] == 1
+        assert [r.aborted for r in sp.trace] == [False, True]
+        assert sp.counters.totals() == before
+        ops.scale(y, x, 3.0)
+        assert np.array_equal(np.asarray(y), np.full(8 * F, 3.0))
+        sp.sync()
+        s = sp.manager.summary()
+        path = sp.trace.save(os.path.join(tmp_path, "t.npz"))
+        live_moves = [r.moved for r in sp.manager.results]
+    t = ccadgpu.Trace.load(path)
+    assert [r.aborted for r in t] == [r.aborted for r in sp.trace]
+    r = replay(t, policy)
+    assert r["modeled_s"] == pytest.approx(s["modeled_s"], rel=1e-12)
+    assert r["migrated_bytes_by_cause"] == s["migrated_bytes_by_cause"]
+    assert len(live_moves) == r["epochs"]
+
+
+def test_the_aborted_launchs_faults_are_priced_and_traced(tmp_path):
+    """on_demand faults every host page of the launch over: the aborted epoch carries those
+    moves and their fault time, and no access time or bytes."""
+    with space() as sp:
+        x = sp.asarray(np.ones(8 * F))
+        y = sp.zeros(8 * F)
+        with pytest.raises(RuntimeError):
+            sp.device.launch(_boom, y, x, reads=[x], writes=[y], name="boom")
+        assert (sp.placement(x) == 1).all() and (sp.placement(y) == 1).all()
+        sp.sync()
+        res = sp.manager.results[-1]
+        assert res.kernel == "boom" and res.moved == {("fault", 0, 1): 16}
+        assert res.fault_s > 0 and res.access_s == 0 and res.touched_bytes == 0
+        rec = sp.trace[-1]
+        assert rec.aborted and rec.nbytes == 0 and rec.modeled_seconds == 0
+        assert "aborted" in repr(rec)
+        assert sp.clock.by_kind["fault"] == pytest.approx(res.fault_s)
+        assert sp.clock.by_kind.get("kernel", 0.0) == 0.0
+        path = sp.trace.save(os.path.join(tmp_path, "t.npz"))
+    for pol in ("on_demand", "oracle"):
+        r = replay(ccadgpu.Trace.load(path), pol)
+        assert r["epochs"] == 1 and r["touched_bytes"] == 0
+        if pol == "oracle":                          # nothing to access: nothing to move
+            assert r["modeled_s"] == 0 and r["lower_bound_s"] == 0
+        else:
+            assert r["modeled_s"] == pytest.approx(res.total_s, rel=1e-12)
+
+
+def test_an_offline_between_the_faults_and_the_kernel_aborts_the_launch(monkeypatch):
+    """The device going offline after a launch's faults ran: DeviceOfflineError, and the
+    moves the faults made are still the manager's (priced, then evacuated)."""
+    with space() as sp:
+        x = sp.asarray(np.ones(8 * F))
+        y = sp.zeros(8 * F)
+        orig = sp._faults_ahead
+
+        def offline_meanwhile(ep):                    # as another thread might
+            r = orig(ep)
+            sp.device.offline()
+            return r
+        monkeypatch.setattr(sp, "_faults_ahead", offline_meanwhile)
+        with pytest.raises(DeviceOfflineError):
+            ops.scale(y, x, 2.0)
+        monkeypatch.setattr(sp, "_faults_ahead", orig)
+        assert (sp.placement(x) == 0).all()            # evacuated, no byte lost
+        assert np.array_equal(np.asarray(x), np.ones(8 * F))
+        sp.sync()
+        assert sp.trace[-1].aborted
+        assert any(r.moved.get(("fault", 0, 1)) == 16 for r in sp.manager.results)
+
+
+def test_older_traces_without_aborted_records_still_load(tmp_path):
+    """The header's 'aborted' list is new: a file without it loads with none aborted, and a
+    bad list is a format error."""
+    import json
+    with space() as sp:
+        x = sp.asarray(np.ones(4 * F))
+        ops.scale(x, x, 2.0)
+        path = sp.trace.save(os.path.join(tmp_path, "t.npz"))
+    z = dict(np.load(path))
+    h = json.loads(z["header"].tobytes().decode())
+    for bad, ok in ((None, True), ([7], False), (["0"], False), ([True], False)):
+        if bad is None:
+            h.pop("aborted")
+        else:
+            h["aborted"] = bad
+        z["header"] = np.frombuffer(json.dumps(h).encode(), np.uint8)
+        p2 = os.path.join(tmp_path, "t2.npz")
+        np.savez_compressed(p2, **z)
+        if ok:
+            assert not any(r.aborted for r in ccadgpu.Trace.load(p2))
+        else:
+            with pytest.raises(TraceFormatError):
+                ccadgpu.Trace.load(p2)
