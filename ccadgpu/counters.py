@@ -42,7 +42,7 @@ from __future__ import annotations
 import bisect
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 
@@ -920,6 +920,14 @@ class AccessCounters:
             return
         fp = dense_footprint(sp, arr) if key is None else key_footprint(sp, arr, key)
         self._host_footprints([(fp, mode)], sp._fault_ahead_host([(fp, mode)]))
+
+    def _launch_tally(self, parts: Iterable[tuple[Footprint, int, np.ndarray]]) -> "Tally":
+        """The tally of one launch's accesses ``(footprint, rw, node of its pages as the
+        device sees them)``."""
+        b = TallyBuilder(self.local_nodes(), len(self._space.nodes))
+        for fp, rw, node in parts:
+            b.add(DEVICE, rw, fp, node)
+        return b.build()
 
     def _host_tally(self, items: list[tuple[Footprint, str]]) -> "Tally":
         """The tally of one CPU operation's accesses, split local/remote by where its pages

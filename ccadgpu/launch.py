@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from .array import ManagedArray, buffer_of
-from .counters import (DEVICE, READ, WRITE, Footprint, TallyBuilder, dense_footprint,
+from .counters import (DEVICE, READ, WRITE, Footprint, dense_footprint,
                        indexed_footprint, page_histogram_footprint)
 from .errors import ForeignArrayError, InvalidArgumentError
 
@@ -196,18 +196,10 @@ def execute(space: "Space", name: str, run: Callable[[bool], tuple[Any, Sequence
                 if not all(np.array_equal(v, node) for v, (_lo, node) in zip(views, spans)):
                     ep = None                 # pages moved since: count where they are now
             if ep is None:
-                b = TallyBuilder(counters.local_nodes(), len(space.nodes))
                 hi_iter = iter(hists)
-                for a, fp, (lo, node) in zip(accesses, pre, spans):
-                    if fp is None:
-                        try:
-                            h = next(hi_iter)
-                        except StopIteration:
-                            raise InvalidArgumentError(f"{name}: kernel returned fewer page "
-                                                       "histograms than it declared") from None
-                        fp = page_histogram_footprint(space, a.array, h)
-                    b.add(DEVICE, a.rw, fp, node)
-                t = b.build()
+                t = counters._launch_tally(
+                    (_kernel_footprint(space, name, a, hi_iter) if fp is None else fp, a.rw, node)
+                    for a, fp, (_lo, node) in zip(accesses, pre, spans))
             with space._cond:
                 epoch = counters._next_launch_epoch()
                 modeled = space.clock.tally_seconds(t.sectors_by_node(len(space.nodes)),
@@ -233,6 +225,15 @@ def execute(space: "Space", name: str, run: Callable[[bool], tuple[Any, Sequence
                        notifications=nnot, record=rec)
     dev.last_launch = res
     return res
+
+
+def _kernel_footprint(space: "Space", name: str, a: Access, hists: Iterator) -> Footprint:
+    """Access ``a``'s footprint from the next page histogram its kernel returned."""
+    h = next(hists, None)
+    if h is None:
+        raise InvalidArgumentError(f"{name}: kernel returned fewer page histograms than it "
+                                   "declared")
+    return page_histogram_footprint(space, a.array, h)
 
 
 @contextlib.contextmanager

@@ -971,14 +971,10 @@ class Space:
         if not self._may_fault_ahead() or self.manager.policy.name == "static" or \
                 self.device.state != "online":
             return None
-        from .counters import TallyBuilder
-        b = TallyBuilder(self.counters.local_nodes(), len(self.nodes))
-        views = []
         with self._cond:
-            for fp, rw, lo, n in footprints:
-                views.append(self._device_view(lo, lo + n))
-                b.add(DEVICE, rw, fp, views[-1])
-        t = b.build()
+            views = [self._device_view(lo, lo + n) for _fp, _rw, lo, n in footprints]
+        t = self.counters._launch_tally((fp, rw, node) for (fp, rw, _lo, _n), node
+                                        in zip(footprints, views))
         if t.n == 0:
             return None
         ep = self._epoch_of(self.counters.epoch, name, DEVICE, t, float("nan"))

@@ -57,20 +57,26 @@ class AutoNuma(Policy):
         self._marked[lo:hi] = np.nan
         self._last[lo:hi] = -1
 
+    def _hint_faults(self, ctx: "PolicyContext", v: np.ndarray,
+                     proc: int) -> tuple[np.ndarray, np.ndarray]:
+        """The pages of ``v`` that hint-fault (unmapped by the scanner), and which of them are
+        hot enough, and pass the two-stage filter, to move toward ``proc``."""
+        f = v[~np.isnan(self._marked[v])]
+        hot = (ctx.now - self._marked[f]) <= self.hot_threshold_s
+        ok = (self._last[f] == proc) if self.two_stage_filter else np.ones(len(f), bool)
+        return f, hot & ok
+
     def fault(self, ctx: "PolicyContext", ep: "Epoch") -> list[Move]:
         self._grow(ctx.npages)
-        v = ep.vpns
-        f = v[~np.isnan(self._marked[v])]
+        proc = ep.processor
+        f, want = self._hint_faults(ctx, ep.vpns, proc)
         if len(f) == 0:
             return []
         ctx.charge_faults(len(f), self.hint_fault_us * 1e-6)
-        proc = ep.processor
         target = DEVICE if proc == DEV else HOST
-        hot = (ctx.now - self._marked[f]) <= self.hot_threshold_s
-        ok = (self._last[f] == proc) if self.two_stage_filter else np.ones(len(f), bool)
         self._last[f] = proc
         self._marked[f] = np.nan                     # the fault maps the page again
-        cand = f[hot & ok & (ctx.node[f] != target)]
+        cand = f[want & (ctx.node[f] != target)]
         if target == DEVICE and len(cand):
             cand = self._rate.admit(ctx.now, cand, ctx.page_size)
         return [Move(cand, target, "fault")] if len(cand) else []
@@ -78,11 +84,8 @@ class AutoNuma(Policy):
     def would_fault(self, ctx: "PolicyContext", ep: "Epoch") -> bool:
         # fault()'s test for the CPU, without unmarking anything
         v = ep.vpns
-        v = v[v < len(self._marked)]
-        f = v[~np.isnan(self._marked[v])]
-        hot = (ctx.now - self._marked[f]) <= self.hot_threshold_s
-        ok = (self._last[f] == CPU) if self.two_stage_filter else np.ones(len(f), bool)
-        return bool((hot & ok & (ctx.node[f] != HOST)).any())
+        f, want = self._hint_faults(ctx, v[v < len(self._marked)], CPU)
+        return bool((want & (ctx.node[f] != HOST)).any())
 
     def epoch_end(self, ctx: "PolicyContext", ep: "Epoch", notes: np.ndarray) -> list[Move]:
         if (ctx.epoch + 1) % self.scan_period_epochs:

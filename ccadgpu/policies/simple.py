@@ -31,11 +31,18 @@ class FirstTouch(Policy):
     def forget(self, lo: int, hi: int) -> None:
         self._seen[lo:min(hi, len(self._seen))] = False
 
+    def _new(self, v: np.ndarray) -> np.ndarray:
+        """The pages of ``v`` never touched before."""
+        seen = np.zeros(len(v), bool)
+        known = v < len(self._seen)
+        seen[known] = self._seen[v[known]]
+        return v[~seen]
+
     def fault(self, ctx: "PolicyContext", ep: "Epoch") -> list[Move]:
+        v = ep.vpns
+        new = self._new(v)
         if len(self._seen) < ctx.npages:
             self._seen = np.concatenate((self._seen, np.zeros(ctx.npages - len(self._seen), bool)))
-        v = ep.vpns
-        new = v[~self._seen[v]]
         self._seen[v] = True
         if len(new) == 0:
             return []
@@ -45,11 +52,7 @@ class FirstTouch(Policy):
         return [Move(new, target, "fault")] if len(new) else []
 
     def would_fault(self, ctx: "PolicyContext", ep: "Epoch") -> bool:
-        v = ep.vpns
-        seen = np.zeros(len(v), bool)
-        known = v < len(self._seen)
-        seen[known] = self._seen[v[known]]
-        return bool((ctx.node[v[~seen]] != HOST).any())
+        return bool((ctx.node[self._new(ep.vpns)] != HOST).any())
 
 
 class OnDemand(Policy):
