@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
-from .counters import (_is_basic_key, count_footprints, count_host, fault_host_ahead,
-                       host_footprints)
+from .counters import _is_basic_key, count_host, host_operation
 
 if TYPE_CHECKING:
     from .space import Allocation, Space
@@ -101,10 +100,11 @@ _WHOLE = object()
 
 @contextlib.contextmanager
 def _host_accesses(reads: list, writes: list, key: Any = _WHOLE) -> Iterator[None]:
-    """A CPU-side operation on managed arrays: register the writers (they wait for in-flight
-    migrations of their pages) and count the CPU traffic (:mod:`ccadgpu.counters`): ``reads``
-    are read, ``writes`` written, an array in both read and written; with ``key``, only the
-    elements ``writes[0][key]`` are (an indexed store)."""
+    """A CPU-side operation on managed arrays: its faults first, then register the writers
+    (they wait for in-flight migrations of their pages), and count the CPU traffic once the
+    operation has completed (:func:`ccadgpu.counters.host_operation`): ``reads`` are read,
+    ``writes`` written, an array in both read and written; with ``key``, only the elements
+    ``writes[0][key]`` are (an indexed store)."""
     ops = []
     for i, a in enumerate(writes):
         if buffer_of(a) is not None:
@@ -113,16 +113,14 @@ def _host_accesses(reads: list, writes: list, key: Any = _WHOLE) -> Iterator[Non
     for a in reads:
         if not any(a is w for w in writes) and buffer_of(a) is not None:
             ops.append((a, "r", None))
-    groups = host_footprints(ops) if ops else []
     # faults first: the pages come home before the writers below hold them in place
-    aheads = fault_host_ahead(groups)
-    with contextlib.ExitStack() as stack:
+    with host_operation(ops) as count, contextlib.ExitStack() as stack:
         for a in writes:
             buf = buffer_of(a)
             if buf is not None:
                 stack.enter_context(buf.space._writing(a))
-        count_footprints(groups, aheads)
         yield
+        count()                   # the operation is counted once it has completed
 
 
 class ManagedArray(np.ndarray):
@@ -202,10 +200,10 @@ class ManagedArray(np.ndarray):
         reads: list = []
         _managed_in([key], reads)
         k = _plain_tree(key)
-        ops = [(self, "r", k)] + [(r, "r", None) for r in reads]
-        count_host(ops)
-        return _interop().finish(np.ndarray.__getitem__(self.view(np.ndarray), k),
-                                 [self], None)
+        with host_operation([(self, "r", k)] + [(r, "r", None) for r in reads]) as count:
+            res = np.ndarray.__getitem__(self.view(np.ndarray), k)
+            count()
+        return _interop().finish(res, [self], None)
 
     def fill(self, value: Any) -> None:
         with _host_accesses([], [self]):

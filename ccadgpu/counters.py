@@ -9,8 +9,9 @@ with vector operations.  Counts model *memory traffic*: a dense kernel sweeping 
 each of its bytes once per sweep (perfect reuse inside the kernel, as a cache would give); an
 indexed access (gather, scatter, the ``x`` of a sparse mat-vec) counts ``itemsize`` bytes per
 access, whatever the reuse.  Dense counts are computed arithmetically from the array's byte
-range; indexed counts are per-page histograms built inside the kernel (or by ``np.bincount`` of
-a declared index array on the generic launch path).
+range; indexed counts are per-page histograms of the index array (on the stand-in built in one
+pass before the kernel runs, which also checks the indices; on a GPU inside the kernel; on the
+generic launch path by ``np.bincount`` of a declared index array).
 
 **Notifications** work like a GPU's access counters (NVIDIA's UVM driver consumes them): the
 address space is cut into regions of ``access_counter_granularity`` bytes (default 2 MiB, at
@@ -40,9 +41,10 @@ NumPy functions' partial reads (a ``np.take`` is counted as a read of its whole 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -339,10 +341,31 @@ def fault_host_ahead(groups: list[tuple[Any, list]]) -> list:
 
 def count_footprints(groups: list[tuple[Any, list]], aheads: list | None = None) -> None:
     """Count the CPU accesses of :func:`host_footprints`, one update per space; ``aheads``:
-    what :func:`fault_host_ahead` returned for them."""
+    what :func:`fault_host_ahead` returned for them (each taken, set to None, once counted)."""
     for i, (sp, fps) in enumerate(groups):
         if fps:
-            sp.counters._host_footprints(fps, aheads[i] if aheads else None)
+            ahead = aheads[i] if aheads else None
+            sp.counters._host_footprints(fps, ahead)
+            if aheads:
+                aheads[i] = None
+
+
+@contextlib.contextmanager
+def host_operation(ops: list[tuple[np.ndarray, str, Any]]) -> Iterator[Callable[[], None]]:
+    """Around one CPU operation over ``ops`` (as :func:`count_host`'s): its faults run first
+    (:func:`fault_host_ahead`); it yields the function that counts it, to call once the
+    operation has completed.  An operation that raises before then counts nothing (it is
+    bad input, mostly, which NumPy refuses before touching memory), and the faults that ran
+    for it are an aborted epoch (:meth:`Space._abort`: priced, traced, replayed)."""
+    groups = host_footprints(ops) if ops else []
+    aheads = fault_host_ahead(groups)
+    try:
+        yield lambda: count_footprints(groups, aheads)
+    except BaseException:
+        for (sp, fps), ahead in zip(groups, aheads):
+            if ahead is not None:
+                sp._abort("host", CPU, ahead, fps=fps)
+        raise
 
 
 def count_host(ops: list[tuple[np.ndarray, str, Any]]) -> None:

@@ -240,14 +240,15 @@ def _kernel_footprint(space: "Space", name: str, a: Access, hists: Iterator) -> 
 def _aborts(space: "Space", name: str, early: Any) -> Iterator[list]:
     """Around a launch whose faults may have run already (``early``): if it fails before it
     is counted (the caller appends to the yielded list once it is), it is an aborted epoch
-    (:meth:`Space._abort_launch`), so the moves its faults made are priced and replayed."""
+    (:meth:`Space._abort`), so the moves its faults made are priced and replayed."""
     counted: list = []
     try:
         yield counted
     except BaseException:
         if early is not None and not counted:
             try:
-                space._abort_launch(name, early)
+                ahead, ep, t, _views = early
+                space._abort(name, DEVICE, ahead, t, ep)
             except Exception as exc:  # noqa: BLE001 - the launch's own error is the one to see
                 warnings.warn(f"{name}: could not record the aborted launch: {exc!r}",
                               RuntimeWarning, stacklevel=3)

@@ -22,8 +22,9 @@ Arrays must be C-contiguous managed arrays of the same space, of one numeric dty
 (elementwise); an output may be the very same array as an input but must not partly overlap it.
 Integer kernels and ``copy`` are exact; float reductions accumulate in float64 (so they agree
 with NumPy's to rounding, not bit for bit).  Bad input raises with nothing changed: arguments are
-checked before the launch; index values (and a CSR ``indptr``) are checked by the indexed
-kernel itself, in a first pass that returns before any store, so the launch raises
+checked before the launch; index values (and a CSR ``indptr``) are checked before any store --
+on the stand-in by the pass that builds the launch's page histogram (before its faults run) or,
+uncounted, by the kernel's own first pass; on a GPU by a check kernel -- so the launch raises
 ``InvalidArgumentError`` naming the bad range with nothing written, counted or traced.
 """
 from __future__ import annotations
@@ -171,26 +172,71 @@ def _drops_duplicates(sp: Any, written: np.ndarray) -> bool:
 
 
 def _index_error(op: str, name: str, idx: np.ndarray, n: int) -> InvalidArgumentError:
-    """The error of an index outside ``[0, n)`` (found by a kernel that then wrote nothing)."""
+    """The error of an index outside ``[0, n)`` (found by a check, before any store)."""
     v = _flat(idx)
     bad = v[(v < 0) | (v >= n)]
+    if not bad.size:                  # it was there when checked
+        return _changed_error(op, name)
     return InvalidArgumentError(f"ops.{op}: {name} out of range: values {v.min()}..{v.max()} "
                                 f"({bad.size} outside, e.g. {bad[0]}), valid 0..{n - 1}; "
                                 "nothing was written")
 
 
+def _changed_error(op: str, name: str) -> InvalidArgumentError:
+    return InvalidArgumentError(f"ops.{op}: {name} changed while the launch ran (another thread "
+                                "storing into it?): entries found out of range were skipped, "
+                                "the others written")
+
+
+def _status_error(op: str, status: int, name: str, idx: np.ndarray,
+                  n: int) -> InvalidArgumentError:
+    """The error of a nonzero status of a stand-in indexed kernel or check
+    (:mod:`ccadgpu.kernels.cpu`): 1 a CSR indptr that does not cover ``idx`` (the indices), 2
+    an index outside ``[0, n)``, both found before any store; 3 either met by the work loop
+    (changed since they were checked)."""
+    if status == 1:
+        return InvalidArgumentError(f"ops.{op}: indptr must start at 0, never decrease and end "
+                                    f"at nnz = {idx.size}; nothing was written")
+    if status == 2:
+        return _index_error(op, name, idx, n)
+    return _changed_error(op, name if op != "spmv_csr" else f"{name} or indptr")
+
+
+class _Ahead:
+    """A stand-in indexed launch's page histogram of ``table`` for one access per ``idx``, built
+    before its kernel (:attr:`ccadgpu.launch.Access.ahead`).  Its pass checks the indices (after
+    ``pre``, the rest of the structure's check), so that the kernel may skip its own check
+    (``checked``: set, too, by a check that ran before the launch)."""
+
+    def __init__(self, sp: Any, op: str, name: str, table: np.ndarray, idx: np.ndarray,
+                 pre: Any = None):
+        self.sp, self.op, self.name, self.table, self.idx, self.pre = sp, op, name, table, idx, pre
+        self.checked = False
+
+    def __call__(self) -> np.ndarray:
+        if not self.checked and self.pre is not None:
+            self.pre()
+        off0, isz, page, npages = kernel_page_params(self.sp, self.table)
+        h, ok = _kernels().page_histogram(self.idx, self.table.size, off0, isz, page,
+                                          _shift(page), npages, _nthreads())
+        if not ok:
+            raise _index_error(self.op, self.name, self.idx, self.table.size)
+        self.checked = True
+        return h.sum(axis=0)
+
+
 def _precheck_indices(sp: Any, op: str, name: str, idx: np.ndarray, n: int,
                       written: np.ndarray) -> None:
     """Index checks that run before the launch.  On a cuda space always, on the GPU (reading
-    ``idx`` here would pull its pages over).  On the stand-in the indexed kernels check their
-    indices themselves, in a first pass that returns before any store (no separate pass), so
-    this checks only when the launch would change state before its kernel runs
-    (:func:`_drops_duplicates`)."""
+    ``idx`` here would pull its pages over).  On the stand-in a counted launch's histogram pass
+    checks before anything changes, and an uncounted kernel checks in a first pass that
+    returns before any store, so this checks only for an uncounted launch that would change
+    state before its kernel runs (:func:`_drops_duplicates`)."""
     if sp.gpu is not None:
         if idx.size:
             k = sp.gpu.kernels
             k._check_index(f"ops.{op}", k.b.as_device_array(_flat(idx)), n, name)
-    elif _drops_duplicates(sp, written) and \
+    elif not sp.counters.enabled and _drops_duplicates(sp, written) and \
             not _kernels().indices_ok(_flat(idx), n, _nthreads()):
         raise _index_error(op, name, idx, n)
 
@@ -203,44 +249,18 @@ def _run_indexed(sp: Any, op: str, args: tuple, table: np.ndarray, idx: np.ndarr
     own counters; ``dense`` are the other operands' accesses."""
     written = op == "scatter"
     flat = tuple(_flat(a) for a in args)
-    nch = _nthreads()
-    checked = False
-
-    def ahead() -> np.ndarray:
-        nonlocal checked
-        h = _histogram(sp, table, _flat(idx).view(np.ndarray), nch)
-        if h is None:
-            raise _index_error(op, "idx", idx, table.size)
-        checked = True
-        return h
+    ahead = _Ahead(sp, op, "idx", table, _flat(idx).view(np.ndarray))
 
     def run(counting: bool) -> tuple[Any, list]:
         if sp.gpu is not None:
             return result, _gpu_indexed(sp, op, flat, table, written, counting)
-        if not getattr(_kernels(), op)(*flat, not checked, nch):
-            raise _index_error(op, "idx", idx, table.size)     # checked; nothing written
+        status = getattr(_kernels(), op)(*flat, not ahead.checked, _nthreads())
+        if status:
+            raise _status_error(op, status, "idx", idx, table.size)
         return result, []
     acc = dense + [Access(table, WRITE if written else READ, "kernel",
                           ahead=ahead if sp.gpu is None else None)]
     return execute(sp, op, run, acc).value
-
-
-def _histogram(sp: Any, table: np.ndarray, idx: np.ndarray, nch: int) -> np.ndarray | None:
-    """Element accesses per page of ``table`` for one access per ``idx`` (the stand-in's count
-    of an indexed operand, before its kernel runs); None if an index is out of range."""
-    off0, isz, page, npages = kernel_page_params(sp, table)
-    h, ok = _kernels().page_histogram(idx, table.size, off0, isz, page, _shift(page), npages,
-                                      nch)
-    return h.sum(axis=0) if ok else None
-
-
-def _check_csr_status(status: int, indices: np.ndarray, ncols: int) -> None:
-    """Raise for a nonzero :func:`ccadgpu.kernels.cpu.csr_status`."""
-    if status == 1:
-        raise InvalidArgumentError("ops.spmv_csr: indptr must start at 0, never decrease and "
-                                   f"end at nnz = {indices.size}; nothing was written")
-    if status:
-        raise _index_error("spmv_csr", "indices", indices, ncols)
 
 
 def _dense(*pairs: tuple[np.ndarray, int]) -> list[Access]:
@@ -389,7 +409,7 @@ def stencil5(out: np.ndarray, inp: np.ndarray, center: float = 0.5,
 def gather(out: np.ndarray, src: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """``out[...] = src.flat[idx]`` on the device (``out`` and ``idx`` of one shape; indices
     into the flattened ``src``, ``0 <= idx < src.size``).  The ``src`` accesses are counted per
-    page by a histogram built inside the kernel.  Returns ``out``."""
+    page by a histogram of ``idx`` (see :func:`_run_indexed`).  Returns ``out``."""
     sp = _space_of("gather", out=out, src=src, idx=idx)
     _numeric("gather", "out", out)
     _numeric("gather", "idx", idx, "i")
@@ -404,8 +424,8 @@ def gather(out: np.ndarray, src: np.ndarray, idx: np.ndarray) -> np.ndarray:
 def scatter(dst: np.ndarray, idx: np.ndarray, src: np.ndarray) -> np.ndarray:
     """``dst.flat[idx] = src`` on the device (``idx`` and ``src`` of one shape, indices into the
     flattened ``dst``).  With duplicate indices one of the values lands, unspecified which (as
-    on a GPU); NumPy keeps the last.  The ``dst`` accesses are counted per page by an in-kernel
-    histogram.  Returns ``dst``."""
+    on a GPU); NumPy keeps the last.  The ``dst`` accesses are counted per page by a histogram of
+    ``idx`` (see :func:`_run_indexed`).  Returns ``dst``."""
     sp = _space_of("scatter", dst=dst, idx=idx, src=src)
     _numeric("scatter", "dst", dst)
     _numeric("scatter", "idx", idx, "i")
@@ -422,7 +442,9 @@ def spmv_csr(y: np.ndarray, indptr: np.ndarray, indices: np.ndarray, data: np.nd
     """``y[...] = A @ x`` on the device, ``A`` (``len(y)`` x ``len(x)``) in CSR form: row ``r``'s
     nonzeros are ``data[indptr[r]:indptr[r+1]]`` in columns ``indices[...]`` (SciPy's layout).
     ``y``, ``data``, ``x``: 1-D, one float dtype; ``indptr``, ``indices``: 1-D signed integers.
-    The ``x`` accesses (one per nonzero) are counted by an in-kernel histogram.  Returns ``y``."""
+    The ``x`` accesses (one per nonzero) are counted per page by a histogram of ``indices``
+    (built before the kernel on the stand-in, by the kernel's counters on a GPU).  Returns
+    ``y``."""
     sp = _space_of("spmv_csr", y=y, indptr=indptr, indices=indices, data=data, x=x)
     for n, a in (("y", y), ("indptr", indptr), ("indices", indices), ("data", data), ("x", x)):
         if a.ndim != 1:
@@ -442,31 +464,28 @@ def spmv_csr(y: np.ndarray, indptr: np.ndarray, indices: np.ndarray, data: np.nd
     K = _kernels()
     yy, ii, dd, xx = (a.view(np.ndarray) for a in (y, indices, data, x))
     nch = _nthreads()
-    checked = False                 # whether the stand-in's kernel may skip its CSR check
+
+    def pre() -> None:               # the histogram's pass then checks the indices
+        if not K.indptr_ok(ip, len(ii), nch):
+            raise _status_error("spmv_csr", 1, "indices", ii, len(xx))
+    ahead = _Ahead(sp, "spmv_csr", "indices", x, ii, pre)
     if sp.gpu is not None:          # checked on the GPU, without pulling indptr's pages over
         k = sp.gpu.kernels
         k.check_csr(k.b.as_device_array(ip), len(indices))
         _precheck_indices(sp, "spmv_csr", "indices", indices, len(x), y)
-    elif _drops_duplicates(sp, y):  # else ahead() or the kernel checks, before any store
-        _check_csr_status(K.csr_status(ip, ii, len(xx), nch), ii, len(xx))
-        checked = True
-
-    def ahead() -> np.ndarray:
-        # one access of x per nonzero, once indptr is known to cover them all; the histogram's
-        # pass checks the indices (the two checks of csr_status, in two passes)
-        nonlocal checked
-        if not checked and not K.indptr_ok(ip, len(ii), nch):
-            _check_csr_status(1, ii, len(xx))
-        h = _histogram(sp, x, ii, nch)
-        if h is None:
-            _check_csr_status(2, ii, len(xx))
-        checked = True
-        return h
+    elif not sp.counters.enabled and _drops_duplicates(sp, y):
+        # (counted: ahead() checks before anything changes; else the kernel, before any store)
+        status = K.csr_status(ip, ii, len(xx), nch)
+        if status:
+            raise _status_error("spmv_csr", status, "indices", ii, len(xx))
+        ahead.checked = True
 
     def run(counting: bool) -> tuple[Any, list]:
         if sp.gpu is not None:
             return y, _gpu_indexed(sp, "spmv", (yy, ip, ii, dd, xx), x, False, counting)
-        _check_csr_status(K.spmv_csr(yy, ip, ii, dd, xx, not checked, nch), ii, len(xx))
+        status = K.spmv_csr(yy, ip, ii, dd, xx, not ahead.checked, nch)
+        if status:
+            raise _status_error("spmv_csr", status, "indices", ii, len(xx))
         return y, []
     acc = _dense((indptr, READ), (indices, READ), (data, READ), (y, WRITE)) + \
         [Access(x, READ, "kernel", ahead=ahead if sp.gpu is None else None)]

@@ -31,7 +31,7 @@ class PageTable:
     def __init__(self, page_size: int, initial: int = 1024):
         self.page_size = page_size
         self.size = 0
-        #: bumped whenever a page's node or hints change (answers cached against it go stale)
+        #: bumped whenever a page's node, hints or pinning change (answers cached against it go stale)
         self.gen = 0
         for name, dt, fill in self._FIELDS:
             setattr(self, name, np.full(initial, fill, dtype=dt))

@@ -771,6 +771,7 @@ class Space:
                 self.pt.flags[lo:hi] |= ptf.PINNED
             else:
                 self.pt.flags[lo:hi] &= ~ptf.PINNED
+            self.pt.gen += 1             # whether a CPU touch may fault them has changed
 
     # -- host access ----------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -877,7 +878,7 @@ class Space:
         and node are captured now, so that pages freed (and perhaps reused) before the manager
         gets to the epoch are recognised (``ids``: ``tally.alloc_ids`` if the caller has
         them).  ``ahead``: its step (1), already run (:meth:`_faults_ahead`); ``ep``: the
-        epoch it ran on, when made from this same tally; ``aborted``: see :meth:`_abort_launch`."""
+        epoch it ran on, when made from this same tally; ``aborted``: see :meth:`_abort`."""
         if tally.n:
             if ep is None:
                 ep = self._epoch_of(epoch, kernel, processor, tally, wall)
@@ -920,6 +921,9 @@ class Space:
             finally:
                 self._mowner = None
 
+    def _no_faults_stamp(self) -> tuple[int, int, int]:
+        return (self.manager.ctx.epoch, self.pt.gen, self.tunables.gen)
+
     def _fault_ahead_host(self, fps: list) -> Any:
         """A CPU operation over ``fps`` (footprint, mode) is about to run: where it touches
         device pages that the manager would fault home, those faults run first (the pages come
@@ -935,9 +939,10 @@ class Space:
             if not any(((self.pt.node[fp.vlo:fp.vhi] == dev) & (fp.nbytes > 0)).any()
                        for fp, _ in fps):
                 return None
-            # the answer cannot change until the manager steps, a page moves or a tunable is
-            # set (a loop of CPU operations over device pages read remotely asks once)
-            stamp = (m.ctx.epoch, self.pt.gen, self.tunables.gen)
+            # the answer cannot change until the manager steps, the page table changes (a
+            # page moves, its hints or pinning change) or a tunable is set: a loop of CPU
+            # operations over device pages read remotely asks once
+            stamp = self._no_faults_stamp()
             if stamp != self._no_faults_at:
                 self._no_faults, self._no_faults_at = set(), stamp
             key = tuple((fp.vlo, fp.vhi, mode) for fp, mode in fps) \
@@ -957,7 +962,7 @@ class Space:
                 self._mowner = None
         if not would:
             with self._cond:
-                if key is not None and stamp == (m.ctx.epoch, self.pt.gen, self.tunables.gen):
+                if key is not None and stamp == self._no_faults_stamp():
                     self._no_faults.add(key)
             return None
         return self._faults_ahead(ep)
@@ -980,24 +985,32 @@ class Space:
         ep = self._epoch_of(self.counters.epoch, name, DEVICE, t, float("nan"))
         return self._faults_ahead(ep), ep, t, views
 
-    def _abort_launch(self, name: str, early: Any) -> None:
-        """A launch whose faults ran (``early``, from :meth:`_fault_ahead_launch`) failed before
-        it was counted (its kernel raised, the device went offline): its faults stay done, so
-        it is an aborted epoch, which the manager steps for its faults only, the trace
-        records, and a replay steps the same way."""
-        ahead, ep, t, _views = early
+    def _abort(self, kernel: str, processor: int, ahead: Any, tally: Any = None,
+               ep: Any = None, fps: Any = None) -> None:
+        """An operation whose faults ran (``ahead``, from :meth:`_faults_ahead`) failed before
+        it was counted: a launch whose kernel raised or whose device went offline meanwhile
+        (``tally``, ``ep``: what its faults ran on), a CPU operation that raised (``fps``,
+        its footprints).  Its faults stay done, so it is an epoch of its own, *aborted*: the
+        manager steps its faults only, the trace records it, a replay steps it the same way."""
         if ahead is None:
             return
+        dev = processor == DEVICE
         with self._cond:
             if self.closed:
                 return
-            epoch = self.counters._next_launch_epoch()
-            ids = t.alloc_ids(self.pt.alloc)
-            self._queue_epoch(epoch, name, DEVICE, t, math.nan, ids, ahead, ep, aborted=True)
+            if tally is None:
+                tally = self.counters._host_tally(fps)
+            if tally.n == 0:
+                return
+            epoch = self.counters._next_launch_epoch()     # ends the open host epoch
+            ids = tally.alloc_ids(self.pt.alloc)
+            self._queue_epoch(epoch, kernel, processor, tally, math.nan, ids, ahead, ep,
+                              aborted=True)
             if self.trace._recording():
-                self.trace._append(self.trace._record(epoch, name, "device", t, math.nan, 0.0,
-                                                      None, 0, ids, aborted=True))
-        self.vmstat.add(kernel_aborts=1)
+                self.trace._append(self.trace._record(
+                    epoch, kernel, "device" if dev else "cpu", tally, math.nan, 0.0, None, 0,
+                    ids, aborted=True))
+        self.vmstat.add(**{"kernel_aborts" if dev else "host_aborts": 1})
         self._run_manager()
 
     def _device_view(self, lo: int, hi: int) -> np.ndarray:

@@ -229,6 +229,24 @@ def test_a_remembered_no_goes_stale_when_anything_changes():
         assert sp._no_faults_at != stamp               # asked again
 
 
+def test_unpinning_makes_a_remembered_no_stale():
+    """Pinned device pages are never faulted home (the CPU reads them remotely, and that is
+    remembered); once unpinned, the next CPU read faults them home first."""
+    with space() as sp:
+        d = sp.asarray(np.ones(4 * F), placement="device")
+        sp.pin(d)
+        float(d.sum())
+        assert (sp.placement(d) == 1).all() and sp._no_faults
+        sp.unpin(d)
+        seen = []
+        with sp.host_access(d) as v:                   # counted (and faulted) on entry
+            seen.append(sp.placement(d).copy())
+            float(v.sum())
+        assert (seen[0] == 0).all()                    # home before the CPU touched them
+        sp.sync()
+        assert remote(sp.trace[-1]) == 0
+
+
 def _csr(n, nnz_per_row, ncols, rng):
     indptr = np.arange(n + 1, dtype=np.int64) * nnz_per_row
     indices = rng.integers(0, ncols, n * nnz_per_row).astype(np.int64)
@@ -520,3 +538,77 @@ def test_older_traces_without_aborted_records_still_load(tmp_path):
         else:
             with pytest.raises(TraceFormatError):
                 ccadgpu.Trace.load(p2)
+
+
+@pytest.mark.parametrize("op", ["gather", "scatter", "spmv_csr"])
+def test_an_index_changed_after_its_check_is_never_followed(op, monkeypatch):
+    """The histogram pass checks the indices before the launch's faults and writer
+    registration; an index stored out of range meanwhile (as another thread could) is met by
+    the kernel's work loop, skipped (no access outside the arrays: the neighbouring array is
+    untouched) and reported."""
+    import contextlib
+    from ccadgpu.errors import InvalidArgumentError
+    from ccadgpu.space import Space
+    with space() as sp:
+        table = sp.zeros(F)
+        victim = sp.zeros(F)
+        k = (victim.__array_interface__["data"][0] - table.__array_interface__["data"][0]) // 8
+        assert k > 0                                   # table.flat[k] would be victim[0]
+        idx = sp.asarray(np.zeros(4, np.int64))
+        vals = sp.asarray(np.full(4, 99.0))
+        y = sp.zeros(4)
+        indptr = sp.asarray(np.arange(5, dtype=np.int64))
+        orig = Space._writing
+
+        @contextlib.contextmanager
+        def racing(self, a):
+            np.asarray(idx)[0] = k                     # another thread's store, meanwhile
+            with orig(self, a):
+                yield
+        monkeypatch.setattr(Space, "_writing", racing)
+        np.asarray(victim)[0] = 7.0
+        with pytest.raises(InvalidArgumentError, match="changed while the launch ran"):
+            if op == "gather":
+                ops.gather(vals, table, idx)
+            elif op == "scatter":
+                ops.scatter(table, idx, vals)
+            else:
+                ops.spmv_csr(y, indptr, idx, vals, table)
+        assert np.asarray(victim)[0] == 7.0
+        if op == "scatter":                            # the others were written
+            assert np.asarray(table)[0] == 99.0
+
+
+def test_a_cpu_operation_numpy_refuses_counts_nothing(tmp_path):
+    """Bad input to a CPU operation (a shape NumPy cannot broadcast) raises with nothing
+    counted or traced; where its faults ran first (device pages it would have written), they
+    are an aborted host epoch: the pages are home, the moves priced, and a replay agrees."""
+    with space() as sp:
+        h = sp.asarray(np.ones(4 * F))
+        sp.sync()
+        n, totals, clock = len(sp.trace), sp.counters.totals(), sp.clock.elapsed
+        with pytest.raises(ValueError):
+            h[...] = np.ones(3)
+        with pytest.raises(ValueError):
+            h + np.ones(3)
+        sp.sync()
+        assert len(sp.trace) == n and sp.counters.totals() == totals
+        assert sp.clock.elapsed == clock
+        d = sp.asarray(np.ones(4 * F), placement="device")
+        sp.sync()
+        with pytest.raises(ValueError):
+            d[...] = np.ones(3)                        # faults home first, then refused
+        assert (sp.placement(d) == 0).all()
+        assert np.array_equal(np.asarray(d), np.ones(4 * F))
+        assert sp.counters.totals() == totals and sp.vmstat["host_aborts"] == 1
+        float(h.sum())
+        sp.sync()
+        rec = [r for r in sp.trace if r.aborted]
+        assert len(rec) == 1 and rec[0].processor == "cpu" and rec[0].nbytes == 0
+        res = [r for r in sp.manager.results if r.moved]
+        assert res[0].moved == {("fault", 1, 0): 4} and res[0].access_s == 0
+        s = sp.manager.summary()
+        path = sp.trace.save(os.path.join(tmp_path, "t.npz"))
+    r = replay(ccadgpu.Trace.load(path), "on_demand")
+    assert r["modeled_s"] == pytest.approx(s["modeled_s"], rel=1e-12)
+    assert r["migrated_bytes_by_cause"] == s["migrated_bytes_by_cause"]

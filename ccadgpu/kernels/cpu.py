@@ -145,11 +145,14 @@ def stencil5(out, inp, cc, cn):  # pragma: no cover - compiled
 
 # -- indexed ---------------------------------------------------------------------------------------
 # Each indexed kernel can check its indices itself, in a first parallel pass over the index
-# array, and return before its first store if one is out of range (``check=True``; Numba does
-# not bounds-check, so the work loop must never see a bad index).  The caller then raises with
-# nothing written.  The pass is branch-free (an unsigned compare per index, OR-reduced), so it
-# runs at the speed of reading the index array once.  When the launch is counted, the page
-# histogram's pass checks instead (the same compare, one read of the index for both).
+# array, and return before its first store if one is out of range (``check=True``).  The caller
+# then raises with nothing written.  The pass is branch-free (an unsigned compare per index,
+# OR-reduced), so it runs at the speed of reading the index array once.  When the launch is
+# counted, the page histogram's pass checks instead (the same compare, one read of the index for
+# both), before the launch's faults, its writer registration and its kernel.  Numba does not
+# bounds-check, and an index array may change after its check (another thread storing into
+# it), so the work loop tests every index again (a compare and a predictable branch on a value
+# already loaded) and skips a bad one: no access outside the arrays, ever.
 #
 # Counting in that separate pass rather than in the kernel: a per-block histogram inside the
 # kernel re-read each block of indices after its accesses; a counted launch cost 1.14-1.24x an
@@ -222,7 +225,7 @@ def indptr_ok(indptr, nnz, nch):  # pragma: no cover - compiled
     return not dec.any()
 
 
-@nb.njit(**_JIT)
+@nb.njit(cache=True, nogil=True)      # its callees run in parallel
 def csr_status(indptr, indices, ncols, nch):  # pragma: no cover - compiled
     """0 if (indptr, indices) is a valid CSR structure with ``ncols`` columns; 1 if indptr does
     not start at 0, decreases or does not end at ``indices.size``; 2 if an index is outside
@@ -232,57 +235,87 @@ def csr_status(indptr, indices, ncols, nch):  # pragma: no cover - compiled
     return 0 if indices_ok(indices, ncols, nch) else 2
 
 
-@nb.njit(**_JIT)
-def gather(out, src, idx, check, nch):  # pragma: no cover - compiled
-    """out[i] = src[idx[i]].  Returns ok: with ``check``, False, and nothing was written, when
-    an index is outside [0, src.size)."""
-    n = idx.size
-    if check and not indices_ok(idx, src.size, nch):
-        return False
-    for c in prange(nch):
-        hi = (c + 1) * n // nch
-        for i in range(c * n // nch, hi):
-            if i + _AHEAD < hi:
-                _prefetch(src, idx[i + _AHEAD], 0)
-            out[i] = src[idx[i]]
-    return True
+def _indexed(scattering: bool):
+    """The gather (a[i] = b[idx[i]]) or scatter (a[idx[i]] = b[i]) kernel ``(a, b, idx,
+    check, nch)``: one loop, so that both guard every index the same way (``scattering`` is a
+    constant to Numba: each kernel compiles without the other's branch)."""
+    @nb.njit(**_JIT)
+    def kernel(a, b, idx, check, nch):  # pragma: no cover - compiled
+        n = idx.size
+        size = a.size if scattering else b.size
+        if check and not indices_ok(idx, size, nch):
+            return 2
+        un = np.uint64(size)
+        bad = np.zeros(nch, np.bool_)
+        for c in prange(nch):
+            hi = (c + 1) * n // nch
+            met = False
+            for i in range(c * n // nch, hi):
+                if i + _AHEAD < hi:
+                    if scattering:
+                        _prefetch(a, idx[i + _AHEAD], 1)
+                    else:
+                        _prefetch(b, idx[i + _AHEAD], 0)
+                j = idx[i]
+                if np.uint64(j) >= un:
+                    met = True
+                elif scattering:
+                    a[j] = b[i]
+                else:
+                    a[i] = b[j]
+            bad[c] = met
+        return 3 if bad.any() else 0
+    return kernel
 
 
-@nb.njit(**_JIT)
-def scatter(dst, idx, src, check, nch):  # pragma: no cover - compiled
-    """dst[idx[i]] = src[i].  Returns ok: with ``check``, False, and nothing was written, when
-    an index is outside [0, dst.size).  Duplicate indices race (which write wins is
-    unspecified), as on a GPU."""
-    n = idx.size
-    if check and not indices_ok(idx, dst.size, nch):
-        return False
-    for c in prange(nch):
-        hi = (c + 1) * n // nch
-        for i in range(c * n // nch, hi):
-            if i + _AHEAD < hi:
-                _prefetch(dst, idx[i + _AHEAD], 1)
-            dst[idx[i]] = src[i]
-    return True
+_gather, _scatter = _indexed(False), _indexed(True)
+
+
+def gather(out: np.ndarray, src: np.ndarray, idx: np.ndarray, check: bool, nch: int) -> int:
+    """out[i] = src[idx[i]].  Returns a status: 0 done; with ``check``, 2 if an index is outside
+    [0, src.size) (nothing was written); 3 if one was met anyway (changed since it was checked:
+    that element was skipped, the others written)."""
+    return _gather(out, src, idx, check, nch)
+
+
+def scatter(dst: np.ndarray, idx: np.ndarray, src: np.ndarray, check: bool, nch: int) -> int:
+    """dst[idx[i]] = src[i].  Returns a status as :func:`gather` does (indices in [0,
+    dst.size)).  Duplicate indices race (which write wins is unspecified), as on a GPU."""
+    return _scatter(dst, src, idx, check, nch)
 
 
 @nb.njit(**_JIT)
 def spmv_csr(y, indptr, indices, data, x, check, nch):  # pragma: no cover - compiled
     """y = A @ x for A in CSR form (indptr, indices, data).  Returns a status: with ``check``,
-    :func:`csr_status`'s (nonzero: nothing was written), else 0."""
+    :func:`csr_status`'s (nonzero: nothing was written); 3 if the structure was found broken
+    anyway (changed since it was checked: those rows or nonzeros were skipped); else 0."""
     nrows = y.size
     if check:
         status = csr_status(indptr, indices, x.size, nch)
         if status != 0:
             return status
+    nnz = indices.size
+    un = np.uint64(x.size)
+    bad = np.zeros(nch, np.bool_)
     for c in prange(nch):
         lo = c * nrows // nch
         hi = (c + 1) * nrows // nch
-        kend = indptr[hi]
+        kend = min(max(indptr[hi], 0), nnz)
+        b = False
         for r in range(lo, hi):
+            k0, k1 = indptr[r], indptr[r + 1]
+            if k0 < 0 or k1 > nnz or k1 < k0:
+                b = True
+                continue
             s = 0.0
-            for k in range(indptr[r], indptr[r + 1]):
+            for k in range(k0, k1):
                 if k + _AHEAD < kend:
                     _prefetch(x, indices[k + _AHEAD], 0)
-                s += data[k] * x[indices[k]]
+                j = indices[k]
+                if np.uint64(j) < un:
+                    s += data[k] * x[j]
+                else:
+                    b = True
             y[r] = s
-    return 0
+        bad[c] = b
+    return 3 if bad.any() else 0
