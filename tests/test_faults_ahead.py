@@ -612,3 +612,77 @@ def test_a_cpu_operation_numpy_refuses_counts_nothing(tmp_path):
     r = replay(ccadgpu.Trace.load(path), "on_demand")
     assert r["modeled_s"] == pytest.approx(s["modeled_s"], rel=1e-12)
     assert r["migrated_bytes_by_cause"] == s["migrated_bytes_by_cause"]
+
+
+# -- live == replay under any sequence of operations, failing ones among them ------------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+ACTIONS = st.lists(st.tuples(
+    st.sampled_from(["scale", "gather", "bad_gather", "boom", "cpu_read", "cpu_write",
+                     "bad_cpu_write", "fancy_read", "free", "sync"]),
+    st.integers(0, 2), st.integers(0, 10**6)), min_size=1, max_size=14)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(policy=st.sampled_from(["on_demand", "access_counter", "first_touch", "autonuma"]),
+       profile=st.sampled_from(["h100-pcie", "gh200"]),
+       cpu_access=st.sampled_from(["coherent", "migrate_on_cpu_fault"]), actions=ACTIONS)
+def test_a_replay_reproduces_any_run_with_failures(tmp_path_factory, policy, profile,
+                                                   cpu_access, actions):
+    """Launches, CPU operations, failing ones of both (bad indices, a kernel that raises, a
+    store NumPy refuses) and frees in any order: the data equal a NumPy reference, and a
+    replay of the trace makes the live manager's moves and times.  (Pins and hints are not in
+    the trace: see ccadgpu.replay.)"""
+    from ccadgpu.errors import InvalidArgumentError
+    with space(policy, profile, cpu_access=cpu_access) as sp:
+        ref = [np.arange(4 * F, dtype=np.float64) + i for i in range(3)]
+        arrs = [sp.asarray(r, placement=("host", "device", "host")[i])
+                for i, r in enumerate(ref)]
+        idx_np = (np.arange(4 * F) * 7919) % (4 * F)
+        idx = sp.asarray(idx_np)
+        live = [True, True, True]
+        for act, k, seed in actions:
+            j = (k + 1) % 3
+            if not live[k] or (act in ("scale", "gather", "bad_gather", "boom") and not live[j]):
+                continue
+            a, b = arrs[k], arrs[j]
+            if act == "scale":
+                ops.scale(a, b, 0.5)
+                ref[k] = 0.5 * ref[j]
+            elif act == "gather":
+                ops.gather(a, b, idx)
+                ref[k] = ref[j][idx_np]
+            elif act == "bad_gather":
+                bad = sp.asarray(np.full(4 * F, 8 * F, np.int64))
+                with pytest.raises(InvalidArgumentError):
+                    ops.gather(a, b, bad)
+                sp.free(bad)
+            elif act == "boom":
+                with pytest.raises(RuntimeError):
+                    sp.device.launch(_boom, a, b, reads=[b], writes=[a])
+            elif act == "cpu_read":
+                assert float(a.sum()) == pytest.approx(float(ref[k].sum()))
+            elif act == "cpu_write":
+                a[seed % a.size] = float(seed)
+                ref[k][seed % a.size] = float(seed)
+            elif act == "bad_cpu_write":
+                with pytest.raises(ValueError):
+                    a[...] = np.ones(3)
+            elif act == "fancy_read":
+                sel = np.asarray(a[idx_np[:64]])
+                assert np.array_equal(sel, ref[k][idx_np[:64]])
+            elif act == "free":
+                sp.free(a)
+                live[k] = False
+            else:
+                sp.sync()
+        for i in range(3):
+            if live[i]:
+                assert np.array_equal(np.asarray(arrs[i]), ref[i])
+        sp.sync()
+        s = sp.manager.summary()
+        path = sp.trace.save(os.path.join(tmp_path_factory.mktemp("t"), "t.npz"))
+    r = replay(ccadgpu.Trace.load(path), policy, tunables={"cpu_access": cpu_access})
+    assert r["migrated_bytes_by_cause"] == s["migrated_bytes_by_cause"]
+    assert r["modeled_s"] == pytest.approx(s["modeled_s"], rel=1e-9)
