@@ -97,6 +97,7 @@ class Device:
             raise ValueError(f"timeout must be >= 0 or None, got {timeout!r}")
         sp = self._space
         cond = sp._cond
+        sp._settle_ahead()
         with self._lifecycle:
             t0 = time.perf_counter()
             deadline = None if timeout is None else t0 + timeout
@@ -109,6 +110,7 @@ class Device:
                     raise OfflineRefusedError(f"device offline refused: {refusal.reason}",
                                               refusal)
                 self.state = "draining"
+                sp.trace._user({"op": "device", "online": False})
             try:
                 with cond:
                     while self._active or self._inflight_in:
@@ -128,6 +130,7 @@ class Device:
             except BaseException:
                 with cond:
                     self.state = "online"
+                    sp.trace._user({"op": "device", "online": True})
                     cond.notify_all()
                 raise
             with cond:
@@ -138,8 +141,11 @@ class Device:
 
     def online(self) -> None:
         """Put an offline device back in service (a no-op if it is online)."""
+        self._space._settle_ahead()
         with self._lifecycle, self._space._cond:
             self._space._check_open()
+            if self.state != "online":
+                self._space.trace._user({"op": "device", "online": True})
             self.state = "online"
             self._space._cond.notify_all()
 

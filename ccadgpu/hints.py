@@ -59,6 +59,7 @@ def advise(space: "Space", arr: np.ndarray, preferred_location: Any = _UNSET,
     if read_mostly is not _UNSET and not isinstance(read_mostly, (bool, np.bool_)):
         raise InvalidArgumentError(f"read_mostly must be True or False, got {read_mostly!r}")
     _, lo, hi = space._span_vpns(arr)
+    space._settle_ahead()
     with space._cond:
         space.pt.gen += 1
         if pref is not None:
@@ -71,6 +72,9 @@ def advise(space: "Space", arr: np.ndarray, preferred_location: Any = _UNSET,
             else:
                 space.pt.flags[lo:hi] &= ~ptf.READ_MOSTLY
                 collapse(space, lo, hi)
+        space.trace._user({"op": "hint", "lo": lo, "hi": hi, "preferred": pref,
+                           "accessed_by": acc, "read_mostly": None if read_mostly is _UNSET
+                           else bool(read_mostly)})
     space.vmstat.add(madvise_calls=1)
 
 

@@ -332,6 +332,8 @@ class Migrator:
             vmas = count_breaks(pt.node[lo:hi], pt.frame[lo:hi])
             MAP_BUDGET.charge(vmas - alloc.vmas - b.vma_charge, "migration commit")
             alloc.vmas = vmas
+        if sp._mowner != threading.get_ident():    # the manager's own: a replay makes them
+            sp.trace._moved(b.vpns[moved], target)
         notify(sp, b.vpns[moved], b.src_nodes[moved], target)
 
     def _account(self, r: MigrationReport, b: _Batch | None, moved: np.ndarray | None,

@@ -13,10 +13,12 @@ allocation events (:mod:`ccadgpu.trace`) is replayed against the pages as the li
 them: each allocation's pages appear where they were allocated, before the epoch the live
 manager stepped next, and go away (their history forgotten) when the live space released them;
 the epochs the live manager never stepped (launches that touched no page) are skipped.
-Replaying such a trace under the policy it ran live reproduces the live modeled time
-(``tests/test_live_replay.py``), except for what the trace does not hold: the user's own moves,
-pins and hints (``move_pages``, ``prefetch``, ``advise``, ``pin``), and the mechanism's refusals
-(pages busy under a write, a mapping budget spent).  Other traces (older ones, a cleared or
+The user's own placement actions are replayed where the live manager saw them too (hints,
+pins, ``move_pages`` and ``prefetch`` moves, an offline's evacuation and the device offline
+meanwhile: :mod:`ccadgpu.trace`).  Replaying such a trace under the policy it ran live
+reproduces the live modeled time (``tests/test_live_replay.py``), except for what the trace
+does not hold: read-mostly duplicates (a replay moves those pages), and the mechanism's
+refusals (pages busy under a write, a mapping budget spent).  Other traces (older ones, a cleared or
 truncated trace) start each page where the trace first saw it (record under ``static`` to
 replay from the allocation placement) and keep every page allocated.
 """
@@ -27,6 +29,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from . import pagetable as ptf
 from .clock import Profile, load_profile
 from .errors import InvalidArgumentError
 from .manager import Epoch, MigrationManager, SimPlacement
@@ -99,8 +102,17 @@ def initial_placement(trace: Trace, epochs: Sequence[Epoch]) -> np.ndarray:
     return node
 
 
+_RM, _PIN = ptf.READ_MOSTLY, ptf.PINNED
+
+
 class _EventPlacement(SimPlacement):
-    """A simulated placement whose pages come and go with the trace's allocation events."""
+    """A simulated placement whose pages come and go with the trace's allocation events, and
+    that takes the user's placement actions (hints, pins, moves, the device offline)."""
+
+    online = True
+
+    def accepts(self, node: int) -> bool:
+        return node == 0 or self.online
 
     def place(self, lo: int, nodes: np.ndarray) -> None:
         nodes = np.asarray(nodes, np.int8).copy()
@@ -113,6 +125,30 @@ class _EventPlacement(SimPlacement):
 
     def remove(self, lo: int, hi: int) -> None:
         self._set(lo, np.full(hi - lo, -1, np.int8))
+        self._flags[lo:hi], self._pref[lo:hi], self._acc[lo:hi] = 0, -1, 0   # as pt.clear
+
+    def user(self, ev: dict[str, Any]) -> None:
+        """Apply one of the trace's ``user_events``."""
+        op = ev["op"]
+        if op == "hint":
+            lo, hi = ev["lo"], ev["hi"]
+            if ev.get("preferred") is not None:
+                self._pref[lo:hi] = ev["preferred"]
+            if ev.get("accessed_by") is not None:
+                self._acc[lo:hi] = ev["accessed_by"]
+            if ev.get("read_mostly") is not None:      # flagged; duplicates not simulated
+                self._flags[lo:hi] = np.where(ev["read_mostly"], self._flags[lo:hi] | _RM,
+                                              self._flags[lo:hi] & ~_RM)
+        elif op == "pin":
+            lo, hi = ev["lo"], ev["hi"]
+            self._flags[lo:hi] = np.where(ev["on"], self._flags[lo:hi] | _PIN,
+                                          self._flags[lo:hi] & ~_PIN)
+        elif op == "move":
+            v = np.concatenate([np.arange(lo, hi) for lo, hi in ev["runs"]])
+            v = v[(self._node[v] >= 0) & (self._node[v] != ev["node"])]
+            self.move(v, int(ev["node"]), "api")      # as many as fit (a smaller device)
+        else:
+            self.online = bool(ev["online"])
 
     def _set(self, lo: int, nodes: np.ndarray) -> None:
         """Pages from ``lo`` on are now on ``nodes`` (-1: gone); frame counts follow."""
@@ -165,11 +201,16 @@ def replay(trace: Trace, policy: "str | Policy", profile: "str | Profile | None"
         pol = make_policy(policy, **policy_params)
     sim = _EventPlacement(ps, [host_frames, dev_frames], start)
     mgr = MigrationManager(sim, pol, prof, tun)
-    todo = [e for e in trace.events if e[2] in trace.allocations] if events else []
+    todo = [e for e in trace.events if e[1] == 2 or e[2] in trace.allocations] \
+        if events else []
     k = 0
     for ep in epochs:
         while k < len(todo) and todo[k][0] <= ep.epoch:     # what the live manager saw
             _, kind, aid = todo[k]
+            if kind == 2:
+                sim.user(trace.user_events[aid])
+                k += 1
+                continue
             a = trace.allocations[aid]
             if kind == 1:
                 sim.place(a["vstart"], _pages_of(a))

@@ -536,9 +536,24 @@ class Space:
         had since put them (a CPU write made on the host, priced as remote writes to the
         device: ``examples/pipeline.py`` under ``static`` with its hints)."""
         with self._cond:
-            if not self._in_open_host_epoch(alloc):
+            touched = self._in_open_host_epoch(alloc)
+            if touched:
+                self.counters._close_host_epoch()
+        if touched:
+            self._step_manager()
+        else:
+            self._settle_ahead()
+
+    def _settle_ahead(self) -> None:
+        """A placement action of the user's (a hint, a pin, a move, the device offline) comes
+        next: an epoch whose faults already ran ahead is stepped first (the open host epoch
+        ending here), so that the action falls between two whole epochs, where the trace
+        places it for a replay, and not between an epoch's faults and its accesses."""
+        with self._cond:
+            if self.counters._host_open and self._host_ahead is not None:
+                self.counters._close_host_epoch()
+            if not any(ep.ahead is not None for ep in self._mq):
                 return
-            self.counters._close_host_epoch()
         self._step_manager()
 
     def _step_manager(self) -> None:
@@ -757,6 +772,7 @@ class Space:
 
     def _set_pinned(self, arr: np.ndarray, on: bool) -> None:
         _, lo, hi = self._span_vpns(arr)
+        self._settle_ahead()
         with self._cond:
             while (self.pt.flags[lo:hi] & ptf.MIGRATING).any():
                 self._cond.wait()
@@ -772,6 +788,7 @@ class Space:
             else:
                 self.pt.flags[lo:hi] &= ~ptf.PINNED
             self.pt.gen += 1             # whether a CPU touch may fault them has changed
+            self.trace._user({"op": "pin", "lo": lo, "hi": hi, "on": bool(on)})
 
     # -- host access ----------------------------------------------------------------------------------
     @contextlib.contextmanager

@@ -26,6 +26,14 @@ With them a replay sees the pages exist, and where, when the live manager did
 (:func:`ccadgpu.replay.replay`); traces without them (or missing epochs) are replayed from the
 pages' first appearance.
 
+The user's own placement actions are events too (kind 2, ``id`` an index into the header's
+``user_events``), so that a replay sees them when the live manager did: a hint (``{"op":
+"hint", "lo", "hi", "preferred", "accessed_by", "read_mostly"}``, each of the three ``null``
+when left as it was), a pin (``{"op": "pin", "lo", "hi", "on"}``), pages the user moved
+(``move_pages``, ``prefetch``) or an offline evacuated (``{"op": "move", "runs": [[lo, hi],
+...], "node"}``: the pages that moved), and the device going offline or online (``{"op":
+"device", "online"}``).  Read-mostly duplicates are not among them.
+
 A launch that fails once the manager's faults for it ran (its kernel raised, the device went
 offline) leaves an *aborted* record (``EpochRecord.aborted``; the header's ``aborted`` lists
 their positions): its counts are the accesses it declared, which those faults served; it
@@ -163,11 +171,40 @@ def _check_header(h: dict[str, Any], path: Any) -> None:
             raise bad(f"allocation {a['id']}: nodes must be [node, count] runs covering its "
                       "pages")
     ids = {a["id"] for a in allocs}
+    user = h.get("user_events", [])
+    if not isinstance(user, list) or not all(_user_event_ok(u, len(nodes)) for u in user):
+        raise bad("user_events must be hint, pin, move or device tables over page ranges")
     events = h.get("events", [])
     if not isinstance(events, list) or not all(
-            isinstance(e, list) and len(e) == 3 and all(isinstance(x, int) for x in e)
-            and e[1] in (0, 1) and e[2] in ids for e in events):
-        raise bad("events must be [position, 0 or 1, allocation id] of listed allocations")
+            isinstance(e, list) and len(e) == 3 and all(type(x) is int for x in e)
+            and (e[1] in (0, 1) and e[2] in ids or e[1] == 2 and 0 <= e[2] < len(user))
+            for e in events):
+        raise bad("events must be [position, 0 or 1, allocation id] of listed allocations or "
+                  "[position, 2, index] of user_events")
+
+
+def _user_event_ok(u: Any, nnodes: int) -> bool:
+    def whole(x: Any, hi: int | None = None) -> bool:
+        return type(x) is int and x >= 0 and (hi is None or x < hi)
+
+    def span(lo: Any, hi: Any) -> bool:
+        return whole(lo) and whole(hi) and lo < hi
+    if not isinstance(u, dict):
+        return False
+    op = u.get("op")
+    if op == "hint":
+        return span(u.get("lo"), u.get("hi")) and (
+            u.get("preferred") is None or type(u["preferred"]) is int and
+            -1 <= u["preferred"] < nnodes) and (
+            u.get("accessed_by") is None or whole(u["accessed_by"], 1 << nnodes)) and \
+            u.get("read_mostly") in (None, True, False)
+    if op == "pin":
+        return span(u.get("lo"), u.get("hi")) and u.get("on") in (True, False)
+    if op == "move":
+        r = u.get("runs")
+        return whole(u.get("node"), nnodes) and isinstance(r, list) and all(
+            isinstance(x, list) and len(x) == 2 and span(*x) for x in r)
+    return op == "device" and u.get("online") in (True, False)
 
 
 class Trace:
@@ -189,9 +226,12 @@ class Trace:
         self._host: list["Tally"] = []
         self._host_modeled = 0.0
         self._host_t = math.nan
-        #: ``[position, kind, allocation id]``: allocations (kind 1) and their pages going back
-        #: (kind 0), in order (see the module docs)
+        #: ``[position, kind, id]``: allocations (kind 1), their pages going back (kind 0) and
+        #: the user's placement actions (kind 2, ``id`` indexes :attr:`user_events`), in
+        #: order (see the module docs)
         self.events: list[list[int]] = [[int(x) for x in e] for e in header.get("events", [])]
+        self.user_events: list[dict[str, Any]] = [dict(u) for u in
+                                                  header.get("user_events", [])]
 
     # -- construction ------------------------------------------------------------------------------
     @classmethod
@@ -312,6 +352,22 @@ class Trace:
         meta["nodes"] = [[int(n), int(k)] for n, k in zip(nodes[starts].tolist(), lens.tolist())]
         self.allocations[int(alloc.id)] = meta
         self.events.append([self._position(), 1, int(alloc.id)])
+
+    def _user(self, event: dict[str, Any]) -> None:
+        """One of the user's placement actions (space lock held; see the module docs)."""
+        if self._recording():
+            self.user_events.append(event)
+            self.events.append([self._position(), 2, len(self.user_events) - 1])
+
+    def _moved(self, vpns: np.ndarray, node: int) -> None:
+        """The user (or an offline) moved pages ``vpns`` (sorted) to ``node``."""
+        if len(vpns) and self._recording():
+            v = np.unique(np.asarray(vpns, np.int64))
+            brk = np.flatnonzero(np.diff(v) != 1) + 1
+            lo = v[np.concatenate(([0], brk))]
+            hi = v[np.concatenate((brk - 1, [len(v) - 1]))] + 1
+            self._user({"op": "move", "runs": [[int(a), int(b)] for a, b in zip(lo, hi)],
+                        "node": int(node)})
 
     def _died(self, alloc: Any) -> None:
         """A freed allocation's pages went back to their nodes (space lock held)."""
@@ -437,13 +493,15 @@ class Trace:
                 allocs = dict(self.allocations)
                 dropped = self.dropped
                 events = [list(e) for e in self.events]
+                user = [dict(u) for u in self.user_events]
             header["tunables"] = self._space.tunables.as_dict()   # counter settings among them
         else:
             recs, allocs, dropped = list(self.records), dict(self.allocations), self.dropped
             events = [list(e) for e in self.events]
+            user = [dict(u) for u in self.user_events]
         header.update({
             "allocations": [allocs[k] for k in sorted(allocs)], "dropped": dropped,
-            "events": events,
+            "events": events, "user_events": user,
             "epochs": len(recs), "kernels": [r.kernel for r in recs],
             "processors_by_epoch": [r.processor for r in recs],
             "aborted": [i for i, r in enumerate(recs) if r.aborted],

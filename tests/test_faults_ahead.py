@@ -620,7 +620,8 @@ from hypothesis import strategies as st  # noqa: E402
 
 ACTIONS = st.lists(st.tuples(
     st.sampled_from(["scale", "gather", "bad_gather", "boom", "cpu_read", "cpu_write",
-                     "bad_cpu_write", "fancy_read", "free", "sync"]),
+                     "bad_cpu_write", "fancy_read", "free", "sync", "pin", "unpin",
+                     "prefer", "accessed_by", "move", "prefetch", "offline"]),
     st.integers(0, 2), st.integers(0, 10**6)), min_size=1, max_size=14)
 
 
@@ -631,9 +632,9 @@ ACTIONS = st.lists(st.tuples(
 def test_a_replay_reproduces_any_run_with_failures(tmp_path_factory, policy, profile,
                                                    cpu_access, actions):
     """Launches, CPU operations, failing ones of both (bad indices, a kernel that raises, a
-    store NumPy refuses) and frees in any order: the data equal a NumPy reference, and a
-    replay of the trace makes the live manager's moves and times.  (Pins and hints are not in
-    the trace: see ccadgpu.replay.)"""
+    store NumPy refuses), frees, and the user's hints, pins, moves and offlines in any order:
+    the data equal a NumPy reference, and a replay of the trace makes the live manager's moves
+    and times."""
     from ccadgpu.errors import InvalidArgumentError
     with space(policy, profile, cpu_access=cpu_access) as sp:
         ref = [np.arange(4 * F, dtype=np.float64) + i for i in range(3)]
@@ -647,6 +648,11 @@ def test_a_replay_reproduces_any_run_with_failures(tmp_path_factory, policy, pro
             if not live[k] or (act in ("scale", "gather", "bad_gather", "boom") and not live[j]):
                 continue
             a, b = arrs[k], arrs[j]
+            if act in ("scale", "gather", "bad_gather", "boom") and \
+                    sp.device.state != "online":
+                with pytest.raises(DeviceOfflineError):
+                    ops.scale(a, b, 0.5)
+                continue
             if act == "scale":
                 ops.scale(a, b, 0.5)
                 ref[k] = 0.5 * ref[j]
@@ -675,6 +681,26 @@ def test_a_replay_reproduces_any_run_with_failures(tmp_path_factory, policy, pro
             elif act == "free":
                 sp.free(a)
                 live[k] = False
+            elif act == "pin":
+                if (sp.placement(a) == 0).all():
+                    sp.pin(a)
+            elif act == "unpin":
+                sp.unpin(a)
+            elif act == "prefer":
+                sp.advise(a, preferred_location=(None, "host", "device")[seed % 3])
+            elif act == "accessed_by":
+                sp.advise(a, accessed_by=((), "host", "device")[seed % 3])
+            elif act == "move":
+                sp.move_pages(a, seed % 2, pages=[p for p in range(4) if seed >> p & 1])
+            elif act == "prefetch":
+                sp.prefetch(a, seed % 2)
+            elif act == "offline":
+                try:
+                    sp.device.offline()
+                except ccadgpu.errors.OfflineRefusedError:
+                    pass                                   # pinned pages on the device
+                if seed % 2:
+                    sp.device.online()
             else:
                 sp.sync()
         for i in range(3):

@@ -114,3 +114,47 @@ def test_pages_waiting_for_the_manager_give_way_under_pressure(tmp_path):
         path = sp.trace.save(os.path.join(tmp_path, "t.npz"))
     assert replay(ccadgpu.Trace.load(path), "on_demand")["modeled_s"] == \
         pytest.approx(live, rel=1e-12)
+
+
+def _hinted_run(sp, n=4 * F, batches=3):
+    """examples/pipeline.py with its hints, plus a pin, accessed_by and an offline."""
+    a, b, c = sp.zeros(n), sp.zeros(n), sp.zeros(n)
+    sp.advise(b, preferred_location="device")
+    sp.prefetch(b, "device")
+    for i in range(batches):
+        sp.prefetch(a, "host")
+        a[...] = float(i)
+        sp.prefetch(a, "device")
+        sp.move_pages(c, "device", pages=[0, 2])
+        ops.scale(b, a, 2.0)
+        ops.copy(c, b)
+        ops.axpy(1.0, a, c)
+        sp.prefetch(c, "host")
+        float(c.sum())
+        if i == 1:
+            sp.pin(c)
+            sp.advise(a, accessed_by="device")
+            sp.device.offline()
+            float(a.sum())
+            sp.device.online()
+            sp.unpin(c)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("profile", ["h100-pcie", "gh200"])
+def test_a_run_with_hints_pins_moves_and_an_offline_replays_exactly(tmp_path, policy, profile):
+    """The user's hints, pins, moves and the device's offline are in the trace (user events),
+    so a replay sees them where the live manager did and reproduces the run."""
+    with ccadgpu.Space(device_memory=64 * PS, page_size=PS, profile=profile,
+                       policy=policy) as sp:
+        _hinted_run(sp)
+        sp.sync()
+        live = sp.manager.summary()
+        ops_ = [u["op"] for u in sp.trace.user_events]
+        path = sp.trace.save(os.path.join(tmp_path, "t.npz"))
+    assert {"hint", "pin", "move", "device"} <= set(ops_)
+    t = ccadgpu.Trace.load(path)
+    assert t.user_events == [dict(u) for u in t.header["user_events"]]
+    r = replay(t, policy)
+    assert r["migrated_bytes_by_cause"] == live["migrated_bytes_by_cause"]
+    assert r["modeled_s"] == pytest.approx(live["modeled_s"], rel=1e-9)

@@ -170,3 +170,51 @@ def test_a_synthetic_trace_replays_and_bad_input_names_the_argument():
         args = dict(epochs=ep, npages=4, device_frames=8, allocations=None) | bad
         with pytest.raises(InvalidArgumentError, match=what):
             Trace.synthetic(**args)
+
+
+def _edited(good, bad, edit):
+    """Write ``good``'s trace to ``bad`` with its JSON header changed by ``edit(header)``."""
+    with np.load(good) as z:
+        arrays = {k: z[k] for k in z.files}
+    header = json.loads(arrays["header"].tobytes())
+    edit(header)
+    arrays["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+    np.savez_compressed(bad, **arrays)
+    return bad
+
+
+USER_DAMAGE = {
+    "not a list": lambda h: h.update(user_events={}),
+    "unknown op": lambda h: h["user_events"].append({"op": "teleport"}),
+    "empty range": lambda h: h["user_events"].append({"op": "pin", "lo": 3, "hi": 3, "on": True}),
+    "bad node": lambda h: h["user_events"].append({"op": "move", "runs": [[0, 1]], "node": 5}),
+    "bad preferred": lambda h: h["user_events"].append(
+        {"op": "hint", "lo": 0, "hi": 1, "preferred": 7, "accessed_by": None,
+         "read_mostly": None}),
+    "event past the list": lambda h: h["events"].append([0, 2, len(h["user_events"])]),
+    "unknown kind": lambda h: h["events"].append([0, 3, 0]),
+}
+
+
+@pytest.mark.parametrize("damage", list(USER_DAMAGE))
+def test_user_events_are_checked_on_load(sp, tmp_path, damage):
+    """The user's placement actions (hints, pins, moves, offline) are events of the trace; a
+    file whose user events a replay could not apply is refused, and a file from before they
+    were recorded loads with none."""
+    a = sp.asarray(np.arange(1.0, 3000.0))
+    sp.advise(a, preferred_location="device")
+    sp.pin(a)
+    sp.unpin(a)
+    sp.move_pages(a, "device")
+    ops.sum(a)
+    good = sp.trace.save(tmp_path / "good.npz")
+    t = Trace.load(good)
+    assert [u["op"] for u in t.user_events] == ["hint", "pin", "pin", "move"]
+    assert [e[1] for e in t.events].count(2) == 4
+    with pytest.raises(E.TraceFormatError, match="user_events|events"):
+        Trace.load(_edited(good, tmp_path / "bad.npz", USER_DAMAGE[damage]))
+
+    def older(h):
+        h.pop("user_events")
+        h["events"] = [e for e in h["events"] if e[1] != 2]
+    assert Trace.load(_edited(good, tmp_path / "old.npz", older)).user_events == []
