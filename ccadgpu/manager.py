@@ -639,19 +639,15 @@ class MigrationManager:
         if ep.processor != CPU or len(v) == 0 or not self.cpu_may_fault or \
                 not self.tunables.migration_enabled:
             return False
-        iv = as_index(v)
-        pl = self.placement
-        # the pages a fault home could move at all (what _filter lets through)
-        movable = (pl.node[iv] == DEVICE) & ep.touched_by(CPU) & \
-            ((pl.flags()[iv] & ptf.PINNED) == 0)
-        if not movable.any():
+        # the device pages the CPU touches that a move home could take at all (as _filter)
+        movable = self._filter_any(v[ep.touched_by(CPU)], HOST, -1, False)
+        if not len(movable):
             return False
-        pref = pl.preferred()[iv]
-        if self.tunables.cpu_access == "migrate_on_cpu_fault" or (pref[movable] == HOST).any():
-            return True
+        if self.tunables.cpu_access == "migrate_on_cpu_fault" or \
+                (self.placement.preferred()[movable] == HOST).any():
+            return True                  # mandatory faults, hint moves: nothing vetoes them
         # a policy's fault is vetoed by a device preference and by the CPU mapping them remotely
-        if not (movable & (pref != DEVICE) &
-                ((pl.accessed_by()[iv] & (1 << HOST)) == 0)).any():
+        if not len(self._filter_any(movable, HOST, DEVICE, True)):
             return False
         return bool(self.policy.would_fault(self.ctx, ep))
 
