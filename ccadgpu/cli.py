@@ -287,6 +287,12 @@ def cmd_trace_record(args: argparse.Namespace) -> int:
     return 0 if run.row["verified"] else 1
 
 
+def _tunable_option(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--tunable", action="append", default=[], metavar="NAME=VALUE",
+                   help=f"{what} (repeatable; `ccadgpu info` lists them), e.g. "
+                        "cpu_access=migrate_on_cpu_fault, a cuda space's default")
+
+
 def cmd_trace_replay(args: argparse.Namespace) -> int:
     from rich.table import Table
 
@@ -298,13 +304,20 @@ def cmd_trace_replay(args: argparse.Namespace) -> int:
         raise InvalidArgumentError(f"trace file {args.file!r} does not exist")
     tr = ccadgpu.Trace.load(args.file)
     pols = _names(args.policy, available_policies(), "policy")
+    from ccadgpu.tunables import Tunables
+    # how the CPU reached device pages is part of the recorded machine (a cuda space migrates
+    # them home): replayed as recorded unless asked otherwise
+    tunables = {"cpu_access": tr.header.get("tunables", {}).get("cpu_access", "coherent"),
+                **dict(Tunables.parse(x) for x in args.tunable)}
+    Tunables(**tunables)                    # a bad name or value raises here, before any replay
     con = _console()
-    t = Table(title=f"replay of {args.file} ({len(tr)} epochs)")
+    t = Table(title=f"replay of {args.file} ({len(tr)} epochs, cpu_access="
+                    f"{tunables['cpu_access']})")
     for c in ("policy", "profile", "modeled ms", "GB/s", "migrated", "remote", "p99 us"):
         t.add_column(c, justify="right")
     rows = []
     for p in pols:
-        r = replay(tr, p, profile=args.profile)
+        r = replay(tr, p, profile=args.profile, tunables=tunables)
         rows.append(r)
         t.add_row(p, r["profile"], f"{r['modeled_s'] * 1e3:.3f}", f"{r['throughput_gbps']:.1f}",
                   ccadgpu.format_bytes(r["migrated_bytes"]), f"{r['remote_fraction']:.0%}",
@@ -355,9 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="cpu", choices=("cpu", "auto", "cuda"),
                    help="cpu (default), auto or cuda: where the workloads' memory and kernels "
                         "run (modeled times come from --profile either way)")
-    p.add_argument("--tunable", action="append", default=[], metavar="NAME=VALUE",
-                   help="a space tunable for every run (repeatable; `ccadgpu info` lists "
-                        "them), e.g. cpu_access=migrate_on_cpu_fault, a cuda space's default")
+    _tunable_option(p, "a space tunable for every run")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("trace", help="record a workload's trace; replay it under policies")
@@ -375,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--policy", default="all")
     r.add_argument("--profile", default=None, help="default: the recorded one")
     r.add_argument("--json", metavar="PATH")
+    _tunable_option(r, "a tunable for the replays (default: the recorded cpu_access)")
     r.set_defaults(func=cmd_trace_replay)
 
     from .calibrate import build_parser as calibrate_parser

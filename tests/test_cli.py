@@ -4,6 +4,7 @@ import os
 
 import pytest
 
+import ccadgpu
 from ccadgpu.cli import main
 
 ROW_KEYS = {"workload", "policy", "profile", "size", "page_size", "seed", "repeat", "verified",
@@ -95,7 +96,7 @@ def test_the_oracle_records_every_epoch_whatever_the_tunables():
 
 def test_trace_record_and_replay(tmp_path, capsys):
     f = tmp_path / "t.npz"
-    assert main(["trace", "record", "--workload", "hot_cold", "--size", "1MiB",
+    assert main(["trace", "record", "--workload", "krylov", "--size", "1MiB",
                  "-o", str(f)]) == 0
     js = tmp_path / "r.json"
     assert main(["trace", "replay", str(f), "--policy", "static,on_demand,oracle",
@@ -103,6 +104,19 @@ def test_trace_record_and_replay(tmp_path, capsys):
     rows = json.loads(js.read_text())["rows"]
     assert [r["policy"] for r in rows] == ["static", "on_demand", "oracle"]
     assert rows[2]["modeled_s"] <= min(r["modeled_s"] for r in rows) * (1 + 1e-9)
+    # --tunable: the replays run under it (here the CPU faults device pages home)
+    js2 = tmp_path / "r2.json"
+    assert main(["trace", "replay", str(f), "--policy", "first_touch", "--profile", "h100-pcie",
+                 "--tunable", "cpu_access=migrate_on_cpu_fault", "--json", str(js2)]) == 0
+    assert "cpu_access=migrate_on_cpu_fault" in capsys.readouterr().out
+    r2 = json.loads(js2.read_text())["rows"][0]
+    tr = ccadgpu.Trace.load(f)
+    want = ccadgpu.replay(tr, "first_touch", profile="h100-pcie",
+                          tunables={"cpu_access": "migrate_on_cpu_fault"})
+    assert r2["modeled_s"] == want["modeled_s"] != \
+        ccadgpu.replay(tr, "first_touch", profile="h100-pcie")["modeled_s"]
+    assert main(["trace", "replay", str(f), "--tunable", "nope=1"]) == 2
+    assert "unknown tunable 'nope'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv,needle", [
