@@ -97,18 +97,18 @@ class Device:
             raise ValueError(f"timeout must be >= 0 or None, got {timeout!r}")
         sp = self._space
         cond = sp._cond
-        sp._settle_ahead()
+        with cond:
+            if self._refuse_offline():        # a refused offline steps nothing (as below)
+                return EvacuationReport()
+            resident = [a for a in sp.allocations()
+                        if (sp.pt.node[a.vstart:a.vstart + a.npages] == self.node.id).any()]
+        sp._settle_ahead(resident)
         with self._lifecycle:
             t0 = time.perf_counter()
             deadline = None if timeout is None else t0 + timeout
             with cond:
-                sp._check_open()
-                if self.state == "offline":
+                if self._refuse_offline():    # the settled epoch may have moved pages
                     return EvacuationReport()
-                refusal = precheck(sp, self.node.id)
-                if refusal is not None:
-                    raise OfflineRefusedError(f"device offline refused: {refusal.reason}",
-                                              refusal)
                 self.state = "draining"
                 sp.trace._user({"op": "device", "online": False})
             try:
@@ -138,6 +138,17 @@ class Device:
                 cond.notify_all()
             sp.vmstat.add(device_offline=1, pgevacuate=rep.pages)
             return rep
+
+    def _refuse_offline(self) -> bool:
+        """Raise :class:`OfflineRefusedError` if an offline must be refused now; True if the
+        device is offline already (space lock held)."""
+        self._space._check_open()
+        if self.state == "offline":
+            return True
+        refusal = precheck(self._space, self.node.id)
+        if refusal is not None:
+            raise OfflineRefusedError(f"device offline refused: {refusal.reason}", refusal)
+        return False
 
     def online(self) -> None:
         """Put an offline device back in service (a no-op if it is online)."""

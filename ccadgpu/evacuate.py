@@ -112,7 +112,7 @@ def evacuate(space: "Space", device_node: int, deadline: float | None,
                 continue
             try:
                 r = space.migrator.move(alloc, vp[grp] - alloc.vstart, HOST,
-                                        cause="evacuation", verify=verify)
+                                        cause="evacuation", verify=verify, user=True)
             except FreedArrayError:
                 continue                      # freed meanwhile: nothing left to save
             rep.pages += r.pages_moved

@@ -141,11 +141,11 @@ def prefetch(space: "Space", arr: np.ndarray, node: Any) -> "MigrationReport":
     target = space.node_id(node)
     alloc, first, n = space._resolve(arr)
     rel = np.arange(first, first + n, dtype=np.int64)
-    space._step_before_user_move(alloc)
+    space._settle_ahead((alloc,))
     if target == DEVICE:
         with space._cond:
             vp = alloc.vstart + rel
             rm = (space.pt.flags[vp] & ptf.READ_MOSTLY) != 0
             duplicate(space, vp[rm])
             rel = rel[~rm]
-    return space.migrator.move(alloc, rel, target, cause="prefetch")
+    return space.migrator.move(alloc, rel, target, cause="prefetch", user=True)

@@ -255,10 +255,13 @@ class Migrator:
 
     # -- the whole move ------------------------------------------------------------------------------
     def move(self, alloc: "Allocation", rel_pages: np.ndarray, target: int,
-             cause: str = "api", verify: bool = False) -> MigrationReport:
+             cause: str = "api", verify: bool = False, user: bool = False) -> MigrationReport:
         """Move pages ``rel_pages`` (relative to the allocation) to node ``target``.
         ``verify`` checks every copy before the old frame is released; a page whose copy does
-        not match stays where it was, reported ``-EIO``."""
+        not match stays where it was, reported ``-EIO``.  ``user`` says the user asked for the
+        move (``move_pages``, ``prefetch``, an offline's evacuation), not the manager: the trace
+        records the pages moved, for a replay to move them too (the manager's own moves a
+        replay makes itself)."""
         if cause not in CAUSES:
             raise ValueError(f"unknown migration cause {cause!r}; known: {CAUSES}")
         sp = self.space
@@ -298,7 +301,7 @@ class Migrator:
         except BaseException as exc:  # noqa: BLE001 - re-raised below after cleanup
             err = exc
         with sp._cond:
-            self._commit(alloc, batch, moved, target, status)
+            self._commit(alloc, batch, moved, target, status, user)
             status[batch.pos[~moved]] = -errno.EIO
             if onto_device:
                 sp.device._inflight_in -= 1
@@ -319,7 +322,7 @@ class Migrator:
         return report
 
     def _commit(self, alloc: "Allocation", b: _Batch, moved: np.ndarray, target: int,
-                status: np.ndarray) -> None:
+                status: np.ndarray, user: bool) -> None:
         sp = self.space
         pt = sp.pt
         repoint(sp, b.vpns[moved], b.src_nodes[moved], b.src_frames[moved],
@@ -332,7 +335,7 @@ class Migrator:
             vmas = count_breaks(pt.node[lo:hi], pt.frame[lo:hi])
             MAP_BUDGET.charge(vmas - alloc.vmas - b.vma_charge, "migration commit")
             alloc.vmas = vmas
-        if sp._mowner != threading.get_ident():    # the manager's own: a replay makes them
+        if user:
             sp.trace._moved(b.vpns[moved], target)
         notify(sp, b.vpns[moved], b.src_nodes[moved], target)
 

@@ -17,7 +17,7 @@ import threading
 import warnings
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -528,31 +528,25 @@ class Space:
         """Whether the open host epoch touched ``alloc`` (space lock held)."""
         return self.counters._host_open and alloc.last_epoch >= self.counters.epoch
 
-    def _step_before_user_move(self, alloc: Allocation) -> None:
-        """The user moves pages of ``alloc`` (``move_pages``, ``prefetch``): the manager must
-        price the CPU's accesses made before that where the pages were then, so when the open
-        host epoch touched ``alloc`` it ends here and is stepped first (as :meth:`free`
-        does); otherwise the epoch, stepped at the next launch, saw the pages where the user
-        had since put them (a CPU write made on the host, priced as remote writes to the
-        device: ``examples/pipeline.py`` under ``static`` with its hints)."""
-        with self._cond:
-            touched = self._in_open_host_epoch(alloc)
-            if touched:
-                self.counters._close_host_epoch()
-        if touched:
-            self._step_manager()
-        else:
-            self._settle_ahead()
-
-    def _settle_ahead(self) -> None:
+    def _settle_ahead(self, touching: Iterable[Allocation] = ()) -> None:
         """A placement action of the user's (a hint, a pin, a move, the device offline) comes
         next: an epoch whose faults already ran ahead is stepped first (the open host epoch
         ending here), so that the action falls between two whole epochs, where the trace
-        places it for a replay, and not between an epoch's faults and its accesses."""
+        places it for a replay, and not between an epoch's faults and its accesses.
+
+        The open host epoch also ends here when it touched one of ``touching``, the
+        allocations whose pages the action moves: the manager must price the CPU's accesses
+        made before the action where the pages were then (as :meth:`free` does); stepped at
+        the next launch, the epoch would see them where the action had since put them (a CPU
+        write made on the host priced as remote writes to the device: ``examples/pipeline.py``
+        under ``static`` with its hints; CPU reads of device pages just before an offline
+        priced as local ones)."""
         with self._cond:
-            if self.counters._host_open and self._host_ahead is not None:
+            if self.counters._host_open and (
+                    self._host_ahead is not None
+                    or any(self._in_open_host_epoch(a) for a in touching)):
                 self.counters._close_host_epoch()
-            if not any(ep.ahead is not None for ep in self._mq):
+            elif not any(ep.ahead is not None for ep in self._mq):
                 return
         self._step_manager()
 
@@ -759,8 +753,8 @@ class Space:
         target = self.node_id(node)
         alloc, first, n = self._resolve(arr)
         rel = _check_pages(pages, n) + first
-        self._step_before_user_move(alloc)
-        return self.migrator.move(alloc, rel, target, cause)
+        self._settle_ahead((alloc,))
+        return self.migrator.move(alloc, rel, target, cause, user=True)
 
     def pin(self, arr: np.ndarray) -> None:
         """Make the pages ``arr`` spans unmovable (waits for an in-flight migration of them)."""
@@ -772,23 +766,30 @@ class Space:
 
     def _set_pinned(self, arr: np.ndarray, on: bool) -> None:
         _, lo, hi = self._span_vpns(arr)
+        with self._cond:
+            self._check_pinnable(lo, hi, on)   # a refused pin steps nothing (as below)
         self._settle_ahead()
         with self._cond:
             while (self.pt.flags[lo:hi] & ptf.MIGRATING).any():
                 self._cond.wait()
-            if on and self.device.state != "online" and (self.pt.node[lo:hi] != HOST).any():
-                raise DeviceOfflineError(f"the device is {self.device.state}: its pages "
-                                         "cannot be pinned now")
-            if on and not self.tunables.allow_pinned_on_device and \
-                    (self.pt.node[lo:hi] != HOST).any():
-                raise PinnedError("cannot pin pages that are on the device "
-                                  "(tunables.allow_pinned_on_device is off); move them first")
+            self._check_pinnable(lo, hi, on)   # the settled epoch may have moved them
             if on:
                 self.pt.flags[lo:hi] |= ptf.PINNED
             else:
                 self.pt.flags[lo:hi] &= ~ptf.PINNED
             self.pt.gen += 1             # whether a CPU touch may fault them has changed
             self.trace._user({"op": "pin", "lo": lo, "hi": hi, "on": bool(on)})
+
+    def _check_pinnable(self, lo: int, hi: int, on: bool) -> None:
+        """Raise if pages ``[lo, hi)`` may not be pinned now (space lock held)."""
+        if not on or not (self.pt.node[lo:hi] != HOST).any():
+            return
+        if self.device.state != "online":
+            raise DeviceOfflineError(f"the device is {self.device.state}: its pages "
+                                     "cannot be pinned now")
+        if not self.tunables.allow_pinned_on_device:
+            raise PinnedError("cannot pin pages that are on the device "
+                              "(tunables.allow_pinned_on_device is off); move them first")
 
     # -- host access ----------------------------------------------------------------------------------
     @contextlib.contextmanager

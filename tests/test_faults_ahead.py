@@ -614,6 +614,28 @@ def test_a_cpu_operation_numpy_refuses_counts_nothing(tmp_path):
     assert r["migrated_bytes_by_cause"] == s["migrated_bytes_by_cause"]
 
 
+@pytest.mark.parametrize("what", ["pin", "offline"])
+def test_a_refused_pin_or_offline_steps_nothing(what):
+    """A pin or an offline that is refused changes nothing: not even the epoch whose faults
+    ran ahead (a CPU read that faulted device pages home) is stepped or ended by it."""
+    with space(cpu_access="migrate_on_cpu_fault", allow_pinned_on_device=False) as sp:
+        a = sp.asarray(np.arange(8.0 * F), placement="device")
+        d = sp.asarray(np.arange(8.0 * F), placement="device")
+        if what == "offline":
+            sp.tunables.allow_pinned_on_device = True
+            sp.pin(d)
+        float(a.sum())                              # its faults ran ahead: not yet stepped
+        before = (sp.counters.epoch, len(sp.trace), sp.manager.ctx.epoch, sp.clock.elapsed)
+        err = ccadgpu.errors.PinnedError if what == "pin" else \
+            ccadgpu.errors.OfflineRefusedError
+        with pytest.raises(err):
+            sp.pin(d) if what == "pin" else sp.device.offline()
+        assert (sp.counters.epoch, len(sp.trace), sp.manager.ctx.epoch,
+                sp.clock.elapsed) == before
+        assert [u["op"] for u in sp.trace.user_events] == ([] if what == "pin" else ["pin"])
+        assert (sp.placement(d) == 1).all() and sp.device.state == "online"
+
+
 # -- live == replay under any sequence of operations, failing ones among them ------------------
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402

@@ -158,3 +158,49 @@ def test_a_run_with_hints_pins_moves_and_an_offline_replays_exactly(tmp_path, po
     r = replay(t, policy)
     assert r["migrated_bytes_by_cause"] == live["migrated_bytes_by_cause"]
     assert r["modeled_s"] == pytest.approx(live["modeled_s"], rel=1e-9)
+
+
+@pytest.mark.parametrize("policy", ["on_demand", "access_counter"])
+def test_pages_a_migrate_listener_moves_are_the_users_and_replay(tmp_path, policy):
+    """A user move made from a migrate listener runs on the manager's thread, yet it is the
+    user's: the trace has it, and a replay makes it too."""
+    with ccadgpu.Space(device_memory=64 * PS, page_size=PS, profile="h100-pcie",
+                       policy=policy) as sp:
+        a, b, c = sp.asarray(np.arange(8.0 * F)), sp.zeros(8 * F), sp.asarray(np.ones(8 * F))
+        done = []
+
+        def listener(vpns, src, target):
+            if not done and target == 1:
+                done.append(None)                 # (its own moves call listeners too)
+                done[0] = sp.move_pages(c, "device").pages_moved
+        sp.migrate_listeners.append(listener)
+        for _ in range(4):
+            ops.scale(b, a, 2.0)
+            float(b.sum())
+        ops.scale(b, c, 1.0)
+        sp.sync()
+        assert done == [8] and [u["op"] for u in sp.trace.user_events] == ["move"]
+        live = sp.manager.summary()
+        path = sp.trace.save(os.path.join(tmp_path, "t.npz"))
+    r = replay(ccadgpu.Trace.load(path), policy)
+    assert r["migrated_bytes_by_cause"] == live["migrated_bytes_by_cause"]
+    assert r["modeled_s"] == pytest.approx(live["modeled_s"], rel=1e-12)
+
+
+def test_cpu_reads_just_before_an_offline_are_priced_where_the_pages_were():
+    """CPU reads of device pages (coherent: remote), then an offline that moves them home:
+    the reads are priced as remote ones whether or not a sync() came between."""
+    out = []
+    for sync_first in (False, True):
+        with ccadgpu.Space(device_memory=64 * PS, page_size=PS, profile="h100-pcie",
+                           policy="static") as sp:
+            a = sp.asarray(np.arange(16.0 * F), placement="device")
+            for _ in range(5):
+                float(a.sum())
+            if sync_first:
+                sp.sync()
+            sp.device.offline()
+            sp.sync()
+            out.append(sp.manager.summary())
+    assert out[0]["remote_fraction"] == 1.0
+    assert out[0]["modeled_s"] == pytest.approx(out[1]["modeled_s"], rel=1e-12)
