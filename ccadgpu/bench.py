@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from .policies import make_policy, plan_oracle
+from .policies import make_policy
 from .units import parse_size
 from .workloads import get_workload
 
@@ -76,15 +76,12 @@ def run_workload(workload: str, policy: str = "static", profile: str = "gh200",
                         "trace_max_epochs": 1 << 30}
         rec = run_workload(workload, "static", profile, nbytes, seed, ps, keep_trace=True,
                            backend=backend, tunables=rec_tunables)
-        from .replay import initial_placement, trace_epochs
-        eps = trace_epochs(rec.trace)
-        init = initial_placement(rec.trace, eps)
-        vp = np.flatnonzero(init >= 0)
-        frames = int(rec.trace.header["nodes"][1]["frames"])
         from .clock import load_profile
+        from .replay import oracle_schedule
+        frames = int(rec.trace.header["nodes"][1]["frames"])
         # the live space has the recording's tunables (the backend's cpu_access among them)
         mode = rec.trace.header.get("tunables", {}).get("cpu_access", "coherent")
-        sched = plan_oracle(eps, load_profile(profile), ps, frames, init[vp], vp, mode)
+        sched = oracle_schedule(rec.trace, load_profile(profile), frames, mode)
         pol = make_policy("oracle", schedule=sched)
         extra["lower_bound_s"] = sched.lower_bound
     with Space(device_memory=wl.device_bytes(nbytes, ps), page_size=ps, profile=profile,

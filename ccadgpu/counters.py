@@ -970,6 +970,8 @@ class AccessCounters:
         (:meth:`Space._fault_ahead_host`), which make it a host epoch of its own."""
         sp = self._space
         with sp._cond:
+            if ahead is not None:
+                sp._window = None
             if (sp._host_alone or ahead is not None) and self._host_open:
                 self._close_host_epoch()     # the operation before faulted, or this one did
             t = self._host_tally(items)

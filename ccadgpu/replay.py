@@ -32,8 +32,8 @@ import numpy as np
 from . import pagetable as ptf
 from .clock import Profile, load_profile
 from .errors import InvalidArgumentError
-from .manager import Epoch, MigrationManager, SimPlacement
-from .policies import Policy, make_policy, plan_oracle
+from .manager import DEV, Epoch, MigrationManager, SimPlacement
+from .policies import OracleSchedule, Policy, UserConstraints, make_policy, plan_oracle
 from .trace import Trace
 from .tunables import Tunables
 from .units import parse_size
@@ -100,6 +100,89 @@ def initial_placement(trace: Trace, epochs: Sequence[Epoch]) -> np.ndarray:
             node[lo:hi][new] = _pages_of(a)[new]
             done[lo:hi] = True
     return node
+
+
+def user_constraints(trace: Trace, epochs: Sequence[Epoch], vpns: np.ndarray
+                     ) -> UserConstraints | None:
+    """What the trace's ``user_events`` impose on an oracle schedule over pages ``vpns``
+    (sorted), epoch by epoch, as a replay applies them (an event recorded at position ``p``
+    comes before the first epoch numbered ``p`` or later); None when it has none."""
+    if not trace.user_events:
+        return None
+    E, U = len(epochs), len(vpns)
+    forced = np.full((E, U), -1, np.int8)
+    no_up, no_down = np.zeros((E, U), bool), np.zeros((E, U), bool)
+    offline = np.zeros(E, bool)
+    hinted = np.full((E, U), -1, np.int8)
+    pref, acc = np.full(U, -1, np.int64), np.zeros(U, np.int64)
+    pinned = np.zeros(U, bool)
+    numbers = np.array([ep.epoch for ep in epochs], np.int64)
+    mine = [p for p in trace.events if p[1] == 2]
+    at = np.searchsorted(numbers, [p for p, _, _ in mine])
+    # one made between an epoch's faults and its accesses comes after the policy's moves
+    todo = [(int(e), trace.user_events[i],
+             bool(trace.user_events[i].get("after_faults")) and e < E and p == numbers[e])
+            for e, (p, _, i) in zip(at, mine)]
+    state = {"online": True}
+
+    def apply(ev: dict[str, Any], e: int, late: bool) -> None:
+        op = ev["op"]
+        if op == "device":
+            state["online"] = bool(ev["online"])
+            return
+        for lo, hi in (ev["runs"] if op == "move" else [(ev["lo"], ev["hi"])]):
+            i, j = np.searchsorted(vpns, [lo, hi])
+            if op == "move":
+                forced[e, i:j] = ev["node"]
+                if late:                     # where the user put it for the whole epoch
+                    no_up[e, i:j] = no_down[e, i:j] = True
+            elif op == "pin":
+                pinned[i:j] = ev["on"]
+            else:
+                if ev.get("preferred") is not None:
+                    pref[i:j] = ev["preferred"]
+                if ev.get("accessed_by") is not None:
+                    acc[i:j] = ev["accessed_by"]
+    k = 0
+    for e in range(E):
+        late = []
+        while k < len(todo) and todo[k][0] == e:
+            _, ev, after = todo[k]
+            k += 1
+            late.append(ev) if after else apply(ev, e, False)
+        offline[e] = not state["online"]
+        # the manager's say over a policy's move (MigrationManager._filter)
+        no_up[e] = pinned | (pref == 0) | ((acc & 2) != 0) | offline[e]
+        no_down[e] = pinned | (pref == 1) | ((acc & 1) != 0)
+        ep = epochs[e]
+        node = int(ep.processor == DEV)    # (MigrationManager._fault_phase)
+        i = np.searchsorted(vpns, ep.vpns[ep.touched_by(ep.processor)])
+        hinted[e, i[pref[i] == node]] = node
+        for ev in late:
+            apply(ev, e, True)
+    return UserConstraints(forced, offline, no_up, no_down, hinted)
+
+
+def _fit_device(node: np.ndarray, frames: int) -> np.ndarray:
+    """``node`` with the device pages beyond its ``frames`` on the host (a smaller device than
+    the one recorded), in place."""
+    if int(np.count_nonzero(node == 1)) > frames:
+        node[np.flatnonzero(node == 1)[frames:]] = 0
+    return node
+
+
+def oracle_schedule(trace: Trace, profile: Profile, device_frames: int,
+                    cpu_access: str = "coherent") -> OracleSchedule:
+    """The oracle's schedule for ``trace`` (:func:`ccadgpu.policies.plan_oracle`), its pages
+    starting where :func:`initial_placement` says, under the user's actions in it."""
+    epochs = trace_epochs(trace)
+    init = _fit_device(initial_placement(trace, epochs), device_frames)
+    vp = np.flatnonzero(init >= 0)
+    # an aborted launch's faults are all it cost: it plans as an epoch of no accesses
+    plan = [dataclasses.replace(e, sectors=np.zeros_like(e.sectors), launch=False)
+            if e.aborted else e for e in epochs]
+    return plan_oracle(plan, profile, trace.page_size, device_frames, init[vp], vp, cpu_access,
+                       user_constraints(trace, epochs, vp))
 
 
 _RM, _PIN = ptf.READ_MOSTLY, ptf.PINNED
@@ -176,25 +259,17 @@ def replay(trace: Trace, policy: "str | Policy", profile: "str | Profile | None"
     dev_frames = (parse_size(device_memory, "device_memory") // ps if device_memory is not None
                   else int(nodes[1]["frames"]))
     epochs = trace_epochs(trace)
-    init = initial_placement(trace, epochs)
+    start = initial_placement(trace, epochs)
     events = complete(trace)
-    start = init.copy()
     if events:              # the allocations' pages appear with their allocation events
         for a in _born(trace):
             start[a["vstart"]: a["vstart"] + a["npages"]] = -1
     host_frames = max(int(nodes[0]["frames"]), int(np.count_nonzero(start >= 0)))
-    for node in (init, start):
-        if int(np.count_nonzero(node == 1)) > dev_frames:   # a smaller device: those on host
-            over = np.flatnonzero(node == 1)[dev_frames:]
-            node[over] = 0
+    _fit_device(start, dev_frames)
     tun = Tunables(**(tunables or {}))
     extra: dict[str, Any] = {}
     if policy == "oracle":
-        vp = np.flatnonzero(init >= 0)
-        # an aborted launch's faults are all it cost: it plans as an epoch of no accesses
-        plan = [dataclasses.replace(e, sectors=np.zeros_like(e.sectors), launch=False)
-                if e.aborted else e for e in epochs]
-        sched = plan_oracle(plan, prof, ps, dev_frames, init[vp], vp, tun.cpu_access)
+        sched = oracle_schedule(trace, prof, dev_frames, tun.cpu_access)
         pol: "str | Policy" = make_policy("oracle", schedule=sched)
         extra = {"lower_bound_s": sched.lower_bound, "oracle_planned_s": sched.planned_cost}
     else:
@@ -205,10 +280,15 @@ def replay(trace: Trace, policy: "str | Policy", profile: "str | Profile | None"
         if events else []
     k = 0
     for ep in epochs:
+        later = []          # made while the epoch's faults had run and its accesses not yet
         while k < len(todo) and todo[k][0] <= ep.epoch:     # what the live manager saw
-            _, kind, aid = todo[k]
+            pos, kind, aid = todo[k]
             if kind == 2:
-                sim.user(trace.user_events[aid])
+                ev = trace.user_events[aid]
+                if ev.get("after_faults") and pos == ep.epoch:
+                    later.append(ev)
+                else:
+                    sim.user(ev)
                 k += 1
                 continue
             a = trace.allocations[aid]
@@ -218,6 +298,10 @@ def replay(trace: Trace, policy: "str | Policy", profile: "str | Profile | None"
                 sim.remove(a["vstart"], a["vstart"] + a["npages"])
                 mgr.forget(a["vstart"], a["vstart"] + a["npages"])
             k += 1
+        if later:
+            ep.ahead = mgr.fault_ahead(ep)
+            for ev in later:
+                sim.user(ev)
         mgr.step(ep)
     out = mgr.summary()
     out.update(extra)

@@ -197,6 +197,10 @@ class Space:
         #: the next operation), and those faults (tunable faults_ahead)
         self._host_alone = False
         self._host_ahead: Any = None
+        #: the epoch whose faults ran ahead and that is neither queued nor the open host epoch
+        #: yet (its kernel or CPU operation is running): a user action now comes between its
+        #: faults and the rest of its step, and the trace says so
+        self._window: int | None = None
         #: dense CPU operations the manager would not fault, while nothing has changed since
         #: (the manager's epoch and the page table's generation)
         self._no_faults: set[tuple] = set()
@@ -897,6 +901,8 @@ class Space:
         gets to the epoch are recognised (``ids``: ``tally.alloc_ids`` if the caller has
         them).  ``ahead``: its step (1), already run (:meth:`_faults_ahead`); ``ep``: the
         epoch it ran on, when made from this same tally; ``aborted``: see :meth:`_abort`."""
+        if ahead is not None:
+            self._window = None
         if tally.n:
             if ep is None:
                 ep = self._epoch_of(epoch, kernel, processor, tally, wall)
@@ -928,10 +934,12 @@ class Space:
             self._mowner = threading.get_ident()
             try:
                 self._forget_freed()
+                self._window = self.counters.epoch     # its number, the host epoch closed
                 ahead = self.manager.fault_ahead(ep)
                 self.clock.advance("fault", ahead.fault_s)    # the access waited for them
                 return ahead
             except Exception as exc:  # noqa: BLE001 - a policy must not break the access
+                self._window = None
                 self.vmstat.add(manager_errors=1)
                 warnings.warn(f"migration manager failed on the faults of {ep.kernel}: "
                               f"{exc!r}", RuntimeWarning, stacklevel=3)

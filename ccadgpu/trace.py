@@ -32,7 +32,11 @@ The user's own placement actions are events too (kind 2, ``id`` an index into th
 when left as it was), a pin (``{"op": "pin", "lo", "hi", "on"}``), pages the user moved
 (``move_pages``, ``prefetch``) or an offline evacuated (``{"op": "move", "runs": [[lo, hi],
 ...], "node"}``: the pages that moved), and the device going offline or online (``{"op":
-"device", "online"}``).  Read-mostly duplicates are not among them.
+"device", "online"}``).  Read-mostly duplicates are not among them.  One made while a
+launch or CPU operation runs whose faults ran ahead (from its kernel, another thread) is
+marked ``"after_faults": true``: a replay applies it between that epoch's faults and its
+accesses.  One made from a migrate listener lands before the epoch whose moves called it
+(a replay cannot split a step's moves; the rest of that step may then differ).
 
 A launch that fails once the manager's faults for it ran (its kernel raised, the device went
 offline) leaves an *aborted* record (``EpochRecord.aborted``; the header's ``aborted`` lists
@@ -46,6 +50,7 @@ import json
 import math
 import os
 import tempfile
+import threading
 import time
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -189,7 +194,7 @@ def _user_event_ok(u: Any, nnodes: int) -> bool:
 
     def span(lo: Any, hi: Any) -> bool:
         return whole(lo) and whole(hi) and lo < hi
-    if not isinstance(u, dict):
+    if not isinstance(u, dict) or u.get("after_faults") not in (None, True, False):
         return False
     op = u.get("op")
     if op == "hint":
@@ -356,8 +361,15 @@ class Trace:
     def _user(self, event: dict[str, Any]) -> None:
         """One of the user's placement actions (space lock held; see the module docs)."""
         if self._recording():
+            pos = self._position()
+            sp = self._space
+            # between that epoch's faults and its accesses (but not from a migrate listener
+            # of those faults: a replay makes it before them, which the policy's later moves
+            # of the step see, as they did live)
+            if sp._window == pos and sp._mowner != threading.get_ident():
+                event = {**event, "after_faults": True}
             self.user_events.append(event)
-            self.events.append([self._position(), 2, len(self.user_events) - 1])
+            self.events.append([pos, 2, len(self.user_events) - 1])
 
     def _moved(self, vpns: np.ndarray, node: int) -> None:
         """The user (or an offline) moved pages ``vpns`` (sorted) to ``node``."""

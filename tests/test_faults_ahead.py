@@ -655,8 +655,8 @@ def test_a_replay_reproduces_any_run_with_failures(tmp_path_factory, policy, pro
                                                    cpu_access, actions):
     """Launches, CPU operations, failing ones of both (bad indices, a kernel that raises, a
     store NumPy refuses), frees, and the user's hints, pins, moves and offlines in any order:
-    the data equal a NumPy reference, and a replay of the trace makes the live manager's moves
-    and times."""
+    the data equal a NumPy reference, a replay of the trace makes the live manager's moves
+    and times, and the oracle's lower bound is below them."""
     from ccadgpu.errors import InvalidArgumentError
     with space(policy, profile, cpu_access=cpu_access) as sp:
         ref = [np.arange(4 * F, dtype=np.float64) + i for i in range(3)]
@@ -731,6 +731,10 @@ def test_a_replay_reproduces_any_run_with_failures(tmp_path_factory, policy, pro
         sp.sync()
         s = sp.manager.summary()
         path = sp.trace.save(os.path.join(tmp_path_factory.mktemp("t"), "t.npz"))
-    r = replay(ccadgpu.Trace.load(path), policy, tunables={"cpu_access": cpu_access})
+    t = ccadgpu.Trace.load(path)
+    r = replay(t, policy, tunables={"cpu_access": cpu_access})
     assert r["migrated_bytes_by_cause"] == s["migrated_bytes_by_cause"]
     assert r["modeled_s"] == pytest.approx(s["modeled_s"], rel=1e-9)
+    # the oracle plans under the same user actions: its bound is below the live run
+    o = replay(t, "oracle", tunables={"cpu_access": cpu_access})
+    assert o["lower_bound_s"] <= s["modeled_s"] * (1 + 1e-9) + 1e-15

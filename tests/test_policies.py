@@ -271,3 +271,40 @@ def test_oracle_bounds_every_policy(epochs, dev, profile, cpu_access):
         if dev >= 12:
             assert o["modeled_s"] <= r["modeled_s"] + lat + eps, pol
     assert o["lower_bound_s"] <= o["modeled_s"] + eps
+
+
+def test_the_schedule_under_user_moves_and_refusals_is_the_brute_force_optimum():
+    """Per page, the oracle's dynamic programme with the user's free moves before an epoch
+    and the manager's refusals of the policy's moves finds the cheapest of all 2**E
+    placements (checked exhaustively on small random cases)."""
+    import itertools
+
+    from ccadgpu.policies.oracle import UserConstraints, _dp
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        E, U = int(rng.integers(1, 7)), int(rng.integers(1, 5))
+        ch, cd = rng.integers(0, 6, (E, U)).astype(float), rng.integers(0, 6, (E, U)) * 1.0
+        init = rng.random(U) < 0.5
+        up, down = float(rng.integers(0, 4)), float(rng.integers(0, 4))
+        u = UserConstraints(rng.integers(-1, 2, (E, U)).astype(np.int8), np.zeros(E, bool),
+                            rng.random((E, U)) < 0.3, rng.random((E, U)) < 0.3,
+                            np.full((E, U), -1, np.int8))
+
+        def cost(seq, i):
+            total, cur = 0.0, bool(init[i])
+            for e, on in enumerate(seq):
+                if u.forced[e, i] >= 0:
+                    cur = bool(u.forced[e, i])
+                if on and not cur:
+                    total += np.inf if u.no_up[e, i] else up
+                elif cur and not on:
+                    total += np.inf if u.no_down[e, i] else down
+                total += cd[e, i] if on else ch[e, i]
+                cur = on
+            return total
+        on, best = _dp(ch, cd, init, up, down, u)
+        for i in range(U):
+            brute = min(cost(seq, i) for seq in itertools.product((False, True), repeat=E))
+            assert best[i] == brute and cost(on[:, i], i) == brute
+        relaxed = _dp(ch, cd, init, up, down, u, vetoes=False)[1]
+        assert (relaxed <= best).all()

@@ -193,6 +193,7 @@ USER_DAMAGE = {
          "read_mostly": None}),
     "event past the list": lambda h: h["events"].append([0, 2, len(h["user_events"])]),
     "unknown kind": lambda h: h["events"].append([0, 3, 0]),
+    "after_faults not a flag": lambda h: h["user_events"][0].update(after_faults="yes"),
 }
 
 

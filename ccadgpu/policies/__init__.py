@@ -12,7 +12,7 @@ from ..errors import InvalidArgumentError
 from .access_counter import AccessCounter
 from .autonuma import AutoNuma
 from .base import Move, Policy
-from .oracle import Oracle, OracleSchedule, plan_oracle
+from .oracle import Oracle, OracleSchedule, UserConstraints, plan_oracle
 from .simple import FirstTouch, OnDemand, Static
 
 _REGISTRY: dict[str, type[Policy]] = {}
@@ -54,5 +54,5 @@ def make_policy(spec: "str | Policy", **params: Any) -> Policy:
 
 
 __all__ = ["Policy", "Move", "Static", "FirstTouch", "OnDemand", "AccessCounter", "AutoNuma",
-           "Oracle", "OracleSchedule", "plan_oracle", "register_policy", "make_policy",
+           "Oracle", "OracleSchedule", "UserConstraints", "plan_oracle", "register_policy", "make_policy",
            "available_policies", "UnknownPolicyError"]

@@ -62,96 +62,151 @@ def _costs(epochs: Sequence["Epoch"], vpns: np.ndarray, profile: "Profile"
     return ch, cd
 
 
-def _dp(ch: np.ndarray, cd: np.ndarray, init_dev: np.ndarray, up: float, down: float
+@dataclass
+class UserConstraints:
+    """What the user's own placement actions (a trace's ``user_events``) impose on a schedule
+    over pages ``vpns``, epoch by epoch (``[E, U]`` arrays; before epoch ``e`` the user acts
+    first, then the policy moves).
+
+    ``forced[e, i]``: the node the user moved page ``vpns[i]`` to just before epoch ``e``
+    (``move_pages``, ``prefetch``, an offline's evacuation; -1: none); free for the policy.
+    ``offline[e]``: the device is offline during epoch ``e``; no page can be on it.
+    ``no_up[e, i]`` / ``no_down[e, i]``: the manager refuses a policy's move of the page to
+    the device / host before epoch ``e`` (a pin; a preferred-location or accessed-by hint).
+    ``hinted[e, i]``: the node the manager itself moves the page to for epoch ``e``, its
+    preferred location, whose processor touches it then (-1: none; every policy but
+    ``static``)."""
+    forced: np.ndarray
+    offline: np.ndarray
+    no_up: np.ndarray
+    no_down: np.ndarray
+    hinted: np.ndarray
+
+
+def _dp(ch: np.ndarray, cd: np.ndarray, init_dev: np.ndarray, up: float, down: float,
+        user: UserConstraints | None = None, vetoes: bool = True
         ) -> tuple[np.ndarray, np.ndarray]:
-    """Per page, the cheapest host/device sequence.  Returns (on_device[E, U], cost[U])."""
+    """Per page, the cheapest host/device sequence.  Returns (on_device[E, U], cost[U]).
+    ``user``'s forced moves always apply; its refusals only with ``vetoes``."""
     E, U = ch.shape
     if E == 0:
         return np.zeros((0, U), bool), np.zeros(U)
-    # state before epoch 0 is the initial placement; moving costs up/down
-    vh = np.where(init_dev, down, 0.0) + ch[0]
-    vd = np.where(init_dev, 0.0, up) + cd[0]
-    from_d_to_h = np.zeros((E, U), bool)      # best predecessor of host-at-e is device
-    from_h_to_d = np.zeros((E, U), bool)
-    from_d_to_h[0] = init_dev
-    from_h_to_d[0] = ~init_dev
-    for e in range(1, E):
-        stay_h, switch_h = vh, vd + down
-        stay_d, switch_d = vd, vh + up
-        from_d_to_h[e] = switch_h < stay_h
-        from_h_to_d[e] = switch_d < stay_d
-        vh = ch[e] + np.minimum(stay_h, switch_h)
-        vd = cd[e] + np.minimum(stay_d, switch_d)
+    # before epoch e: from the state q at the end of e-1 the user's move (if any) leads to
+    # p(q), free, and the policy's from p(q) to where the page is during e costs up/down
+    vh = np.where(init_dev, np.inf, 0.0)
+    vd = np.where(init_dev, 0.0, np.inf)
+    dev_before_h = np.zeros((E, U), bool)    # the best way to host-at-e was device-at-(e-1)
+    dev_before_d = np.zeros((E, U), bool)
+    pd_h, pd_d = np.zeros(U, bool), np.ones(U, bool)      # p(host), p(device) on the device
+    upc, downc = np.full(U, up), np.full(U, down)
+    for e in range(E):
+        if user is not None:
+            f = user.forced[e]
+            pd_h, pd_d = f == DEVICE, f != HOST
+            if vetoes:
+                upc = np.where(user.no_up[e], np.inf, up)
+                downc = np.where(user.no_down[e], np.inf, down)
+        hh, hd = vh + np.where(pd_h, downc, 0.0), vd + np.where(pd_d, downc, 0.0)
+        dh, dd = vh + np.where(pd_h, 0.0, upc), vd + np.where(pd_d, 0.0, upc)
+        dev_before_h[e] = hd < hh
+        dev_before_d[e] = dd <= dh
+        vh = ch[e] + np.minimum(hh, hd)
+        vd = cd[e] + np.minimum(dh, dd)
     on = np.zeros((E, U), bool)
     cur = vd < vh
     cost = np.minimum(vh, vd)
     for e in range(E - 1, -1, -1):
         on[e] = cur
-        prev_dev = np.where(cur, ~from_h_to_d[e], from_d_to_h[e])
-        cur = prev_dev
+        cur = np.where(cur, dev_before_d[e], dev_before_h[e])
     return on, cost
 
 
 def plan_oracle(epochs: Sequence["Epoch"], profile: "Profile", page_size: int,
                 device_frames: int, initial_node: np.ndarray, vpns: np.ndarray,
-                cpu_access: str = "coherent") -> OracleSchedule:
+                cpu_access: str = "coherent", user: UserConstraints | None = None
+                ) -> OracleSchedule:
     """Plan the schedule for pages ``vpns`` (sorted) starting on ``initial_node``.
 
     ``cpu_access`` is the space's (tunable ``cpu_access``): under ``"migrate_on_cpu_fault"`` a
     page the CPU touches in an epoch cannot stay on the device for it (the space would fault it
-    home), so the schedule has it on the host for that epoch, moved there beforehand."""
+    home), so the schedule has it on the host for that epoch, moved there beforehand.
+
+    ``user`` holds what the trace's own placement actions impose (see
+    :class:`UserConstraints`): the user's moves are free teleports that every policy gets, and
+    no page is on an offline device, so both shape the bound as well as the schedule; the
+    manager's refusals (pins, hints) and its moves to preferred locations shape the schedule
+    only, so that the bound, which relaxes them, stays one for every policy (a mandatory move
+    is never refused; ``static`` makes no move to a preferred location)."""
     if cpu_access not in ("coherent", "migrate_on_cpu_fault"):
         raise InvalidArgumentError(f"cpu_access must be 'coherent' or 'migrate_on_cpu_fault', "
                                    f"got {cpu_access!r}")
     vpns = np.asarray(vpns, np.int64)
     ch, cd = _costs(epochs, vpns, profile)
+    if user is not None and (user.forced.shape != ch.shape or user.offline.shape != (len(ch),)):
+        raise InvalidArgumentError(f"user constraints of shape {user.forced.shape} do not fit "
+                                   f"{len(epochs)} epochs over {len(vpns)} pages")
     up = page_size / profile.link[HOST, DEVICE] + profile.per_page
     down = page_size / profile.link[DEVICE, HOST] + profile.per_page
+    # dearer than any whole schedule that keeps the page on the host (always allowed), so
+    # no optimum and no capacity price ever puts a page on the device for such an epoch
+    forbid = float(ch.sum() + cd.sum()) + (up + down) * (len(epochs) + 1) + 1.0
     if cpu_access == "migrate_on_cpu_fault":
-        # dearer than any whole schedule that keeps the page on the host (always allowed), so
-        # no optimum and no capacity price ever puts a page on the device for such an epoch
-        forbid = float(ch.sum() + cd.sum()) + (up + down) * (len(epochs) + 1) + 1.0
         for e, ep in enumerate(epochs):
             if len(ep.vpns):
                 cpu = ep.vpns[ep.touched_by(CPU_PROC)]
                 cd[e, np.searchsorted(vpns, cpu)] += forbid
+    if user is not None:
+        cd[user.offline] += forbid
     init_dev = np.asarray(initial_node) == DEVICE
-    on, cost = _dp(ch, cd, init_dev, up, down)
+    on, cost = _dp(ch, cd, init_dev, up, down, user, vetoes=False)
     # placement-independent terms, so that the bound compares with whole modeled times: launch
     # overheads, and for each processor active in an epoch its smallest latency
     fixed = sum((profile.launch if ep.launch else 0.0) +
                 sum(float(profile.latency[p].min()) for p in range(ep.sectors.shape[1])
                     if ep.sectors[:, p, :].any()) for ep in epochs)
     lower = float(cost.sum()) + fixed
+    sch, scd = ch, cd
+    if user is not None and (user.no_up.any() or user.no_down.any() or
+                             (user.hinted >= 0).any()):
+        # the schedule goes where the manager lets it, and where its hints take the pages
+        sch, scd = ch + np.where(user.hinted == DEVICE, forbid, 0.0), \
+            cd + np.where(user.hinted == HOST, forbid, 0.0)
+        on, cost = _dp(sch, scd, init_dev, up, down, user)
     lam = 0.0
     if len(on) and on.sum(axis=1).max() > device_frames:
-        on, lam = _capacitated(ch, cd, init_dev, up, down, on, cost, device_frames)
-    planned = _schedule_cost(on, ch, cd, init_dev, up, down) + fixed
+        on, lam = _capacitated(sch, scd, init_dev, up, down, on, cost, device_frames, user)
+    planned = float(_page_costs(on, ch, cd, init_dev, up, down, user).sum()) + fixed
     return OracleSchedule(vpns, on, lower, planned, lam)
 
 
 def _capacitated(ch: np.ndarray, cd: np.ndarray, init_dev: np.ndarray, up: float, down: float,
-                 on: np.ndarray, cost: np.ndarray, cap: int) -> tuple[np.ndarray, float]:
+                 on: np.ndarray, cost: np.ndarray, cap: int, user: UserConstraints | None
+                 ) -> tuple[np.ndarray, float]:
     """A capacity-feasible schedule: the better of (a) a Lagrangian price per device page and
     epoch, found by bisection, then trimmed, and (b) a greedy knapsack over pages that admits
-    whole per-page optimal schedules by savings per device-epoch while every epoch has room."""
+    whole per-page optimal schedules by savings per device-epoch while every epoch has room.
+    (A trim or a page left on the host may be one the manager then refuses to move: the
+    replay reports what the schedule really cost.)"""
+    def dp(price: float) -> np.ndarray:
+        return _dp(ch, cd + price, init_dev, up, down, user)[0]
+
+    def total(o: np.ndarray) -> float:
+        return float(_page_costs(o, ch, cd, init_dev, up, down, user).sum())
     cands = []
     # (a) Lagrangian
     hi = float(max(ch.max(), cd.max(), up, down)) * 4 + 1e-12
     for _ in range(60):
-        o, _ = _dp(ch, cd + hi, init_dev, up, down)
-        if o.sum(axis=1).max() <= cap:
+        if dp(hi).sum(axis=1).max() <= cap:
             break
         hi *= 2
     lo = 0.0
     for _ in range(40):
         mid = (lo + hi) / 2
-        o, _ = _dp(ch, cd + mid, init_dev, up, down)
-        if o.sum(axis=1).max() <= cap:
+        if dp(mid).sum(axis=1).max() <= cap:
             hi = mid
         else:
             lo = mid
-    a, _ = _dp(ch, cd + hi, init_dev, up, down)
+    a = dp(hi)
     for e in np.flatnonzero(a.sum(axis=1) > cap):
         idx = np.flatnonzero(a[e])
         drop = idx[np.argsort(ch[e, idx] - cd[e, idx], kind="stable")[: len(idx) - cap]]
@@ -159,7 +214,7 @@ def _capacitated(ch: np.ndarray, cd: np.ndarray, init_dev: np.ndarray, up: float
     cands.append((a, hi))
     # (b) greedy knapsack over pages: each page either follows its optimal schedule or stays
     # on the host throughout
-    all_host = np.where(init_dev, down, 0.0) + ch.sum(axis=0)
+    all_host = _page_costs(np.zeros_like(on), ch, cd, init_dev, up, down, user)
     saving = all_host - cost
     used = on.sum(axis=0)
     order = np.argsort(-(saving / np.maximum(used, 1)), kind="stable")
@@ -171,18 +226,19 @@ def _capacitated(ch: np.ndarray, cd: np.ndarray, init_dev: np.ndarray, up: float
             b[:, i] = col
             load += col
     cands.append((b, 0.0))
-    best = min(cands, key=lambda c: _schedule_cost(c[0], ch, cd, init_dev, up, down))
-    return best
+    return min(cands, key=lambda c: total(c[0]))
 
 
-def _schedule_cost(on: np.ndarray, ch: np.ndarray, cd: np.ndarray, init_dev: np.ndarray,
-                   up: float, down: float) -> float:
+def _page_costs(on: np.ndarray, ch: np.ndarray, cd: np.ndarray, init_dev: np.ndarray,
+                up: float, down: float, user: UserConstraints | None = None) -> np.ndarray:
+    """Per page, schedule ``on``'s traffic and the policy's moves (after the user's)."""
     if len(on) == 0:
-        return 0.0
+        return np.zeros(on.shape[1])
     prev = np.vstack((init_dev[None, :], on[:-1]))
-    acc = np.where(on, cd, ch).sum()
-    mig = (on & ~prev).sum() * up + (~on & prev).sum() * down
-    return float(acc + mig)
+    if user is not None:
+        prev = np.where(user.forced >= 0, user.forced == DEVICE, prev)
+    acc = np.where(on, cd, ch).sum(axis=0)
+    return acc + (on & ~prev).sum(axis=0) * up + (~on & prev).sum(axis=0) * down
 
 
 class Oracle(Policy):
