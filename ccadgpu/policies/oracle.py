@@ -97,17 +97,18 @@ def _dp(ch: np.ndarray, cd: np.ndarray, init_dev: np.ndarray, up: float, down: f
     vd = np.where(init_dev, 0.0, np.inf)
     dev_before_h = np.zeros((E, U), bool)    # the best way to host-at-e was device-at-(e-1)
     dev_before_d = np.zeros((E, U), bool)
-    pd_h, pd_d = np.zeros(U, bool), np.ones(U, bool)      # p(host), p(device) on the device
-    upc, downc = np.full(U, up), np.full(U, down)
+    upc, downc = up, down
     for e in range(E):
-        if user is not None:
+        if user is None:                   # p(q) = q: stay, or switch at the policy's cost
+            hh, hd, dh, dd = vh, vd + down, vh + up, vd
+        else:
             f = user.forced[e]
-            pd_h, pd_d = f == DEVICE, f != HOST
+            pd_h, pd_d = f == DEVICE, f != HOST     # p(host), p(device) on the device
             if vetoes:
                 upc = np.where(user.no_up[e], np.inf, up)
                 downc = np.where(user.no_down[e], np.inf, down)
-        hh, hd = vh + np.where(pd_h, downc, 0.0), vd + np.where(pd_d, downc, 0.0)
-        dh, dd = vh + np.where(pd_h, 0.0, upc), vd + np.where(pd_d, 0.0, upc)
+            hh, hd = vh + np.where(pd_h, downc, 0.0), vd + np.where(pd_d, downc, 0.0)
+            dh, dd = vh + np.where(pd_h, 0.0, upc), vd + np.where(pd_d, 0.0, upc)
         dev_before_h[e] = hd < hh
         dev_before_d[e] = dd <= dh
         vh = ch[e] + np.minimum(hh, hd)
