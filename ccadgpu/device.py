@@ -34,6 +34,7 @@ class Device:
         self.node = node
         self.state = "online"
         self._active = 0          # work items inside running()
+        self._runners: dict[int, int] = {}   # thread -> its work items inside running()
         self._inflight_in = 0     # migrations onto the device between isolate and commit
         self._lifecycle = threading.RLock()
         self._reset_callbacks: list[Callable[[EvacuationReport], None]] = []
@@ -61,12 +62,17 @@ class Device:
             if self.state != "online":
                 raise DeviceOfflineError(f"the device is {self.state}: launches are refused "
                                          "until it is online again")
+            me = threading.get_ident()
             self._active += 1
+            self._runners[me] = self._runners.get(me, 0) + 1
         try:
             yield
         finally:
             with cond:
                 self._active -= 1
+                self._runners[me] -= 1
+                if not self._runners[me]:
+                    del self._runners[me]
                 cond.notify_all()
 
     def launch(self, kernel: Callable[..., Any], *args: Any, reads: Any = (), writes: Any = (),
@@ -90,7 +96,9 @@ class Device:
 
         Refused *before anything moves* (raising :class:`OfflineRefusedError`, whose
         ``report`` names the pages and arrays, with the device left online) if pinned pages
-        are on the device or the host cannot hold every device page.  ``timeout`` (seconds)
+        are on the device or the host cannot hold every device page, or if it is called
+        from work it would wait for (this thread's own launch, or its write to device pages:
+        a kernel, a counters subscriber).  ``timeout`` (seconds)
         bounds the wait for running work and busy pages; on expiry the device goes back online
         with whatever moved already on the host.  Offline of an offline device is a no-op."""
         if timeout is not None and timeout < 0:
@@ -145,10 +153,25 @@ class Device:
         self._space._check_open()
         if self.state == "offline":
             return True
-        refusal = precheck(self._space, self.node.id)
+        refusal = precheck(self._space, self.node.id) or self._waits_for_itself()
         if refusal is not None:
             raise OfflineRefusedError(f"device offline refused: {refusal.reason}", refusal)
         return False
+
+    def _waits_for_itself(self) -> EvacuationReport | None:
+        """A refusal if this thread is inside its own launch, or writing device pages (a
+        kernel, a counters subscriber or a migrate listener called during a write): the
+        offline would wait for that work to leave, forever (space lock held)."""
+        sp, me = self._space, threading.get_ident()
+        if self._runners.get(me):
+            why = "called from inside a launch of this thread, which it would wait for"
+        elif any(t == me and (sp.pt.node[lo:hi] == self.node.id).any()
+                 for lo, hi, t in sp._writers):
+            why = ("called from inside this thread's own write to device pages (a counters "
+                   "subscriber?), which it would wait for")
+        else:
+            return None
+        return EvacuationReport(refused=True, reason=why)
 
     def online(self) -> None:
         """Put an offline device back in service (a no-op if it is online)."""

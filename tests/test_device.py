@@ -259,3 +259,39 @@ def test_stress_resets_under_load():
     p = np.concatenate([sp.placement(a) for a in arrays])
     assert sp.nodes[1].used_frames == (p == 1).sum()
     sp.close()
+
+
+def test_an_offline_that_would_wait_for_itself_is_refused(space):
+    """An offline from inside this thread's own launch (its kernel), or from a counters
+    subscriber during this thread's write to device pages, would wait for that work to leave:
+    it is refused at once (it hung, or timed out with a bound), the device stays online and
+    no byte is lost."""
+    a, ref = on_device(space, 4)
+    b = space.zeros(4 * F)
+    seen = []
+
+    def kernel(x, y):
+        try:
+            space.device.offline(timeout=30)
+        except E.OfflineRefusedError as exc:
+            seen.append(str(exc))
+        y[:] = x
+    space.device.launch(kernel, a, b, reads=[a], writes=[b])
+    assert "inside a launch" in seen[0] and space.device.state == "online"
+    assert np.array_equal(np.asarray(b), ref)
+
+    def sub(batch):
+        if len(seen) == 1:
+            try:
+                space.device.offline(timeout=30)
+            except E.OfflineRefusedError as exc:
+                seen.append(str(exc))
+    space.tunables.access_counter_batch = 1
+    space.counters.subscribe(sub)
+    space.tunables.cpu_access = "coherent"
+    space.move_pages(a, "device")
+    a[...] = 2.0                                # a CPU write to device pages
+    assert len(seen) == 2 and "own write" in seen[1], seen
+    assert space.device.state == "online" and (np.asarray(a) == 2.0).all()
+    space.device.offline()                      # from outside: fine
+    assert (space.placement(a) == 0).all() and (np.asarray(a) == 2.0).all()
