@@ -299,7 +299,7 @@ def cmd_trace_replay(args: argparse.Namespace) -> int:
     import ccadgpu
     from ccadgpu.errors import InvalidArgumentError
     from ccadgpu.policies import available_policies
-    from ccadgpu.replay import replay
+    from ccadgpu.replay import recorded_cpu_access, replay
     if not os.path.isfile(args.file):
         raise InvalidArgumentError(f"trace file {args.file!r} does not exist")
     tr = ccadgpu.Trace.load(args.file)
@@ -307,7 +307,7 @@ def cmd_trace_replay(args: argparse.Namespace) -> int:
     from ccadgpu.tunables import Tunables
     # how the CPU reached device pages is part of the recorded machine (a cuda space migrates
     # them home): replayed as recorded unless asked otherwise
-    tunables = {"cpu_access": tr.header.get("tunables", {}).get("cpu_access", "coherent"),
+    tunables = {"cpu_access": recorded_cpu_access(tr),
                 **dict(Tunables.parse(x) for x in args.tunable)}
     Tunables(**tunables)                    # a bad name or value raises here, before any replay
     con = _console()

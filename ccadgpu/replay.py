@@ -249,7 +249,8 @@ def replay(trace: Trace, policy: "str | Policy", profile: "str | Profile | None"
     throughput, bytes migrated by cause and direction, remote fraction, p50/p99 epoch time...).
 
     ``profile`` defaults to the one recorded; ``device_memory`` to the recorded device
-    capacity.  ``policy="oracle"`` plans the offline schedule from this very trace; its
+    capacity; ``tunables`` to the defaults, but for the recorded ``cpu_access``.
+    ``policy="oracle"`` plans the offline schedule from this very trace; its
     ``lower_bound_s`` (no policy can beat it under the model) is added to the summary."""
     if not isinstance(trace, Trace):
         raise InvalidArgumentError(f"replay needs a ccadgpu Trace, got {type(trace).__name__}")
@@ -266,7 +267,7 @@ def replay(trace: Trace, policy: "str | Policy", profile: "str | Profile | None"
             start[a["vstart"]: a["vstart"] + a["npages"]] = -1
     host_frames = max(int(nodes[0]["frames"]), int(np.count_nonzero(start >= 0)))
     _fit_device(start, dev_frames)
-    tun = Tunables(**(tunables or {}))
+    tun = Tunables(**{"cpu_access": recorded_cpu_access(trace), **(tunables or {})})
     extra: dict[str, Any] = {}
     if policy == "oracle":
         sched = oracle_schedule(trace, prof, dev_frames, tun.cpu_access)
@@ -307,6 +308,12 @@ def replay(trace: Trace, policy: "str | Policy", profile: "str | Profile | None"
     out.update(extra)
     out["profile"] = prof.name
     return out
+
+
+def recorded_cpu_access(trace: Trace) -> str:
+    """How the recorded space's CPU reached device pages (tunable ``cpu_access``; a cuda
+    space migrates them home): part of the recorded machine, so a replay's default."""
+    return str(trace.header.get("tunables", {}).get("cpu_access", "coherent"))
 
 
 def _recorded_profile(trace: Trace) -> Profile:

@@ -283,3 +283,22 @@ def test_an_action_between_a_launchs_faults_and_its_accesses_replays(tmp_path, p
     r = replay(ccadgpu.Trace.load(path), policy)
     assert r["migrated_bytes_by_cause"] == live["migrated_bytes_by_cause"]
     assert r["modeled_s"] == pytest.approx(live["modeled_s"], rel=1e-9)
+
+
+def test_a_replay_defaults_to_the_recorded_cpu_access(tmp_path):
+    """How the CPU reached device pages is part of the recorded machine: ``replay()`` without
+    tunables reproduces a run made under ``migrate_on_cpu_fault`` (it replayed it coherent)."""
+    with ccadgpu.Space(device_memory=64 * PS, page_size=PS, profile="h100-pcie",
+                       policy="static", cpu_access="migrate_on_cpu_fault") as sp:
+        a, b = sp.asarray(np.arange(8.0 * F)), sp.zeros(8 * F, placement="device")
+        for _ in range(4):
+            ops.scale(b, a, 2.0)
+            float(b.sum())
+        sp.sync()
+        live = sp.manager.summary()
+        path = sp.trace.save(os.path.join(tmp_path, "t.npz"))
+    t = ccadgpu.Trace.load(path)
+    r = replay(t, "static")
+    assert r["modeled_s"] == pytest.approx(live["modeled_s"], rel=1e-12)
+    coherent = replay(t, "static", tunables={"cpu_access": "coherent"})
+    assert coherent["modeled_s"] != pytest.approx(live["modeled_s"], rel=1e-6)
