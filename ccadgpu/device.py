@@ -117,8 +117,7 @@ class Device:
             with cond:
                 if self._refuse_offline():    # the settled epoch may have moved pages
                     return EvacuationReport()
-                self.state = "draining"
-                sp.trace._user({"op": "device", "online": False})
+                self._enter("draining")
             try:
                 with cond:
                     while self._active or self._inflight_in:
@@ -137,8 +136,7 @@ class Device:
                 rep.fence_seconds = t_fence
             except BaseException:
                 with cond:
-                    self.state = "online"
-                    sp.trace._user({"op": "device", "online": True})
+                    self._enter("online")
                     cond.notify_all()
                 raise
             with cond:
@@ -157,6 +155,13 @@ class Device:
         if refusal is not None:
             raise OfflineRefusedError(f"device offline refused: {refusal.reason}", refusal)
         return False
+
+    def _enter(self, state: str) -> None:
+        """Go to ``state`` (space lock held); the trace has each change of whether new pages
+        may land on the device (online, or not: draining and offline alike)."""
+        if (state == "online") != (self.state == "online"):
+            self._space.trace._user({"op": "device", "online": state == "online"})
+        self.state = state
 
     def _waits_for_itself(self) -> EvacuationReport | None:
         """A refusal if this thread is inside its own launch, or writing device pages (a
@@ -178,9 +183,7 @@ class Device:
         self._space._settle_ahead()
         with self._lifecycle, self._space._cond:
             self._space._check_open()
-            if self.state != "online":
-                self._space.trace._user({"op": "device", "online": True})
-            self.state = "online"
+            self._enter("online")
             self._space._cond.notify_all()
 
     def reset(self, timeout: float | None = None) -> EvacuationReport:

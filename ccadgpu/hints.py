@@ -67,10 +67,8 @@ def advise(space: "Space", arr: np.ndarray, preferred_location: Any = _UNSET,
         if acc is not None:
             space.pt.accessed_by[lo:hi] = acc
         if read_mostly is not _UNSET:
-            if read_mostly:
-                space.pt.flags[lo:hi] |= ptf.READ_MOSTLY
-            else:
-                space.pt.flags[lo:hi] &= ~ptf.READ_MOSTLY
+            ptf.set_flag(space.pt.flags, lo, hi, ptf.READ_MOSTLY, bool(read_mostly))
+            if not read_mostly:
                 collapse(space, lo, hi)
         space.trace._user({"op": "hint", "lo": lo, "hi": hi, "preferred": pref,
                            "accessed_by": acc, "read_mostly": None if read_mostly is _UNSET

@@ -18,6 +18,14 @@ NO_NODE = -1
 NO_HINT = -1
 
 
+def set_flag(flags: np.ndarray, lo: int, hi: int, flag: np.uint8, on: bool) -> None:
+    """Set (``on``) or clear ``flag`` on pages ``[lo, hi)`` of the flag array ``flags``."""
+    if on:
+        flags[lo:hi] |= flag
+    else:
+        flags[lo:hi] &= ~flag
+
+
 class PageTable:
     """Per-page arrays: ``node`` (int8, -1 unmapped), ``frame`` (int64), ``flags`` (uint8),
     ``alloc`` (int32 allocation id, -1 none), ``preferred`` (int8 hint, -1 none),

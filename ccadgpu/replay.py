@@ -185,9 +185,6 @@ def oracle_schedule(trace: Trace, profile: Profile, device_frames: int,
                        user_constraints(trace, epochs, vp))
 
 
-_RM, _PIN = ptf.READ_MOSTLY, ptf.PINNED
-
-
 class _EventPlacement(SimPlacement):
     """A simulated placement whose pages come and go with the trace's allocation events, and
     that takes the user's placement actions (hints, pins, moves, the device offline)."""
@@ -220,12 +217,9 @@ class _EventPlacement(SimPlacement):
             if ev.get("accessed_by") is not None:
                 self._acc[lo:hi] = ev["accessed_by"]
             if ev.get("read_mostly") is not None:      # flagged; duplicates not simulated
-                self._flags[lo:hi] = np.where(ev["read_mostly"], self._flags[lo:hi] | _RM,
-                                              self._flags[lo:hi] & ~_RM)
+                ptf.set_flag(self._flags, lo, hi, ptf.READ_MOSTLY, ev["read_mostly"])
         elif op == "pin":
-            lo, hi = ev["lo"], ev["hi"]
-            self._flags[lo:hi] = np.where(ev["on"], self._flags[lo:hi] | _PIN,
-                                          self._flags[lo:hi] & ~_PIN)
+            ptf.set_flag(self._flags, ev["lo"], ev["hi"], ptf.PINNED, ev["on"])
         elif op == "move":
             v = np.concatenate([np.arange(lo, hi) for lo, hi in ev["runs"]])
             v = v[(self._node[v] >= 0) & (self._node[v] != ev["node"])]

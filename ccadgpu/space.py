@@ -777,10 +777,7 @@ class Space:
             while (self.pt.flags[lo:hi] & ptf.MIGRATING).any():
                 self._cond.wait()
             self._check_pinnable(lo, hi, on)   # the settled epoch may have moved them
-            if on:
-                self.pt.flags[lo:hi] |= ptf.PINNED
-            else:
-                self.pt.flags[lo:hi] &= ~ptf.PINNED
+            ptf.set_flag(self.pt.flags, lo, hi, ptf.PINNED, on)
             self.pt.gen += 1             # whether a CPU touch may fault them has changed
             self.trace._user({"op": "pin", "lo": lo, "hi": hi, "on": bool(on)})
 
