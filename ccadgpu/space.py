@@ -805,17 +805,14 @@ class Space:
         same pages."""
         if mode not in ("r", "w", "rw"):
             raise InvalidArgumentError(f"host_access mode must be 'r', 'w' or 'rw', got {mode!r}")
-        from .counters import count_footprints, fault_host_ahead, host_footprints
+        from .counters import host_operation
         self._resolve(arr)                   # this space's, not freed: or it raises here
-        groups = host_footprints([(arr, mode, None)])
-        aheads = fault_host_ahead(groups)    # before the writer holds the pages in place
-        if "w" not in mode:
-            count_footprints(groups, aheads)
-            yield arr.view(np.ndarray)
-            return
-        with self._writing(arr):
-            count_footprints(groups, aheads)
-            yield arr.view(np.ndarray)
+        # its faults first, before the writer holds the pages in place; if the writer never
+        # gets them (the space closed meanwhile), they are an aborted epoch
+        with host_operation([(arr, mode, None)]) as count:
+            with self._writing(arr) if "w" in mode else contextlib.nullcontext():
+                count()
+                yield arr.view(np.ndarray)
 
     @contextlib.contextmanager
     def _writing(self, arr: np.ndarray) -> Iterator[np.ndarray]:
