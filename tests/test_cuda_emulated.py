@@ -301,3 +301,82 @@ def test_emulation_tells_deadlock_from_slowness(emu, kind, ms, want_rc, want_cou
     if want_count is not None:
         assert out[0] == want_count
     assert time.monotonic() - t < 30, "the verdict must not wait for a fixed long timeout"
+
+
+def _pages(ar, arr, idx):
+    """Bytes per page of one access to each ``arr[idx]``."""
+    addr = arr.ctypes.data + np.asarray(idx, np.int64) * arr.dtype.itemsize
+    return np.bincount((addr - ar.base) >> ar.shift, minlength=ar.npages) * arr.dtype.itemsize
+
+
+@pytest.mark.parametrize("itype", [np.int64, np.int32])
+@pytest.mark.parametrize("variant", ["counted", "plain"])
+def test_an_index_out_of_range_in_the_kernel_is_skipped_and_counted(emu, itype, variant):
+    """The launcher checks indices before the launch; one changed since (another thread's
+    store) is never followed by the kernel: it skips the access, counts nothing for it, and
+    bumps ``bad`` (gather, scatter, SpMV; also an indptr that points past the nonzeros)."""
+    rng = np.random.default_rng(11)
+    n, m = 3000, 5000
+    ar = Arena(1 << 19, 10)
+    x, y, idx = ar.take(m, np.float64), ar.take(n, np.float64), ar.take(n, itype)
+    bad = np.zeros(1, np.uint32)
+    _fill(rng, x)
+    idx[:] = rng.integers(0, m, n)
+    wrong = rng.choice(n, 40, replace=False)
+    idx[wrong[:20]] = -1 - rng.integers(0, 10**6, 20)
+    idx[wrong[20:]] = m + rng.integers(0, 10**6, 20)
+    good = np.ones(n, bool)
+    good[wrong] = False
+    y[:] = 7.0
+
+    def cnt():
+        return ar.counters("indexed") if variant == "counted" else None
+    c = cnt()
+    run(emu, ck.plan("gather", y, x, idx, counters=c, max_blocks=3, bad=bad))
+    assert bad[0] == 40
+    np.testing.assert_array_equal(y[good], x[idx[good]])
+    assert (y[~good] == 7.0).all()
+    if c is not None:
+        np.testing.assert_array_equal(c.rd, _pages(ar, x, idx[good]))
+    # scatter: unique in-range targets, the wrong ones skipped
+    t = ar.take(m, np.float64)
+    t[:] = -1.0
+    idx[good] = rng.permutation(m)[: good.sum()]
+    bad[:] = 0
+    c = cnt()
+    run(emu, ck.plan("scatter", t, idx, y, counters=c, max_blocks=3, bad=bad))
+    assert bad[0] == 40
+    want = np.full(m, -1.0)
+    want[idx[good]] = y[good]
+    np.testing.assert_array_equal(t, want)
+    if c is not None:
+        np.testing.assert_array_equal(c.wr, _pages(ar, t, idx[good]))
+    # SpMV: a bad column index, and the last row's end past nnz
+    ip, ind = _csr(rng, 200, 300, 0.05, itype)
+    nnz = ind.size
+    indptr, indices = ar.take(201, itype), ar.take(nnz, itype)
+    data, xs, ys = ar.take(nnz, np.float64), ar.take(300, np.float64), ar.take(200, np.float64)
+    indptr[:], indices[:] = ip, ind
+    data[:], xs[:] = rng.standard_normal(nnz), rng.standard_normal(300)
+    k_bad = int(ip[3])                                 # in the long row
+    indices[k_bad] = 300
+    indptr[200] = nnz + 5                              # 5 positions past the nonzeros
+    bad[:] = 0
+    c = cnt()
+    run(emu, ck.plan("spmv", ys, indptr, indices, data, xs, counters=c, max_blocks=3, bad=bad))
+    assert bad[0] == 1 + 5
+    ok = np.ones(nnz, bool)
+    ok[k_bad] = False
+    rows = np.repeat(np.arange(200), np.diff(ip))
+    want = np.bincount(rows[ok], weights=data[ok] * xs[indices[ok]], minlength=200)
+    np.testing.assert_allclose(ys, want, rtol=1e-12, atol=1e-12)
+    if c is not None:
+        np.testing.assert_array_equal(c.rd, _pages(ar, xs, indices[ok]))
+
+
+def test_the_bad_counter_is_checked():
+    ar = Arena(1 << 14, 12)
+    x, y = ar.take(10, np.float64), ar.take(10, np.float64)
+    idx = ar.take(10, np.int64)
+    with pytest.raises(InvalidArgumentError, match="bad must be a uint32"):
+        ck.plan("gather", y, x, idx, bad=np.zeros(1, np.int64))

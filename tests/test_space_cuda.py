@@ -22,6 +22,7 @@ from ccadgpu import ops
 from ccadgpu.backends import probe_cuda
 from ccadgpu.errors import CapacityError, InvalidArgumentError, MigrationError
 from cuda_emu.harness import CXX, EmuBackend, build
+from indexed_race import assert_race_contained
 
 MiB = 1 << 20
 PAGE = 64 << 10
@@ -283,3 +284,25 @@ def test_auto_falls_back_to_cpu_with_a_reason(monkeypatch):
         usable = probe_cuda().usable
         assert sp.backend == ("cuda" if usable else "cpu")
         assert sp.backend_reason
+
+
+@pytest.mark.parametrize("op", ["gather", "scatter", "spmv"])
+def test_an_index_changed_after_its_check_is_never_followed(backend, op, monkeypatch):
+    """The cuda kernels test each index again in their work loop: one stored out of range
+    after the check (as another thread could) is skipped, so nothing outside the arrays is
+    touched (the neighbouring array keeps its value), and the op says the index changed."""
+    from ccadgpu import ops as ops_mod
+    with make_space(backend) as sp:
+        table, victim = sp.zeros(1024), sp.zeros(1024)
+        k = (victim.__array_interface__["data"][0] - table.__array_interface__["data"][0]) // 8
+        assert k > 0                                   # table.flat[k] would be victim[0]
+        idx = sp.asarray(np.zeros(4, np.int64))
+        vals, y = sp.asarray(np.full(4, 99.0)), sp.zeros(4)
+        indptr = sp.asarray(np.arange(5, dtype=np.int64))
+        orig = ops_mod._precheck_indices
+
+        def racing(*a, **kw):
+            orig(*a, **kw)
+            np.asarray(idx)[0] = k                     # another thread's store, meanwhile
+        monkeypatch.setattr(ops_mod, "_precheck_indices", racing)
+        assert_race_contained(op, table, victim, idx, vals, y, indptr)

@@ -856,12 +856,24 @@ class CudaKernels:
         self._run("stencil5", (oo, ii), counters, center=center, neighbor=neighbor)
         return out
 
+    def _run_indexed(self, op: str, arrays: Sequence[Any], counters: PageCounters | None,
+                     label: str, name: str) -> None:
+        """Run an indexed op whose indices were checked: the kernel skips any it then finds
+        out of range (changed since, by another thread) and counts them, and that raises."""
+        with self.b._dev, self.b.stream:
+            bad = self.cp.zeros(1, self.cp.uint32)
+        self._run(op, arrays, counters, bad=bad)
+        self.b.synchronize()
+        if int(bad[0]):
+            from ..ops import _changed_error
+            raise _changed_error(label, name)
+
     def gather(self, y: Any, x: Any, idx: Any, counters: PageCounters | None = None,
                check: bool = True) -> Any:
         yy, xx, ii = self._arrs(y, x, idx)
         if check:
             self._check_index("gather", ii, int(xx.size))
-        self._run("gather", (yy, xx, ii), counters)
+        self._run_indexed("gather", (yy, xx, ii), counters, "gather", "idx")
         return y
 
     def scatter(self, y: Any, idx: Any, x: Any, counters: PageCounters | None = None,
@@ -869,7 +881,7 @@ class CudaKernels:
         yy, ii, xx = self._arrs(y, idx, x)
         if check:
             self._check_index("scatter", ii, int(yy.size))
-        self._run("scatter", (yy, ii, xx), counters)
+        self._run_indexed("scatter", (yy, ii, xx), counters, "scatter", "idx")
         return y
 
     def spmv(self, y: Any, indptr: Any, indices: Any, data: Any, x: Any,
@@ -878,6 +890,7 @@ class CudaKernels:
         if check:
             self.check_csr(pp, int(ii.size))
             self._check_index("spmv", ii, int(xx.size), "indices")
-        self._run("spmv", (yy, pp, ii, dd, xx), counters)
+        self._run_indexed("spmv", (yy, pp, ii, dd, xx), counters, "spmv_csr",
+                          "indices or indptr")
         return y
 

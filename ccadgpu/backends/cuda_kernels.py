@@ -351,9 +351,9 @@ def plan(op: str, *arrays: Any, counters: PageCounters | None = None,
     sum       out, x              (out[0] += sum(x))      -
     dot       out, x, y           (out[0] += x . y)       -
     stencil5  out, inp  (2-D, clamped edges)              center, neighbor
-    gather    y, x, idx           (y = x[idx])            -
-    scatter   y, idx, x           (y[idx] = x)            -
-    spmv      y, indptr, indices, data, x                 -
+    gather    y, x, idx           (y = x[idx])            bad
+    scatter   y, idx, x           (y[idx] = x)            bad
+    spmv      y, indptr, indices, data, x                 bad
     ========  ==========================================  ================
 
     ``out`` of sum/dot is a 1-element accumulator the caller zeroes: float64 for float
@@ -361,7 +361,8 @@ def plan(op: str, *arrays: Any, counters: PageCounters | None = None,
     computes ``out = center * inp + neighbor * (up + down + left + right)``, an index past an
     edge reading the edge element (as :func:`ccadgpu.ops.stencil5`).  Index values are not
     checked here (that needs a pass over the data; :class:`~ccadgpu.backends.cuda.CudaKernels`
-    does it)."""
+    does it); the kernels skip one out of range all the same, and count it in ``bad`` (an
+    optional 1-element uint32 array the caller zeroes)."""
     if op not in OPS:
         raise InvalidArgumentError(f"unknown device op {op!r}; ops are {sorted(OPS)}")
     if not isinstance(max_blocks, int) or max_blocks < 1:
@@ -492,8 +493,21 @@ def _plan_stencil5(out: Any, inp: Any, *, center: Any = 0.5, neighbor: Any = 0.1
                                   _scalar(dt, neighbor, "neighbor"), *cnt))
 
 
+def _bad_arg(op: str, bad: Any) -> Any:
+    """The kernels' ``bad`` argument: a uint32 array the kernel bumps for each index it found
+    out of range and skipped (the launcher checked them first: they changed meanwhile), or
+    None (a null pointer: only skipped)."""
+    if bad is None:
+        return np.uint64(0)
+    _check_array("bad", bad)
+    if np.dtype(bad.dtype) != np.uint32 or _size(bad) < 1:
+        raise InvalidArgumentError(f"{op}: bad must be a uint32 array of at least one element, "
+                                   f"got {bad.dtype} of shape {tuple(bad.shape)}")
+    return bad
+
+
 def _plan_indexed(op: str, y: Any, x: Any, idx: Any, *, counters: PageCounters | None,
-                  max_blocks: int) -> Launch | None:
+                  max_blocks: int, bad: Any = None) -> Launch | None:
     """gather (``y = x[idx]``, kernel arguments ``y, x, idx``) and scatter (``y[idx] = x``,
     arguments ``y, idx, x``): ``idx`` and the dense operand have one size."""
     named = ((("y", y), ("x", x), ("idx", idx)) if op == "gather" else
@@ -508,11 +522,13 @@ def _plan_indexed(op: str, y: Any, x: Any, idx: Any, *, counters: PageCounters |
     if _overlap(y, x):
         raise InvalidArgumentError(f"{op}: y and x overlap")
     cnt = _counter_args(op, counters, **dict(named))
+    flag = _bad_arg(op, bad)
     if n == 0:
         return None
+    nsrc = _size(x) if op == "gather" else _size(y)
     return Launch("sparse", kernel_name(op, dt, counters is not None, idx.dtype),
                   _dense_grid(n, max_blocks), (BLOCK, 1, 1),
-                  (*(a for _, a in named), np.int64(n), *cnt))
+                  (*(a for _, a in named), np.int64(n), np.int64(nsrc), flag, *cnt))
 
 
 def _plan_gather(y: Any, x: Any, idx: Any, **kw: Any) -> Launch | None:
@@ -524,7 +540,8 @@ def _plan_scatter(y: Any, idx: Any, x: Any, **kw: Any) -> Launch | None:
 
 
 def _plan_spmv(y: Any, indptr: Any, indices: Any, data: Any, x: Any, *,
-               counters: PageCounters | None, max_blocks: int) -> Launch | None:
+               counters: PageCounters | None, max_blocks: int, bad: Any = None
+               ) -> Launch | None:
     for name, arr in (("y", y), ("indptr", indptr), ("indices", indices), ("data", data),
                       ("x", x)):
         _check_array(name, arr)
@@ -542,13 +559,15 @@ def _plan_spmv(y: Any, indptr: Any, indices: Any, data: Any, x: Any, *,
     if _overlap(y, x):
         raise InvalidArgumentError("spmv: y and x overlap")
     cnt = _counter_args("spmv", counters, y=y, indptr=indptr, indices=indices, data=data, x=x)
+    flag = _bad_arg("spmv", bad)
     if nrows == 0:
         return None
     warps_per_block = BLOCK // 32
     grid = max(1, min(-(-nrows // warps_per_block), max_blocks))
     return Launch("sparse", kernel_name("spmv", dt, counters is not None, indptr.dtype),
                   (grid, 1, 1), (BLOCK, 1, 1),
-                  (y, indptr, indices, data, x, np.int64(nrows), *cnt))
+                  (y, indptr, indices, data, x, np.int64(nrows), np.int64(_size(indices)),
+                   np.int64(_size(x)), flag, *cnt))
 
 
 _PLANNERS = {

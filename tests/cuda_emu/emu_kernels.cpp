@@ -44,17 +44,19 @@
 
 #define EMU_INDEXED(SFX, T, ISFX, I, V)                                                       \
     EMU_WRAP(ccad_gather_##SFX##_##ISFX##_##V,                                                \
-             (T * y, const T* x, const I* idx, ccad_i64 n, EMU_CNT_PARAMS),                  \
-             (y, x, idx, n, EMU_CNT_ARGS))                                                    \
+             (T * y, const T* x, const I* idx, ccad_i64 n, ccad_i64 ns, unsigned* bad,        \
+              EMU_CNT_PARAMS),                                                                \
+             (y, x, idx, n, ns, bad, EMU_CNT_ARGS))                                           \
     EMU_WRAP(ccad_scatter_##SFX##_##ISFX##_##V,                                               \
-             (T * y, const I* idx, const T* x, ccad_i64 n, EMU_CNT_PARAMS),                  \
-             (y, idx, x, n, EMU_CNT_ARGS))
+             (T * y, const I* idx, const T* x, ccad_i64 n, ccad_i64 ns, unsigned* bad,        \
+              EMU_CNT_PARAMS),                                                                \
+             (y, idx, x, n, ns, bad, EMU_CNT_ARGS))
 
 #define EMU_SPMV(SFX, T, ISFX, I, V)                                                          \
     EMU_WRAP(ccad_spmv_##SFX##_##ISFX##_##V,                                                  \
              (T * y, const I* indptr, const I* indices, const T* data, const T* x,           \
-              ccad_i64 nrows, EMU_CNT_PARAMS),                                                \
-             (y, indptr, indices, data, x, nrows, EMU_CNT_ARGS))
+              ccad_i64 nrows, ccad_i64 nnz, ccad_i64 ns, unsigned* bad, EMU_CNT_PARAMS),     \
+             (y, indptr, indices, data, x, nrows, nnz, ns, bad, EMU_CNT_ARGS))
 
 #define EMU_ALL(V)                                   \
     EMU_DENSE(f64, double, V)                        \

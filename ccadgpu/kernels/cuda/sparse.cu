@@ -8,15 +8,29 @@
 //                                    ccad_spmv_<f32|f64>_<i32|i64>_<plain|counted>
 //            (SciPy's CSR layout: indptr[0] == 0, indptr[nrows] == nnz)
 //
-// Indices must be in range (the Python launcher checks them).  Dense operands (idx, gather's
+// Indices must be in range (the Python launcher checks them first).  The work loops test each
+// one again, against ``nsrc`` (gather's x, scatter's y, SpMV's x elements) and, for SpMV, each
+// nonzero's position against ``nnz``: an index array changed after the check (another thread's
+// store) is never followed outside the arrays; the access is skipped and ``*bad`` bumped, so
+// the launcher can say the launch saw changed indices (a null ``bad`` only skips).  Dense operands (idx, gather's
 // y, scatter's x, SpMV's indptr/indices/data/y) count their bytes once per launch, per tile or
 // per row; the indexed ones (gather's x, scatter's y, SpMV's x) count each access, aggregated
 // per warp (__match_any_sync) and per block (shared table), see ccad_counters.cuh.  1-D blocks,
 // a multiple of 32 threads.
 #include "ccad_counters.cuh"
 
+// Whether index value ``j`` is inside ``[0, n)``: one unsigned compare.
+__device__ __forceinline__ bool ccad_in(ccad_i64 j, ccad_i64 n) {
+    return (ccad_u64)j < (ccad_u64)n;
+}
+
+__device__ __forceinline__ void ccad_bad(unsigned* bad) {
+    if (bad) atomicAdd(bad, 1u);
+}
+
 template <bool COUNT, typename T, typename I>
-__device__ void ccad_gather_impl(T* y, const T* x, const I* idx, ccad_i64 n, CcadCounters c) {
+__device__ void ccad_gather_impl(T* y, const T* x, const I* idx, ccad_i64 n, ccad_i64 nsrc,
+                                 unsigned* bad, CcadCounters c) {
     __shared__ CcadHist hr;
     if (COUNT) {
         ccad_hist_init(c, &hr);
@@ -30,11 +44,15 @@ __device__ void ccad_gather_impl(T* y, const T* x, const I* idx, ccad_i64 n, Cca
 #pragma unroll
         for (int k = 0; k < CCAD_ITEMS; ++k) {
             const ccad_i64 i = t0 + (ccad_i64)k * blockDim.x + threadIdx.x;
-            a[k] = 0;
+            a[k] = 0;                          // 0: no access (past the end, a bad index)
             if (i < t1) {
                 const ccad_i64 j = (ccad_i64)idx[i];
-                y[i] = x[j];
-                a[k] = ccad_addr(x + j);
+                if (ccad_in(j, nsrc)) {
+                    y[i] = x[j];
+                    a[k] = ccad_addr(x + j);
+                } else {
+                    ccad_bad(bad);
+                }
             }
         }
         // counted after every load of the tile is in flight, not between them
@@ -42,8 +60,7 @@ __device__ void ccad_gather_impl(T* y, const T* x, const I* idx, ccad_i64 n, Cca
         if (COUNT && ccad_indexed(c)) {
 #pragma unroll
             for (int k = 0; k < CCAD_ITEMS; ++k) {
-                const bool ok = t0 + (ccad_i64)k * blockDim.x + threadIdx.x < t1;
-                ccad_warp_count(c, c.rd, &hr, a[k], ok, (unsigned)sizeof(T));
+                ccad_warp_count(c, c.rd, &hr, a[k], a[k] != 0, (unsigned)sizeof(T));
             }
         }
         if (COUNT && ccad_dense(c)) {
@@ -58,7 +75,8 @@ __device__ void ccad_gather_impl(T* y, const T* x, const I* idx, ccad_i64 n, Cca
 }
 
 template <bool COUNT, typename T, typename I>
-__device__ void ccad_scatter_impl(T* y, const I* idx, const T* x, ccad_i64 n, CcadCounters c) {
+__device__ void ccad_scatter_impl(T* y, const I* idx, const T* x, ccad_i64 n, ccad_i64 nsrc,
+                                  unsigned* bad, CcadCounters c) {
     __shared__ CcadHist hw;
     if (COUNT) {
         ccad_hist_init(c, &hw);
@@ -70,12 +88,17 @@ __device__ void ccad_scatter_impl(T* y, const I* idx, const T* x, ccad_i64 n, Cc
 #pragma unroll
         for (int k = 0; k < CCAD_ITEMS; ++k) {
             const ccad_i64 i = t0 + (ccad_i64)k * blockDim.x + threadIdx.x;
-            const bool ok = i < t1;
+            bool ok = i < t1;
             ccad_u64 a = 0;
             if (ok) {
                 const ccad_i64 j = (ccad_i64)idx[i];
-                y[j] = x[i];
-                a = ccad_addr(y + j);
+                ok = ccad_in(j, nsrc);
+                if (ok) {
+                    y[j] = x[i];
+                    a = ccad_addr(y + j);
+                } else {
+                    ccad_bad(bad);
+                }
             }
             if (COUNT && ccad_indexed(c)) ccad_warp_count(c, c.wr, &hw, a, ok, (unsigned)sizeof(T));
         }
@@ -96,7 +119,8 @@ __device__ void ccad_scatter_impl(T* y, const I* idx, const T* x, ccad_i64 n, Cc
 // ccad_count_range_grid), and one x element per nonzero (indexed, warp-aggregated).
 template <bool COUNT, typename T, typename I>
 __device__ void ccad_spmv_impl(T* y, const I* indptr, const I* indices, const T* data,
-                               const T* x, ccad_i64 nrows, CcadCounters c) {
+                               const T* x, ccad_i64 nrows, ccad_i64 nnz, ccad_i64 nsrc,
+                               unsigned* bad, CcadCounters c) {
     __shared__ CcadHist hr;
     if (COUNT) {
         if (ccad_dense(c) && nrows > 0) {
@@ -118,12 +142,18 @@ __device__ void ccad_spmv_impl(T* y, const I* indptr, const I* indices, const T*
         T acc = (T)0;
         for (ccad_i64 kb = k0; kb < k1; kb += 32) {  // same k0, k1 on every lane: uniform
             const ccad_i64 k = kb + lane;
-            const bool ok = k < k1;
+            bool ok = k < k1;
             ccad_u64 a = 0;
             if (ok) {
-                const ccad_i64 j = (ccad_i64)indices[k];
-                acc += data[k] * x[j];
-                a = ccad_addr(x + j);
+                ok = ccad_in(k, nnz);          // indptr changed after the check
+                const ccad_i64 j = ok ? (ccad_i64)indices[k] : 0;
+                ok = ok && ccad_in(j, nsrc);
+                if (ok) {
+                    acc += data[k] * x[j];
+                    a = ccad_addr(x + j);
+                } else {
+                    ccad_bad(bad);
+                }
             }
             if (COUNT && ccad_indexed(c)) ccad_warp_count(c, c.rd, &hr, a, ok, (unsigned)sizeof(T));
         }
@@ -138,19 +168,22 @@ __device__ void ccad_spmv_impl(T* y, const I* indptr, const I* indices, const T*
 
 #define CCAD_INDEXED_ENTRIES(SFX, T, ISFX, I, VARIANT, COUNT)                                   \
     extern "C" __global__ void ccad_gather_##SFX##_##ISFX##_##VARIANT(                          \
-        T* y, const T* x, const I* idx, ccad_i64 n, CCAD_CNT_PARAMS) {                          \
-        ccad_gather_impl<COUNT, T, I>(y, x, idx, n, CCAD_CNT_VALUE);                             \
+        T* y, const T* x, const I* idx, ccad_i64 n, ccad_i64 nsrc, unsigned* bad,              \
+        CCAD_CNT_PARAMS) {                                                                       \
+        ccad_gather_impl<COUNT, T, I>(y, x, idx, n, nsrc, bad, CCAD_CNT_VALUE);                  \
     }                                                                                            \
     extern "C" __global__ void ccad_scatter_##SFX##_##ISFX##_##VARIANT(                         \
-        T* y, const I* idx, const T* x, ccad_i64 n, CCAD_CNT_PARAMS) {                          \
-        ccad_scatter_impl<COUNT, T, I>(y, idx, x, n, CCAD_CNT_VALUE);                            \
+        T* y, const I* idx, const T* x, ccad_i64 n, ccad_i64 nsrc, unsigned* bad,              \
+        CCAD_CNT_PARAMS) {                                                                       \
+        ccad_scatter_impl<COUNT, T, I>(y, idx, x, n, nsrc, bad, CCAD_CNT_VALUE);                 \
     }
 
 #define CCAD_SPMV_ENTRIES(SFX, T, ISFX, I, VARIANT, COUNT)                                      \
     extern "C" __global__ void ccad_spmv_##SFX##_##ISFX##_##VARIANT(                            \
         T* y, const I* indptr, const I* indices, const T* data, const T* x, ccad_i64 nrows,     \
-        CCAD_CNT_PARAMS) {                                                                       \
-        ccad_spmv_impl<COUNT, T, I>(y, indptr, indices, data, x, nrows, CCAD_CNT_VALUE);         \
+        ccad_i64 nnz, ccad_i64 nsrc, unsigned* bad, CCAD_CNT_PARAMS) {                          \
+        ccad_spmv_impl<COUNT, T, I>(y, indptr, indices, data, x, nrows, nnz, nsrc, bad,          \
+                                    CCAD_CNT_VALUE);                                             \
     }
 
 #define CCAD_INDEXED_BOTH(SFX, T, ISFX, I)                  \
