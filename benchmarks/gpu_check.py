@@ -108,6 +108,8 @@ def kernel_rows(b: Any, budget: int, repeat: int, checks: list[tuple[str, bool]]
     rng = np.random.default_rng(0)
     (xh, x), (yh, y), (zh, z) = (ar.take(n, np.float64) for _ in range(3))
     (ih, idx), (_, out) = ar.take(n, np.int64), ar.take(1, np.float64)
+    (bad_h, bad) = ar.take(1, np.uint32)     # the indexed kernels' skipped-index count, as ops pass it
+    bad_h[:] = 0
     xh[:] = rng.standard_normal(n)
     yh[:] = rng.standard_normal(n)
     ih[:] = rng.integers(0, n, n)
@@ -122,8 +124,8 @@ def kernel_rows(b: Any, budget: int, repeat: int, checks: list[tuple[str, bool]]
         ("copy", (z, x), {}), ("scale", (z, x), {"a": 2.0}), ("axpy", (z, x), {"a": 0.5}),
         ("triad", (z, x, y), {"s": 3.0}), ("sum", (out, x), {}), ("dot", (out, x, y), {}),
         ("stencil5", (g_out, g_in), {"center": 0.5, "neighbor": 0.125}),
-        ("gather", (z, x, idx), {}),
-        ("scatter", (z, idx, y), {}),
+        ("gather", (z, x, idx), {"bad": bad}),
+        ("scatter", (z, idx, y), {"bad": bad}),
     ]
     rows = []
     times: dict[str, float] = {}
@@ -164,8 +166,8 @@ def kernel_rows(b: Any, budget: int, repeat: int, checks: list[tuple[str, bool]]
         b.prefetch(ar.region.ptr, ar.cursor, b.device)
         b.synchronize()
         arrays = (vy, indptr, indices, dat, x)
-        plain = ck.plan("spmv", *arrays, max_blocks=k.max_blocks)
-        counted = ck.plan("spmv", *arrays, counters=cnt, max_blocks=k.max_blocks)
+        plain = ck.plan("spmv", *arrays, max_blocks=k.max_blocks, bad=bad)
+        counted = ck.plan("spmv", *arrays, counters=cnt, max_blocks=k.max_blocks, bad=bad)
         t_plain = b.median_time(lambda: k.launch(plain), repeat, 1)
         t_cnt = b.median_time(lambda: k.launch(counted), repeat, 1)
         b.clear_counters(cnt)
@@ -185,6 +187,8 @@ def kernel_rows(b: Any, budget: int, repeat: int, checks: list[tuple[str, bool]]
                      f"{moved / t_cnt / 1e9:.1f} GB/s counted", _r(t_cnt / t_plain),
                      f"{_ms(t_plain)} vs {_ms(t_cnt)}; counts {'ok' if ok else 'WRONG'}"])
         rows.append(indexed_row(b, "spmv", arrays, {}, ar.page, repeat, t_plain, checks, data))
+    b.synchronize()
+    checks.append(("indexed kernels skipped no valid index (bad == 0)", int(bad_h[0]) == 0))
     # results of the last runs against NumPy (a cheap end-to-end check of two ops)
     k.triad(z, x, y, 3.0)
     b.synchronize()
