@@ -16,6 +16,15 @@ not bind, optimal for the traffic and migration terms** (an epoch it splits over
 pay one more per-node latency, a few hundred ns, than the best single-node choice); under capacity pressure it is a heuristic whose gap is
 bounded by ``cost - lower_bound``, which the results report.  Moves happen before the epoch as
 prefetches (no fault cost), the way a perfect prefetcher would issue them.
+
+**Under the user's own actions** (a trace with ``user_events``: :class:`UserConstraints`,
+built by :func:`ccadgpu.replay.user_constraints`) the recurrence takes the user's moves as
+free transitions before the epoch (after the oracle's own moves, for one made while that
+epoch's faults had run) and forbids the device while it is offline; both hold for every policy,
+so the bound keeps them.  Pins, the hints' vetoes and the manager's moves to a preferred
+location shape the schedule only: ``static`` escapes the last, so a bound that assumed them
+would not be one.  A smaller device than recorded may take fewer of the user's moves than
+the plan assumes (the replay reports what really happened).
 """
 from __future__ import annotations
 
