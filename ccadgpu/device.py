@@ -97,8 +97,8 @@ class Device:
         Refused *before anything moves* (raising :class:`OfflineRefusedError`, whose
         ``report`` names the pages and arrays, with the device left online) if pinned pages
         are on the device or the host cannot hold every device page, or if it is called
-        from work it would wait for (this thread's own launch, or its write to device pages:
-        a kernel, a counters subscriber).  ``timeout`` (seconds)
+        from work it would wait for (this thread's own launch, its write to device pages, a
+        migration: a kernel, a counters subscriber, a migrate listener).  ``timeout`` (seconds)
         bounds the wait for running work and busy pages; on expiry the device goes back online
         with whatever moved already on the host.  Offline of an offline device is a no-op."""
         if timeout is not None and timeout < 0:
@@ -170,10 +170,13 @@ class Device:
         sp, me = self._space, threading.get_ident()
         if self._runners.get(me):
             why = "called from inside a launch of this thread, which it would wait for"
+        elif me in sp._listening:
+            why = ("called from a migrate listener: the migration that called it has not "
+                   "finished, and the offline would wait for it")
         elif any(t == me and (sp.pt.node[lo:hi] == self.node.id).any()
                  for lo, hi, t in sp._writers):
-            why = ("called from inside this thread's own write to device pages (a counters "
-                   "subscriber?), which it would wait for")
+            why = ("called from inside this thread's own write to device pages (a host_access "
+                   "block, a counters subscriber), which it would wait for")
         else:
             return None
         return EvacuationReport(refused=True, reason=why)

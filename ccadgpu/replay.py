@@ -107,8 +107,8 @@ def user_constraints(trace: Trace, epochs: Sequence[Epoch], vpns: np.ndarray
     """What the trace's ``user_events`` impose on an oracle schedule over pages ``vpns``
     (sorted), epoch by epoch, as a replay applies them (an event recorded at position ``p``
     comes before the first epoch numbered ``p`` or later); None when it has none."""
-    if not trace.user_events:
-        return None
+    if not trace.user_events or not complete(trace):
+        return None                # (a replay applies them only to a complete trace)
     E, U = len(epochs), len(vpns)
     forced = np.full((E, U), -1, np.int8)
     no_up, no_down = np.zeros((E, U), bool), np.zeros((E, U), bool)
@@ -129,6 +129,10 @@ def user_constraints(trace: Trace, epochs: Sequence[Epoch], vpns: np.ndarray
         op = ev["op"]
         if op == "device":
             state["online"] = bool(ev["online"])
+            if not ev["online"]:           # every device page comes home (_EventPlacement)
+                forced[e] = 0              # the host
+                if late:
+                    no_up[e] = no_down[e] = True
             return
         for lo, hi in (ev["runs"] if op == "move" else [(ev["lo"], ev["hi"])]):
             i, j = np.searchsorted(vpns, [lo, hi])
@@ -172,9 +176,12 @@ def _fit_device(node: np.ndarray, frames: int) -> np.ndarray:
 
 
 def oracle_schedule(trace: Trace, profile: Profile, device_frames: int,
-                    cpu_access: str = "coherent") -> OracleSchedule:
+                    cpu_access: str | None = None) -> OracleSchedule:
     """The oracle's schedule for ``trace`` (:func:`ccadgpu.policies.plan_oracle`), its pages
-    starting where :func:`initial_placement` says, under the user's actions in it."""
+    starting where :func:`initial_placement` says, under the user's actions in it;
+    ``cpu_access`` defaults to the recorded one."""
+    if cpu_access is None:
+        cpu_access = recorded_cpu_access(trace)
     epochs = trace_epochs(trace)
     init = _fit_device(initial_placement(trace, epochs), device_frames)
     vp = np.flatnonzero(init >= 0)
@@ -226,6 +233,8 @@ class _EventPlacement(SimPlacement):
             self.move(v, int(ev["node"]), "api")      # as many as fit (a smaller device)
         else:
             self.online = bool(ev["online"])
+            if not self.online:    # evacuated: every page on the device, whichever policy
+                self.move(np.flatnonzero(self._node == 1), 0, "api")   # put it there
 
     def _set(self, lo: int, nodes: np.ndarray) -> None:
         """Pages from ``lo`` on are now on ``nodes`` (-1: gone); frame counts follow."""

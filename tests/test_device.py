@@ -295,3 +295,21 @@ def test_an_offline_that_would_wait_for_itself_is_refused(space):
     assert space.device.state == "online" and (np.asarray(a) == 2.0).all()
     space.device.offline()                      # from outside: fine
     assert (space.placement(a) == 0).all() and (np.asarray(a) == 2.0).all()
+
+
+def test_an_offline_from_a_migrate_listener_is_refused(space):
+    """A migrate listener runs inside the migration that called it, which an offline would
+    wait for (it hung): refused at once, and the migration completes."""
+    a, ref = on_device(space, 4, placement="host")
+    seen = []
+
+    def listener(vpns, src, target):
+        if not seen:
+            try:
+                space.device.offline(timeout=30)
+            except E.OfflineRefusedError as exc:
+                seen.append(str(exc))
+    space.migrate_listeners.append(listener)
+    space.move_pages(a, "device")
+    assert "migrate listener" in seen[0] and space.device.state == "online"
+    assert (space.placement(a) == 1).all() and np.array_equal(a, ref)

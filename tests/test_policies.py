@@ -276,7 +276,8 @@ def test_oracle_bounds_every_policy(epochs, dev, profile, cpu_access):
 def test_the_schedule_under_user_moves_and_refusals_is_the_brute_force_optimum():
     """Per page, the oracle's dynamic programme with the user's free moves before an epoch
     and the manager's refusals of the policy's moves finds the cheapest of all 2**E
-    placements (checked exhaustively on small random cases)."""
+    placements (checked exhaustively on small random cases); so does the bound's, without the
+    refusals and with the user's moves to the device optional."""
     import itertools
 
     from ccadgpu.policies.oracle import UserConstraints, _dp
@@ -290,15 +291,15 @@ def test_the_schedule_under_user_moves_and_refusals_is_the_brute_force_optimum()
                             rng.random((E, U)) < 0.3, rng.random((E, U)) < 0.3,
                             np.full((E, U), -1, np.int8))
 
-        def cost(seq, i):
+        def cost(seq, i, vetoes=True):
             total, cur = 0.0, bool(init[i])
             for e, on in enumerate(seq):
-                if u.forced[e, i] >= 0:
-                    cur = bool(u.forced[e, i])
+                if u.forced[e, i] == 0 or u.forced[e, i] == 1 and (vetoes or on):
+                    cur = bool(u.forced[e, i])     # (for the bound, a move up may not fit)
                 if on and not cur:
-                    total += np.inf if u.no_up[e, i] else up
+                    total += np.inf if vetoes and u.no_up[e, i] else up
                 elif cur and not on:
-                    total += np.inf if u.no_down[e, i] else down
+                    total += np.inf if vetoes and u.no_down[e, i] else down
                 total += cd[e, i] if on else ch[e, i]
                 cur = on
             return total
@@ -307,4 +308,7 @@ def test_the_schedule_under_user_moves_and_refusals_is_the_brute_force_optimum()
             brute = min(cost(seq, i) for seq in itertools.product((False, True), repeat=E))
             assert best[i] == brute and cost(on[:, i], i) == brute
         relaxed = _dp(ch, cd, init, up, down, u, vetoes=False)[1]
+        for i in range(U):
+            assert relaxed[i] == min(cost(seq, i, False) for seq in
+                                     itertools.product((False, True), repeat=E))
         assert (relaxed <= best).all()

@@ -78,7 +78,8 @@ class UserConstraints:
     first, then the policy moves).
 
     ``forced[e, i]``: the node the user moved page ``vpns[i]`` to just before epoch ``e``
-    (``move_pages``, ``prefetch``, an offline's evacuation; -1: none); free for the policy.
+    (``move_pages``, ``prefetch``, an offline's evacuation of every device page; -1: none);
+    free for the policy.
     ``offline[e]``: the device is offline during epoch ``e``; no page can be on it.
     ``no_up[e, i]`` / ``no_down[e, i]``: the manager refuses a policy's move of the page to
     the device / host before epoch ``e`` (a pin; a preferred-location or accessed-by hint).
@@ -96,7 +97,8 @@ def _dp(ch: np.ndarray, cd: np.ndarray, init_dev: np.ndarray, up: float, down: f
         user: UserConstraints | None = None, vetoes: bool = True
         ) -> tuple[np.ndarray, np.ndarray]:
     """Per page, the cheapest host/device sequence.  Returns (on_device[E, U], cost[U]).
-    ``user``'s forced moves always apply; its refusals only with ``vetoes``."""
+    With ``vetoes``, ``user``'s forced moves all happen and its refusals apply; without (the
+    bound), its moves home happen and its moves to the device may or may not."""
     E, U = ch.shape
     if E == 0:
         return np.zeros((0, U), bool), np.zeros(U)
@@ -116,7 +118,10 @@ def _dp(ch: np.ndarray, cd: np.ndarray, init_dev: np.ndarray, up: float, down: f
             if vetoes:
                 upc = np.where(user.no_up[e], np.inf, up)
                 downc = np.where(user.no_down[e], np.inf, down)
-            hh, hd = vh + np.where(pd_h, downc, 0.0), vd + np.where(pd_d, downc, 0.0)
+            # a user's move to the device may not fit (another policy filled it, a smaller
+            # device): for the bound it is a free move the page may or may not make
+            hh = vh + np.where(pd_h, downc, 0.0) if vetoes else vh
+            hd = vd + np.where(pd_d, downc, 0.0)
             dh, dd = vh + np.where(pd_h, 0.0, upc), vd + np.where(pd_d, 0.0, upc)
         dev_before_h[e] = hd < hh
         dev_before_d[e] = dd <= dh
