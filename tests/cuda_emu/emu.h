@@ -242,6 +242,10 @@ inline unsigned atomicAdd(unsigned* p, unsigned v) {
     return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST);
 }
 
+inline unsigned atomicOr(unsigned* p, unsigned v) {
+    return __atomic_fetch_or(p, v, __ATOMIC_SEQ_CST);
+}
+
 inline unsigned atomicCAS(unsigned* p, unsigned cmp, unsigned val) {
     __atomic_compare_exchange_n(p, &cmp, val, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
     return cmp;

@@ -9,10 +9,11 @@
 //            (SciPy's CSR layout: indptr[0] == 0, indptr[nrows] == nnz)
 //
 // Indices must be in range (the Python launcher checks them first).  The work loops test each
-// one again, against ``nsrc`` (gather's x, scatter's y, SpMV's x elements) and, for SpMV, each
-// nonzero's position against ``nnz``: an index array changed after the check (another thread's
-// store) is never followed outside the arrays; the access is skipped and ``*bad`` bumped, so
-// the launcher can say the launch saw changed indices (a null ``bad`` only skips).  Dense operands (idx, gather's
+// one again, against ``nsrc`` (gather's x, scatter's y, SpMV's x elements), and SpMV clamps
+// each row's ``indptr`` range to ``[0, nnz]`` (read once per warp, so every lane runs the same
+// trips): an index array changed after the check (another thread's store) is never followed
+// outside the arrays; the access is skipped and ``*bad`` set to 1, so the launcher can say
+// the launch saw changed indices (a null ``bad`` only skips).  Dense operands (idx, gather's
 // y, scatter's x, SpMV's indptr/indices/data/y) count their bytes once per launch, per tile or
 // per row; the indexed ones (gather's x, scatter's y, SpMV's x) count each access, aggregated
 // per warp (__match_any_sync) and per block (shared table), see ccad_counters.cuh.  1-D blocks,
@@ -24,8 +25,13 @@ __device__ __forceinline__ bool ccad_in(ccad_i64 j, ccad_i64 n) {
     return (ccad_u64)j < (ccad_u64)n;
 }
 
+// A flag, not a count: it cannot wrap, however many indices changed.
 __device__ __forceinline__ void ccad_bad(unsigned* bad) {
-    if (bad) atomicAdd(bad, 1u);
+    if (bad) atomicOr(bad, 1u);
+}
+
+__device__ __forceinline__ ccad_i64 ccad_clamp(ccad_i64 v, ccad_i64 lo, ccad_i64 hi) {
+    return v < lo ? lo : (v > hi ? hi : v);
 }
 
 template <bool COUNT, typename T, typename I>
@@ -124,7 +130,8 @@ __device__ void ccad_spmv_impl(T* y, const I* indptr, const I* indices, const T*
     __shared__ CcadHist hr;
     if (COUNT) {
         if (ccad_dense(c) && nrows > 0) {
-            const ccad_i64 k0 = (ccad_i64)indptr[0], k1 = (ccad_i64)indptr[nrows];
+            const ccad_i64 k0 = ccad_clamp((ccad_i64)indptr[0], 0, nnz);
+            const ccad_i64 k1 = ccad_clamp((ccad_i64)indptr[nrows], k0, nnz);
             ccad_count_range_grid(c, c.rd, ccad_addr(indptr), ccad_addr(indptr + nrows + 1));
             ccad_count_range_grid(c, c.rd, ccad_addr(indices + k0), ccad_addr(indices + k1));
             ccad_count_range_grid(c, c.rd, ccad_addr(data + k0), ccad_addr(data + k1));
@@ -137,17 +144,20 @@ __device__ void ccad_spmv_impl(T* y, const I* indptr, const I* indices, const T*
     const ccad_i64 warp = ((ccad_i64)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     const ccad_i64 nwarps = ((ccad_i64)gridDim.x * blockDim.x) >> 5;
     for (ccad_i64 r = warp; r < nrows; r += nwarps) {
-        const ccad_i64 k0 = (ccad_i64)indptr[r];
-        const ccad_i64 k1 = (ccad_i64)indptr[r + 1];
+        // lane 0's reading for the whole warp: the same trips on every lane, even if
+        // indptr changes meanwhile (the warp collectives below need all 32)
+        const ccad_i64 p0 = __shfl_sync(0xffffffffu, (ccad_i64)indptr[r], 0);
+        const ccad_i64 p1 = __shfl_sync(0xffffffffu, (ccad_i64)indptr[r + 1], 0);
+        const ccad_i64 k0 = ccad_clamp(p0, 0, nnz), k1 = ccad_clamp(p1, k0, nnz);
+        if (lane == 0 && (k0 != p0 || k1 != p1)) ccad_bad(bad);   // changed after the check
         T acc = (T)0;
-        for (ccad_i64 kb = k0; kb < k1; kb += 32) {  // same k0, k1 on every lane: uniform
+        for (ccad_i64 kb = k0; kb < k1; kb += 32) {
             const ccad_i64 k = kb + lane;
             bool ok = k < k1;
             ccad_u64 a = 0;
             if (ok) {
-                ok = ccad_in(k, nnz);          // indptr changed after the check
-                const ccad_i64 j = ok ? (ccad_i64)indices[k] : 0;
-                ok = ok && ccad_in(j, nsrc);
+                const ccad_i64 j = (ccad_i64)indices[k];
+                ok = ccad_in(j, nsrc);
                 if (ok) {
                     acc += data[k] * x[j];
                     a = ccad_addr(x + j);
