@@ -150,6 +150,10 @@ def execute(space: "Space", name: str, run: Callable[[bool], tuple[Any, Sequence
     """Run ``run(counting)`` as one device launch over ``accesses`` (see the module docs).
     ``run`` returns ``(value, histograms)``: one per-page histogram per ``"kernel"`` access when
     ``counting`` is true (false when every access is counted without the kernel)."""
+    if space.device._runners.get(threading.get_ident()):
+        # (Numba's workqueue layer would deadlock on _SERIAL; the others would nest epochs)
+        raise InvalidArgumentError(f"{name}: launched from inside a running kernel of this "
+                                   "thread; launches do not nest (make it before or after)")
     span = [_check_space(space, a.array, name) for a in accesses]
     counters = space.counters
     counting = counters.enabled

@@ -36,7 +36,8 @@ when left as it was), a pin (``{"op": "pin", "lo", "hi", "on"}``), pages the use
 launch or CPU operation runs whose faults ran ahead (from its kernel, another thread) is
 marked ``"after_faults": true``: a replay applies it between that epoch's faults and its
 accesses.  One made from a migrate listener lands before the epoch whose moves called it
-(a replay cannot split a step's moves; the rest of that step may then differ).
+(a replay cannot split a step's moves; the rest of that step may then differ), and one
+after a CPU operation made inside the same kernel is placed against that operation's epoch.
 
 A launch that fails once the manager's faults for it ran (its kernel raised, the device went
 offline) leaves an *aborted* record (``EpochRecord.aborted``; the header's ``aborted`` lists

@@ -313,3 +313,22 @@ def test_an_offline_from_a_migrate_listener_is_refused(space):
     space.move_pages(a, "device")
     assert "migrate listener" in seen[0] and space.device.state == "online"
     assert (space.placement(a) == 1).all() and np.array_equal(a, ref)
+
+
+def test_a_launch_from_inside_a_kernel_is_refused(space):
+    """Launches do not nest: one made from a running kernel raises at once (it deadlocked
+    under Numba's workqueue layer), and the outer launch completes."""
+    from ccadgpu import ops
+    a, ref = on_device(space, 2)
+    b, c = space.zeros(2 * F), space.zeros(2 * F)
+    seen = []
+
+    def kernel(x, y):
+        try:
+            ops.scale(c, x, 2.0)
+        except E.InvalidArgumentError as exc:
+            seen.append(str(exc))
+        y[:] = x
+    space.device.launch(kernel, a, b, reads=[a], writes=[b])
+    assert "do not nest" in seen[0] and np.array_equal(np.asarray(b), ref)
+    assert not np.asarray(c).any()
