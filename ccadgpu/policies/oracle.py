@@ -102,6 +102,22 @@ def _dp(ch: np.ndarray, cd: np.ndarray, init_dev: np.ndarray, up: float, down: f
     E, U = ch.shape
     if E == 0:
         return np.zeros((0, U), bool), np.zeros(U)
+    if user is not None:
+        # the general recurrence only where the user's actions reach: a pin of one page
+        # must not put every page of the space on the slow path
+        some = (user.forced >= 0).any(axis=0)
+        if vetoes:
+            some |= user.no_up.any(axis=0) | user.no_down.any(axis=0)
+        if not some.all():
+            on, cost = np.zeros((E, U), bool), np.zeros(U)
+            on[:, ~some], cost[~some] = _dp(ch[:, ~some], cd[:, ~some], init_dev[~some],
+                                            up, down)
+            if some.any():
+                sub = UserConstraints(user.forced[:, some], user.offline, user.no_up[:, some],
+                                      user.no_down[:, some], user.hinted[:, some])
+                on[:, some], cost[some] = _dp(ch[:, some], cd[:, some], init_dev[some], up,
+                                              down, sub, vetoes)
+            return on, cost
     # before epoch e: from the state q at the end of e-1 the user's move (if any) leads to
     # p(q), free, and the policy's from p(q) to where the page is during e costs up/down
     vh = np.where(init_dev, np.inf, 0.0)
