@@ -114,6 +114,7 @@ def user_constraints(trace: Trace, epochs: Sequence[Epoch], vpns: np.ndarray
     no_up, no_down = np.zeros((E, U), bool), np.zeros((E, U), bool)
     offline = np.zeros(E, bool)
     hinted = np.full((E, U), -1, np.int8)
+    pins = np.zeros((E, U), bool)
     pref, acc = np.full(U, -1, np.int64), np.zeros(U, np.int64)
     pinned = np.zeros(U, bool)
     numbers = np.array([ep.epoch for ep in epochs], np.int64)
@@ -123,16 +124,17 @@ def user_constraints(trace: Trace, epochs: Sequence[Epoch], vpns: np.ndarray
     todo = [(int(e), trace.user_events[i],
              bool(trace.user_events[i].get("after_faults")) and e < E and p == numbers[e])
             for e, (p, _, i) in zip(at, mine)]
-    state = {"online": True}
+    state = {"online": True, "evacuate": False}
 
     def apply(ev: dict[str, Any], e: int, late: bool) -> None:
         op = ev["op"]
         if op == "device":
             state["online"] = bool(ev["online"])
             if not ev["online"]:           # every device page comes home (_EventPlacement)
-                forced[e] = 0              # the host
-                if late:
-                    no_up[e] = no_down[e] = True
+                if late:                   # once the epoch's work has left
+                    state["evacuate"] = True
+                else:
+                    forced[e] = 0          # the host
             return
         for lo, hi in (ev["runs"] if op == "move" else [(ev["lo"], ev["hi"])]):
             i, j = np.searchsorted(vpns, [lo, hi])
@@ -149,12 +151,15 @@ def user_constraints(trace: Trace, epochs: Sequence[Epoch], vpns: np.ndarray
                     acc[i:j] = ev["accessed_by"]
     k = 0
     for e in range(E):
+        if state["evacuate"]:
+            forced[e], state["evacuate"] = 0, False
         late = []
         while k < len(todo) and todo[k][0] == e:
             _, ev, after = todo[k]
             k += 1
             late.append(ev) if after else apply(ev, e, False)
         offline[e] = not state["online"]
+        pins[e] = pinned
         # the manager's say over a policy's move (MigrationManager._filter)
         no_up[e] = pinned | (pref == 0) | ((acc & 2) != 0) | offline[e]
         no_down[e] = pinned | (pref == 1) | ((acc & 1) != 0)
@@ -164,7 +169,7 @@ def user_constraints(trace: Trace, epochs: Sequence[Epoch], vpns: np.ndarray
         hinted[e, i[pref[i] == node]] = node
         for ev in late:
             apply(ev, e, True)
-    return UserConstraints(forced, offline, no_up, no_down, hinted)
+    return UserConstraints(forced, offline, no_up, no_down, hinted, pins)
 
 
 def _fit_device(node: np.ndarray, frames: int) -> np.ndarray:
@@ -197,6 +202,7 @@ class _EventPlacement(SimPlacement):
     that takes the user's placement actions (hints, pins, moves, the device offline)."""
 
     online = True
+    evacuating = False         # an offline made while an epoch ran: evacuate after it
 
     def accepts(self, node: int) -> bool:
         return node == 0 or self.online
@@ -234,7 +240,16 @@ class _EventPlacement(SimPlacement):
         else:
             self.online = bool(ev["online"])
             if not self.online:    # evacuated: every page on the device, whichever policy
-                self.move(np.flatnonzero(self._node == 1), 0, "api")   # put it there
+                if ev.get("after_faults"):     # put it there; once the running work left
+                    self.evacuating = True
+                else:
+                    self.next_epoch(True)
+
+    def next_epoch(self, evacuate: bool = False) -> None:
+        """Before the next epoch's events: an evacuation the device went offline for."""
+        if evacuate or self.evacuating:
+            self.evacuating = False
+            self.move(np.flatnonzero(self._node == 1), 0, "api")
 
     def _set(self, lo: int, nodes: np.ndarray) -> None:
         """Pages from ``lo`` on are now on ``nodes`` (-1: gone); frame counts follow."""
@@ -284,6 +299,7 @@ def replay(trace: Trace, policy: "str | Policy", profile: "str | Profile | None"
         if events else []
     k = 0
     for ep in epochs:
+        sim.next_epoch()
         later = []          # made while the epoch's faults had run and its accesses not yet
         while k < len(todo) and todo[k][0] <= ep.epoch:     # what the live manager saw
             pos, kind, aid = todo[k]

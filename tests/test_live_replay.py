@@ -371,3 +371,53 @@ def test_an_incomplete_trace_plans_without_the_user_events_a_replay_ignores(tmp_
     assert o["modeled_s"] == pytest.approx(o["oracle_planned_s"], rel=0.05)
     for pol in POLICIES:
         assert o["lower_bound_s"] <= replay(t, pol)["modeled_s"] * (1 + 1e-12), pol
+
+
+@pytest.mark.parametrize("policy", ["on_demand", "autonuma", "static"])
+def test_an_offline_from_another_thread_during_a_launch_replays(tmp_path, policy):
+    """An offline asked for while a launch runs waits for it: its evacuation comes after
+    the launch's accesses in a replay too (it came before them: 1.165x the live time)."""
+    import threading
+    with ccadgpu.Space(device_memory=64 * PS, page_size=PS, profile="h100-pcie",
+                       policy=policy) as sp:
+        a, b = sp.asarray(np.arange(8.0 * F)), sp.zeros(8 * F)
+        inside = threading.Event()
+
+        def other():
+            inside.wait(5)
+            sp.device.offline(timeout=5)
+
+        def k(x, y):
+            inside.set()
+            threading.Event().wait(0.2)
+            y[:] = x * 2
+        th = threading.Thread(target=other)
+        th.start()
+        sp.device.launch(k, a, b, reads=[a], writes=[b], name="uk")
+        th.join(10)
+        float(b.sum())
+        sp.device.online()
+        for _ in range(3):
+            float(a.sum())
+        sp.sync()
+        live = sp.manager.summary()
+        path = sp.trace.save(os.path.join(tmp_path, "t.npz"))
+    r = replay(ccadgpu.Trace.load(path), policy)
+    assert r["migrated_bytes_by_cause"] == live["migrated_bytes_by_cause"]
+    assert r["modeled_s"] == pytest.approx(live["modeled_s"], rel=1e-9)
+
+
+def test_the_bound_knows_a_pinned_page_is_read_where_it_is(tmp_path):
+    """Under migrate_on_cpu_fault a CPU touch of a pinned device page cannot fault it home:
+    it is read remotely, which the bound must allow (it was 2.15x the live time)."""
+    with ccadgpu.Space(device_memory=32 * PS, page_size=PS, profile="gh200", policy="static",
+                       cpu_access="migrate_on_cpu_fault") as sp:
+        a = sp.asarray(np.arange(4.0 * F), placement="device")
+        sp.pin(a)
+        for _ in range(3):
+            float(a.sum())
+            sp.sync()
+        live = sp.manager.summary()
+        path = sp.trace.save(os.path.join(tmp_path, "t.npz"))
+    o = replay(ccadgpu.Trace.load(path), "oracle")
+    assert o["lower_bound_s"] <= live["modeled_s"] * (1 + 1e-12)

@@ -91,6 +91,9 @@ class UserConstraints:
     no_up: np.ndarray
     no_down: np.ndarray
     hinted: np.ndarray
+    #: ``pinned[e, i]``: the page is pinned during epoch ``e`` (a CPU touch cannot fault it
+    #: home under ``migrate_on_cpu_fault``: it reads it where it is); None: never
+    pinned: np.ndarray | None = None
 
 
 def _dp(ch: np.ndarray, cd: np.ndarray, init_dev: np.ndarray, up: float, down: float,
@@ -184,8 +187,10 @@ def plan_oracle(epochs: Sequence["Epoch"], profile: "Profile", page_size: int,
     if cpu_access == "migrate_on_cpu_fault":
         for e, ep in enumerate(epochs):
             if len(ep.vpns):
-                cpu = ep.vpns[ep.touched_by(CPU_PROC)]
-                cd[e, np.searchsorted(vpns, cpu)] += forbid
+                i = np.searchsorted(vpns, ep.vpns[ep.touched_by(CPU_PROC)])
+                if user is not None and user.pinned is not None:
+                    i = i[~user.pinned[e, i]]      # stays, read remotely
+                cd[e, i] += forbid
     if user is not None:
         cd[user.offline] += forbid
     init_dev = np.asarray(initial_node) == DEVICE
