@@ -633,7 +633,7 @@ from hypothesis import strategies as st  # noqa: E402
 ACTIONS = st.lists(st.tuples(
     st.sampled_from(["scale", "gather", "bad_gather", "boom", "cpu_read", "cpu_write",
                      "bad_cpu_write", "fancy_read", "free", "sync", "pin", "unpin",
-                     "prefer", "accessed_by", "move", "prefetch", "offline"]),
+                     "prefer", "accessed_by", "move", "prefetch", "offline", "kernel_move"]),
     st.integers(0, 2), st.integers(0, 10**6)), min_size=1, max_size=14)
 
 
@@ -657,11 +657,11 @@ def test_a_replay_reproduces_any_run_with_failures(tmp_path_factory, policy, pro
         live = [True, True, True]
         for act, k, seed in actions:
             j = (k + 1) % 3
-            if not live[k] or (act in ("scale", "gather", "bad_gather", "boom") and not live[j]):
+            launches = ("scale", "gather", "bad_gather", "boom", "kernel_move")
+            if not live[k] or (act in launches and not live[j]):
                 continue
             a, b = arrs[k], arrs[j]
-            if act in ("scale", "gather", "bad_gather", "boom") and \
-                    sp.device.state != "online":
+            if act in launches and sp.device.state != "online":
                 with pytest.raises(DeviceOfflineError):
                     ops.scale(a, b, 0.5)
                 continue
@@ -679,6 +679,12 @@ def test_a_replay_reproduces_any_run_with_failures(tmp_path_factory, policy, pro
             elif act == "boom":
                 with pytest.raises(RuntimeError):
                     sp.device.launch(_boom, a, b, reads=[b], writes=[a])
+            elif act == "kernel_move":          # a user move between its faults and accesses
+                def moving(y_, x_, pages=[p for p in range(4) if seed >> p & 1]):
+                    sp.move_pages(b, seed % 2, pages=pages)
+                    y_[:] = x_ * 0.5
+                sp.device.launch(moving, a, b, reads=[b], writes=[a])
+                ref[k] = 0.5 * ref[j]
             elif act == "cpu_read":
                 assert float(a.sum()) == pytest.approx(float(ref[k].sum()))
             elif act == "cpu_write":
@@ -728,3 +734,8 @@ def test_a_replay_reproduces_any_run_with_failures(tmp_path_factory, policy, pro
     # the oracle plans under the same user actions: its bound is below the live run
     o = replay(t, "oracle", tunables={"cpu_access": cpu_access})
     assert o["lower_bound_s"] <= s["modeled_s"] * (1 + 1e-9) + 1e-15
+    # and on a smaller device than recorded, below every policy (the user's moves may not fit)
+    small = {"device_memory": 16 * PS, "tunables": {"cpu_access": cpu_access}}
+    bound = replay(t, "oracle", **small)["lower_bound_s"]
+    for pol in ("static", policy):
+        assert bound <= replay(t, pol, **small)["modeled_s"] * (1 + 1e-9) + 1e-15, pol
