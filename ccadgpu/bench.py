@@ -79,9 +79,8 @@ def run_workload(workload: str, policy: str = "static", profile: str = "gh200",
         from .clock import load_profile
         from .replay import oracle_schedule
         frames = int(rec.trace.header["nodes"][1]["frames"])
-        # the live space has the recording's tunables (the backend's cpu_access among them)
-        mode = rec.trace.header.get("tunables", {}).get("cpu_access", "coherent")
-        sched = oracle_schedule(rec.trace, load_profile(profile), frames, mode)
+        # (under the recorded cpu_access: the live space has the recording's tunables)
+        sched = oracle_schedule(rec.trace, load_profile(profile), frames)
         pol = make_policy("oracle", schedule=sched)
         extra["lower_bound_s"] = sched.lower_bound
     with Space(device_memory=wl.device_bytes(nbytes, ps), page_size=ps, profile=profile,

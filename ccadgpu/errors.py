@@ -15,6 +15,14 @@ class InvalidArgumentError(CcadError, ValueError):
     """A size, shape, dtype, page list or other argument is malformed."""
 
 
+def index_changed(op: str, name: str) -> "InvalidArgumentError":
+    """The error of an indexed op whose kernel met an index out of range that its check had
+    passed (changed meanwhile): the kernel skipped it, on the stand-in and on a GPU alike."""
+    return InvalidArgumentError(f"ops.{op}: {name} changed while the launch ran (another thread "
+                                "storing into it?): entries found out of range were skipped, "
+                                "the others written")
+
+
 class UnknownNodeError(InvalidArgumentError):
     """A node id or name that the space does not have."""
 

@@ -35,7 +35,7 @@ import numpy as np
 
 from .array import buffer_of
 from .counters import READ, WRITE, _span, kernel_page_params
-from .errors import ForeignArrayError, InvalidArgumentError
+from .errors import ForeignArrayError, InvalidArgumentError, index_changed
 from .launch import Access, execute
 
 __all__ = ["copy", "scale", "axpy", "triad", "sum", "dot", "stencil5", "gather", "scatter",
@@ -176,16 +176,10 @@ def _index_error(op: str, name: str, idx: np.ndarray, n: int) -> InvalidArgument
     v = _flat(idx)
     bad = v[(v < 0) | (v >= n)]
     if not bad.size:                  # it was there when checked
-        return _changed_error(op, name)
+        return index_changed(op, name)
     return InvalidArgumentError(f"ops.{op}: {name} out of range: values {v.min()}..{v.max()} "
                                 f"({bad.size} outside, e.g. {bad[0]}), valid 0..{n - 1}; "
                                 "nothing was written")
-
-
-def _changed_error(op: str, name: str) -> InvalidArgumentError:
-    return InvalidArgumentError(f"ops.{op}: {name} changed while the launch ran (another thread "
-                                "storing into it?): entries found out of range were skipped, "
-                                "the others written")
 
 
 def _status_error(op: str, status: int, name: str, idx: np.ndarray,
@@ -199,7 +193,7 @@ def _status_error(op: str, status: int, name: str, idx: np.ndarray,
                                     f"at nnz = {idx.size}; nothing was written")
     if status == 2:
         return _index_error(op, name, idx, n)
-    return _changed_error(op, name if op != "spmv_csr" else f"{name} or indptr")
+    return index_changed(op, name if op != "spmv_csr" else f"{name} or indptr")
 
 
 class _Ahead:

@@ -243,13 +243,16 @@ class _EventPlacement(SimPlacement):
                 if ev.get("after_faults"):     # put it there; once the running work left
                     self.evacuating = True
                 else:
-                    self.next_epoch(True)
+                    self._evacuate()
 
-    def next_epoch(self, evacuate: bool = False) -> None:
-        """Before the next epoch's events: an evacuation the device went offline for."""
-        if evacuate or self.evacuating:
+    def next_epoch(self) -> None:
+        """Before the next epoch's events: an evacuation that waited for the last one."""
+        if self.evacuating:
             self.evacuating = False
-            self.move(np.flatnonzero(self._node == 1), 0, "api")
+            self._evacuate()
+
+    def _evacuate(self) -> None:
+        self.move(np.flatnonzero(self._node == 1), 0, "api")
 
     def _set(self, lo: int, nodes: np.ndarray) -> None:
         """Pages from ``lo`` on are now on ``nodes`` (-1: gone); frame counts follow."""

@@ -39,7 +39,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..errors import CapacityError, CcadError, InvalidArgumentError
+from ..errors import CapacityError, CcadError, InvalidArgumentError, index_changed
 from . import BackendUnavailableError, INSTALL_HINT, probe_cuda
 from . import cuda_kernels as ck
 from .cuda_kernels import Launch, PageCounters
@@ -859,14 +859,13 @@ class CudaKernels:
     def _run_indexed(self, op: str, arrays: Sequence[Any], counters: PageCounters | None,
                      label: str, name: str) -> None:
         """Run an indexed op whose indices were checked: the kernel skips any it then finds
-        out of range (changed since, by another thread) and counts them, and that raises."""
+        out of range (changed since, by another thread) and flags them, and that raises."""
         with self.b._dev, self.b.stream:
             bad = self.cp.zeros(1, self.cp.uint32)
         self._run(op, arrays, counters, bad=bad)
         self.b.synchronize()
         if int(bad[0]):
-            from ..ops import _changed_error
-            raise _changed_error(label, name)
+            raise index_changed(label, name)
 
     def gather(self, y: Any, x: Any, idx: Any, counters: PageCounters | None = None,
                check: bool = True) -> Any:

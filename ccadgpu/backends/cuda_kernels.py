@@ -361,7 +361,7 @@ def plan(op: str, *arrays: Any, counters: PageCounters | None = None,
     computes ``out = center * inp + neighbor * (up + down + left + right)``, an index past an
     edge reading the edge element (as :func:`ccadgpu.ops.stencil5`).  Index values are not
     checked here (that needs a pass over the data; :class:`~ccadgpu.backends.cuda.CudaKernels`
-    does it); the kernels skip one out of range all the same, and count it in ``bad`` (an
+    does it); the kernels skip one out of range all the same, and flag it in ``bad`` (an
     optional 1-element uint32 array the caller zeroes)."""
     if op not in OPS:
         raise InvalidArgumentError(f"unknown device op {op!r}; ops are {sorted(OPS)}")
@@ -494,9 +494,9 @@ def _plan_stencil5(out: Any, inp: Any, *, center: Any = 0.5, neighbor: Any = 0.1
 
 
 def _bad_arg(op: str, bad: Any) -> Any:
-    """The kernels' ``bad`` argument: a uint32 array the kernel bumps for each index it found
-    out of range and skipped (the launcher checked them first: they changed meanwhile), or
-    None (a null pointer: only skipped)."""
+    """The kernels' ``bad`` argument: a uint32 array whose first element the kernel sets to 1
+    when it found an index out of range and skipped it (the launcher checked them first: they
+    changed meanwhile), or None (a null pointer: only skipped)."""
     if bad is None:
         return np.uint64(0)
     _check_array("bad", bad)

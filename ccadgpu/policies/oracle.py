@@ -95,6 +95,12 @@ class UserConstraints:
     #: home under ``migrate_on_cpu_fault``: it reads it where it is); None: never
     pinned: np.ndarray | None = None
 
+    def columns(self, keep: np.ndarray) -> "UserConstraints":
+        """The constraints of the pages ``keep`` (a mask over ``vpns``) only."""
+        return UserConstraints(self.forced[:, keep], self.offline, self.no_up[:, keep],
+                               self.no_down[:, keep], self.hinted[:, keep],
+                               None if self.pinned is None else self.pinned[:, keep])
+
 
 def _dp(ch: np.ndarray, cd: np.ndarray, init_dev: np.ndarray, up: float, down: float,
         user: UserConstraints | None = None, vetoes: bool = True
@@ -116,10 +122,8 @@ def _dp(ch: np.ndarray, cd: np.ndarray, init_dev: np.ndarray, up: float, down: f
             on[:, ~some], cost[~some] = _dp(ch[:, ~some], cd[:, ~some], init_dev[~some],
                                             up, down)
             if some.any():
-                sub = UserConstraints(user.forced[:, some], user.offline, user.no_up[:, some],
-                                      user.no_down[:, some], user.hinted[:, some])
                 on[:, some], cost[some] = _dp(ch[:, some], cd[:, some], init_dev[some], up,
-                                              down, sub, vetoes)
+                                              down, user.columns(some), vetoes)
             return on, cost
     # before epoch e: from the state q at the end of e-1 the user's move (if any) leads to
     # p(q), free, and the policy's from p(q) to where the page is during e costs up/down
