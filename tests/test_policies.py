@@ -291,10 +291,11 @@ def test_the_schedule_under_user_moves_and_refusals_is_the_brute_force_optimum()
                             rng.random((E, U)) < 0.3, rng.random((E, U)) < 0.3,
                             np.full((E, U), -1, np.int8))
 
-        def cost(seq, i, vetoes=True):
+        def cost(seq, i, vetoes=True, sure_up=None):
+            sure_up = vetoes if sure_up is None else sure_up
             total, cur = 0.0, bool(init[i])
             for e, on in enumerate(seq):
-                if u.forced[e, i] == 0 or u.forced[e, i] == 1 and (vetoes or on):
+                if u.forced[e, i] == 0 or u.forced[e, i] == 1 and (sure_up or on):
                     cur = bool(u.forced[e, i])     # (for the bound, a move up may not fit)
                 if on and not cur:
                     total += np.inf if vetoes and u.no_up[e, i] else up
@@ -312,3 +313,33 @@ def test_the_schedule_under_user_moves_and_refusals_is_the_brute_force_optimum()
             assert relaxed[i] == min(cost(seq, i, False) for seq in
                                      itertools.product((False, True), repeat=E))
         assert (relaxed <= best).all()
+        on, unsure = _dp(ch, cd, init, up, down, u, sure_up=False)  # a full device may
+        for i in range(U):                                           # turn moves up away
+            assert unsure[i] == cost(on[:, i], i, True, False) == min(
+                cost(seq, i, True, False) for seq in itertools.product((False, True), repeat=E))
+        assert (relaxed <= unsure).all() and (unsure <= best).all()
+
+
+def test_the_users_and_the_hints_moves_take_only_the_room_the_schedule_leaves():
+    """Before an epoch the user's moves come first, then the manager's to preferred
+    locations; a move to the device takes pages in order while there is room (after the
+    moves home), the rest stay; the user's moves are free, the hints' are paid."""
+    from ccadgpu.policies.oracle import UserConstraints, _page_costs, _realised
+    E, U = 2, 5
+    forced = np.full((E, U), -1, np.int8)
+    hinted = np.full((E, U), -1, np.int8)
+    forced[1, [0, 2, 3]] = 1           # the user moves pages 0, 2, 3 up before epoch 1
+    forced[1, 4] = 0                   # and page 4 home, which makes room first
+    hinted[1, 1] = 1                   # then the manager moves page 1 to its preferred node
+    u = UserConstraints(forced, np.zeros(E, bool), np.zeros((E, U), bool),
+                        np.zeros((E, U), bool), hinted)
+    on = np.array([[0, 0, 0, 0, 1], [0, 0, 0, 0, 0]], bool)      # the device: 2 frames
+    f, h = _realised(on, u, np.zeros(U, bool), cap=2)
+    assert f[1].tolist() == [1, -1, 1, -1, 0] and h[1].tolist() == [-1, -1, -1, -1, -1]
+    f, h = _realised(on, u, np.zeros(U, bool), cap=4)
+    assert f[1].tolist() == [1, -1, 1, 1, 0] and h[1].tolist() == [-1, 1, -1, -1, -1]
+    zero = np.zeros((E, U))
+    cost = _page_costs(on, zero, zero, np.zeros(U, bool), 10.0, 1.0, f, h)
+    # page 0/2/3: moved up for free, then home by the schedule; page 1: up by the hint, paid,
+    # then home; page 4: up before epoch 0 (the schedule's), home for free
+    assert cost.tolist() == [1.0, 11.0, 1.0, 1.0, 10.0]

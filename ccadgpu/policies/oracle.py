@@ -23,12 +23,17 @@ free transitions before the epoch (after the oracle's own moves, for one made wh
 epoch's faults had run) and forbids the device while it is offline; both hold for every policy,
 so the bound keeps them.  Pins, the hints' vetoes and the manager's moves to a preferred
 location shape the schedule only: ``static`` escapes the last, so a bound that assumed them
-would not be one.  A smaller device than recorded may take fewer of the user's moves than
-the plan assumes (the replay reports what really happened).
+would not be one.  The user's moves to the device, and the manager's to a preferred
+location, take only the pages that fit (a full device, a smaller one than recorded): the
+bound lets them not happen, and the schedule is the cheapest of following them, leaving them
+to chance, re-planning with the moves that find room, and filling the device just before a
+move it does not want (see :func:`_schedule`), each priced with the moves it would really
+get; the replay reports what really happened.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -95,6 +100,19 @@ class UserConstraints:
     #: home under ``migrate_on_cpu_fault``: it reads it where it is); None: never
     pinned: np.ndarray | None = None
 
+    #: the pages the user's actions reach, and their constraints, per kind of use (_dp)
+    _split: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def reached(self, vetoes: bool) -> "tuple[np.ndarray, UserConstraints]":
+        """The mask of pages a forced move (and with ``vetoes``, a refusal) reaches, and
+        their constraints (computed once: a capacity search asks for them at every step)."""
+        if vetoes not in self._split:
+            some = (self.forced >= 0).any(axis=0)
+            if vetoes:
+                some |= self.no_up.any(axis=0) | self.no_down.any(axis=0)
+            self._split[vetoes] = some, self.columns(some)
+        return self._split[vetoes]
+
     def columns(self, keep: np.ndarray) -> "UserConstraints":
         """The constraints of the pages ``keep`` (a mask over ``vpns``) only."""
         return UserConstraints(self.forced[:, keep], self.offline, self.no_up[:, keep],
@@ -103,27 +121,27 @@ class UserConstraints:
 
 
 def _dp(ch: np.ndarray, cd: np.ndarray, init_dev: np.ndarray, up: float, down: float,
-        user: UserConstraints | None = None, vetoes: bool = True
-        ) -> tuple[np.ndarray, np.ndarray]:
+        user: UserConstraints | None = None, vetoes: bool = True,
+        sure_up: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per page, the cheapest host/device sequence.  Returns (on_device[E, U], cost[U]).
-    With ``vetoes``, ``user``'s forced moves all happen and its refusals apply; without (the
-    bound), its moves home happen and its moves to the device may or may not."""
+    With ``vetoes``, ``user``'s refusals apply; its moves home always happen, its moves to the
+    device too with ``sure_up`` (default: ``vetoes``), else they may or may not (the bound:
+    a full device takes none)."""
+    if sure_up is None:
+        sure_up = vetoes
     E, U = ch.shape
     if E == 0:
         return np.zeros((0, U), bool), np.zeros(U)
     if user is not None:
         # the general recurrence only where the user's actions reach: a pin of one page
         # must not put every page of the space on the slow path
-        some = (user.forced >= 0).any(axis=0)
-        if vetoes:
-            some |= user.no_up.any(axis=0) | user.no_down.any(axis=0)
+        some, sub = user.reached(vetoes)
         if not some.all():
-            on, cost = np.zeros((E, U), bool), np.zeros(U)
-            on[:, ~some], cost[~some] = _dp(ch[:, ~some], cd[:, ~some], init_dev[~some],
-                                            up, down)
+            # (the plain one over every page is cheaper than copying out the others)
+            on, cost = _dp(ch, cd, init_dev, up, down)
             if some.any():
                 on[:, some], cost[some] = _dp(ch[:, some], cd[:, some], init_dev[some], up,
-                                              down, user.columns(some), vetoes)
+                                              down, sub, vetoes, sure_up)
             return on, cost
     # before epoch e: from the state q at the end of e-1 the user's move (if any) leads to
     # p(q), free, and the policy's from p(q) to where the page is during e costs up/down
@@ -143,7 +161,7 @@ def _dp(ch: np.ndarray, cd: np.ndarray, init_dev: np.ndarray, up: float, down: f
                 downc = np.where(user.no_down[e], np.inf, down)
             # a user's move to the device may not fit (another policy filled it, a smaller
             # device): for the bound it is a free move the page may or may not make
-            hh = vh + np.where(pd_h, downc, 0.0) if vetoes else vh
+            hh = vh + np.where(pd_h, downc, 0.0) if sure_up else vh
             hd = vd + np.where(pd_d, downc, 0.0)
             dh, dd = vh + np.where(pd_h, 0.0, upc), vd + np.where(pd_d, 0.0, upc)
         dev_before_h[e] = hd < hh
@@ -205,33 +223,146 @@ def plan_oracle(epochs: Sequence["Epoch"], profile: "Profile", page_size: int,
                 sum(float(profile.latency[p].min()) for p in range(ep.sectors.shape[1])
                     if ep.sectors[:, p, :].any()) for ep in epochs)
     lower = float(cost.sum()) + fixed
-    sch, scd = ch, cd
-    if user is not None and (user.no_up.any() or user.no_down.any() or
-                             (user.hinted >= 0).any()):
-        # the schedule goes where the manager lets it, and where its hints take the pages
-        sch, scd = ch + np.where(user.hinted == DEVICE, forbid, 0.0), \
-            cd + np.where(user.hinted == HOST, forbid, 0.0)
-        on, cost = _dp(sch, scd, init_dev, up, down, user)
-    lam = 0.0
-    if len(on) and on.sum(axis=1).max() > device_frames:
-        on, lam = _capacitated(sch, scd, init_dev, up, down, on, cost, device_frames, user)
-    planned = float(_page_costs(on, ch, cd, init_dev, up, down, user).sum()) + fixed
-    return OracleSchedule(vpns, on, lower, planned, lam)
+    on, lam, planned = _schedule(ch, cd, forbid, init_dev, up, down, device_frames, user,
+                                 (on, cost) if user is None else None)
+    return OracleSchedule(vpns, on, lower, planned + fixed, lam)
+
+
+@dataclass
+class _Plan:
+    """A candidate schedule, with what it was planned under."""
+    on: np.ndarray
+    lam: float
+    cost: float                # the traffic and moves the replay would see
+    ch: np.ndarray             # the per-page costs it was planned with
+    cd: np.ndarray
+    sure_up: bool              # planned as if every user's move to the device took place
+
+
+def _schedule(ch: np.ndarray, cd: np.ndarray, forbid: float, init_dev: np.ndarray, up: float,
+              down: float, cap: int, user: UserConstraints | None,
+              optimum: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, float, float]:
+    """The schedule, as (on_device, lambda, its cost as the replay would see it).
+
+    The user's moves to the device, and the manager's to a page's preferred location, take
+    pages only while the device has room.  So the schedule is the cheapest of: following
+    them all, or as it likes (where a full device may make that come true); the best of
+    those planned again with the user's moves that find room under it; and then, where the
+    moves would bring pages it does not want, filling the device with pages worth having there
+    just before, so that they find no room (:func:`_block`).  Each candidate is priced with
+    the moves it really gets (:func:`_realised`)."""
+    variants: list[tuple[np.ndarray, np.ndarray, bool]] = [(ch, cd, True)]
+    if user is not None:
+        if (user.hinted >= 0).any():       # the hints' moves as the manager makes them
+            variants.insert(0, (ch + np.where(user.hinted == DEVICE, forbid, 0.0),
+                                cd + np.where(user.hinted == HOST, forbid, 0.0), True))
+        if (user.forced == DEVICE).any():
+            variants += [(c, d, False) for c, d, _ in variants]
+
+    def price(on: np.ndarray) -> float:
+        moved = () if user is None else _realised(on, user, init_dev, cap)
+        return float(_page_costs(on, ch, cd, init_dev, up, down, *moved).sum())
+
+    def fit(sch: np.ndarray, scd: np.ndarray, sure: bool, done: tuple | None = None,
+            u: UserConstraints | None = user) -> _Plan:
+        on, cost = done if done is not None else _dp(sch, scd, init_dev, up, down, u,
+                                                     sure_up=sure)
+        lam = 0.0
+        if len(on) and on.sum(axis=1).max() > cap:
+            on, lam = _capacitated(sch, scd, init_dev, up, down, on, cost, cap, u, sure)
+        return _Plan(on, lam, price(on), sch, scd, sure)
+    best = min((fit(*v, optimum) for v in variants), key=lambda c: c.cost)
+    if user is not None and ((user.forced == DEVICE).any() or (user.hinted == DEVICE).any()):
+        for _ in range(2):   # planned again knowing which of the user's moves find room
+            forced = _realised(best.on, user, init_dev, cap)[0]
+            if (forced == user.forced).all():
+                break
+            again = fit(best.ch, best.cd, True, None, dataclasses.replace(user, forced=forced))
+            if again.cost >= best.cost:
+                break
+            best = again
+        best = _block(best, fit, user, init_dev, up, down, cap)
+    return best.on, best.lam, best.cost
+
+
+def _realised(on: np.ndarray, user: UserConstraints, init_dev: np.ndarray, cap: int
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """``user.forced`` and ``user.hinted`` as they happen under schedule ``on``: before each
+    epoch the user's moves, then the manager's to preferred locations; a move to the device
+    takes the pages in order while it has room, the rest stay where they are."""
+    forced, hinted = user.forced.copy(), user.hinted.copy()
+    for e in np.flatnonzero(((forced == DEVICE) | (hinted == DEVICE)).any(axis=1)).tolist():
+        there = (init_dev if e == 0 else on[e - 1]).copy()
+        for moves in (forced[e], hinted[e]):
+            there &= moves != HOST
+            new = np.flatnonzero((moves == DEVICE) & ~there)
+            room = max(0, cap - int(there.sum()))
+            moves[new[room:]] = -1
+            there[new[:room]] = True
+    return forced, hinted
+
+
+def _block(best: _Plan, fit, user: UserConstraints, init_dev: np.ndarray, up: float,
+           down: float, cap: int, tries: int = 8) -> _Plan:
+    """``best``, improved where the user's or the hints' moves bring the device pages the
+    schedule sends back at once: for the worst few such epochs ``e``, a reward per page on the
+    device during ``e - 1`` (bisected: the smallest that fills the device but for the pages
+    the schedule wants from those moves) keeps them out, when that costs less than their
+    round trip."""
+    forced, hinted = _realised(best.on, user, init_dev, cap)
+    unwanted = ((forced == DEVICE) | (hinted == DEVICE)) & ~best.on
+    unwanted[0] = False                        # before the first epoch: nothing to fill
+    rows = np.flatnonzero(unwanted.any(axis=1))
+    rows = rows[np.argsort(-unwanted[rows].sum(axis=1), kind="stable")][:tries]
+    for e in rows.tolist():
+        ups = (user.forced[e] == DEVICE) | (user.hinted[e] == DEVICE)
+        wanted = ups & best.on[e]
+        stays = ~(ups & ~best.on[e]) & (user.forced[e] != HOST) & (user.hinted[e] != HOST)
+        base = best
+
+        def rewarded(r: float) -> np.ndarray:
+            c = base.cd.copy()
+            c[e - 1, stays] -= r
+            return c
+
+        def full(r: float) -> bool:            # (the capacity aside: a trim comes after)
+            prev = _dp(base.ch, rewarded(r), init_dev, up, down, user,
+                       sure_up=base.sure_up)[0][e - 1]
+            return int((prev & stays).sum() + (wanted & ~prev).sum()) >= cap
+        hi = up + down + 1e-12
+        for _ in range(16):
+            if full(hi):
+                break
+            hi *= 4
+        else:
+            continue
+        lo = 0.0
+        for _ in range(20):
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if full(mid) else (mid, hi)
+        cand = fit(base.ch, rewarded(hi), base.sure_up)
+        if cand.cost < best.cost:
+            best = cand
+    return best
 
 
 def _capacitated(ch: np.ndarray, cd: np.ndarray, init_dev: np.ndarray, up: float, down: float,
-                 on: np.ndarray, cost: np.ndarray, cap: int, user: UserConstraints | None
-                 ) -> tuple[np.ndarray, float]:
+                 on: np.ndarray, cost: np.ndarray, cap: int, user: UserConstraints | None,
+                 sure_up: bool = True) -> tuple[np.ndarray, float]:
     """A capacity-feasible schedule: the better of (a) a Lagrangian price per device page and
     epoch, found by bisection, then trimmed, and (b) a greedy knapsack over pages that admits
     whole per-page optimal schedules by savings per device-epoch while every epoch has room.
     (A trim or a page left on the host may be one the manager then refuses to move: the
     replay reports what the schedule really cost.)"""
+    forced = None if user is None else \
+        user.forced if sure_up else np.where(user.forced == DEVICE, -1, user.forced)
+    # (the hints' moves are in the costs, or left to the replay: see _schedule)
+
     def dp(price: float) -> np.ndarray:
-        return _dp(ch, cd + price, init_dev, up, down, user)[0]
+        return _dp(ch, cd + price, init_dev, up, down, user, sure_up=sure_up)[0]
 
     def total(o: np.ndarray) -> float:
-        return float(_page_costs(o, ch, cd, init_dev, up, down, user).sum())
+        return float(_page_costs(o, ch, cd, init_dev, up, down, forced).sum())
     cands = []
     # (a) Lagrangian
     hi = float(max(ch.max(), cd.max(), up, down)) * 4 + 1e-12
@@ -254,7 +385,7 @@ def _capacitated(ch: np.ndarray, cd: np.ndarray, init_dev: np.ndarray, up: float
     cands.append((a, hi))
     # (b) greedy knapsack over pages: each page either follows its optimal schedule or stays
     # on the host throughout
-    all_host = _page_costs(np.zeros_like(on), ch, cd, init_dev, up, down, user)
+    all_host = _page_costs(np.zeros_like(on), ch, cd, init_dev, up, down, forced)
     saving = all_host - cost
     used = on.sum(axis=0)
     order = np.argsort(-(saving / np.maximum(used, 1)), kind="stable")
@@ -270,15 +401,22 @@ def _capacitated(ch: np.ndarray, cd: np.ndarray, init_dev: np.ndarray, up: float
 
 
 def _page_costs(on: np.ndarray, ch: np.ndarray, cd: np.ndarray, init_dev: np.ndarray,
-                up: float, down: float, user: UserConstraints | None = None) -> np.ndarray:
-    """Per page, schedule ``on``'s traffic and the policy's moves (after the user's)."""
+                up: float, down: float, forced: np.ndarray | None = None,
+                hinted: np.ndarray | None = None) -> np.ndarray:
+    """Per page, schedule ``on``'s traffic and moves before each epoch: the user's
+    ``forced`` (free), the manager's to preferred locations ``hinted``, then the policy's
+    (``UserConstraints``' forms)."""
     if len(on) == 0:
         return np.zeros(on.shape[1])
     prev = np.vstack((init_dev[None, :], on[:-1]))
-    if user is not None:
-        prev = np.where(user.forced >= 0, user.forced == DEVICE, prev)
-    acc = np.where(on, cd, ch).sum(axis=0)
-    return acc + (on & ~prev).sum(axis=0) * up + (~on & prev).sum(axis=0) * down
+    if forced is not None:
+        prev = np.where(forced >= 0, forced == DEVICE, prev)
+    moves = np.zeros(on.shape[1])
+    for then in ([] if hinted is None else [np.where(hinted >= 0, hinted == DEVICE, prev)]) \
+            + [on]:
+        moves += (then & ~prev).sum(axis=0) * up + (~then & prev).sum(axis=0) * down
+        prev = then
+    return np.where(on, cd, ch).sum(axis=0) + moves
 
 
 class Oracle(Policy):

@@ -1,0 +1,135 @@
+"""The oracle's planning: what it costs, and how it fares where the user's moves meet a full device.
+
+    python benchmarks/bench_oracle.py [--epochs 200] [--pages 16384] [--repeat 3]
+
+1. Planning seconds (``ccadgpu.replay.oracle_schedule``) on a synthetic trace (``--epochs``
+   epochs over ``--pages`` pages, a quarter of them touched per epoch, two device epochs to
+   one CPU epoch, a device of an eighth of the pages, so that capacity binds), median of
+   ``--repeat``: without user actions (the baseline), with one pinned page, and with the user
+   moving a device's worth of pages to the device halfway through (the oracle then weighs
+   which of those moves find room).  Each is printed as a ratio to the baseline.
+2. Modeled seconds (deterministic) of the oracle against the best online policy and the
+   lower bound on two small recorded runs where a move to the device meets a full device
+   (the user's ``move_pages``; a preferred-location hint).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+
+import numpy as np
+
+import ccadgpu
+from _util import machine, median_time, table
+from ccadgpu import ops
+from ccadgpu.clock import load_profile
+from ccadgpu.replay import complete, oracle_schedule, replay
+
+POLICIES = ["static", "first_touch", "on_demand", "access_counter", "autonuma"]
+
+
+def synthetic(epochs: int, pages: int, seed: int = 0) -> ccadgpu.Trace:
+    rng = np.random.default_rng(seed)
+    eps = [("cpu" if e % 3 == 0 else "device",
+            {int(v): 2048 for v in rng.choice(pages, pages // 4, replace=False)})
+           for e in range(epochs)]
+    return ccadgpu.Trace.synthetic(eps, npages=pages, device_frames=pages // 8,
+                                   profile="h100-pcie")
+
+
+def with_user(t: ccadgpu.Trace, event: dict | None, at: int = 0) -> ccadgpu.Trace:
+    """Synthetic ``t`` with its allocations' events (made on the host before the first
+    epoch), so that a replay and the oracle take user events, and ``event`` before epoch
+    ``at``."""
+    u = copy.copy(t)
+    u.allocations = {k: {**a, "nodes": [[0, a["npages"]]]} for k, a in t.allocations.items()}
+    u.events = [[0, 1, k] for k in u.allocations]
+    u.user_events = []
+    if event is not None:
+        u.user_events.append(event)
+        u.events.append([at, 2, 0])
+    assert complete(u)
+    return u
+
+
+def planning(epochs: int, pages: int, repeat: int) -> list[list[object]]:
+    t = synthetic(epochs, pages)
+    prof, frames = load_profile("h100-pcie"), pages // 8
+    cases = [("no user actions", with_user(t, None)),
+             ("one page pinned", with_user(t, {"op": "pin", "lo": 0, "hi": 1, "on": True}, 5)),
+             ("user moves a device's worth up, halfway",
+              with_user(t, {"op": "move", "runs": [[0, frames]], "node": 1}, epochs // 2))]
+    rows, base = [], None
+    for name, tr in cases:
+        s = oracle_schedule(tr, prof, frames)
+        sec = median_time(lambda: oracle_schedule(tr, prof, frames), repeat)
+        base = base or sec
+        rows.append([name, f"{sec:.3f}", f"{sec / base:.2f}", f"{s.planned_cost * 1e3:.3f}",
+                     f"{s.lower_bound * 1e3:.3f}"])
+    return rows
+
+
+def _user_move(sp: ccadgpu.Space) -> None:
+    F = sp.page_size // 8
+    a, b, c = sp.asarray(np.arange(16.0 * F)), sp.zeros(16 * F), sp.asarray(np.ones(32 * F))
+    for _ in range(3):
+        ops.scale(b, a, 2.0)
+    sp.move_pages(c, "device")
+    for _ in range(6):
+        float(c.sum())
+        sp.sync()
+
+
+def _hint(sp: ccadgpu.Space) -> None:
+    F = sp.page_size // 8
+    c, a, b = sp.asarray(np.ones(8 * F)), sp.asarray(np.arange(2.0 * F)), sp.zeros(2 * F)
+    sp.prefetch(c, "device")
+    for _ in range(4):
+        ops.scale(c, c, 1.0)
+    sp.advise(a, preferred_location="device")
+    for _ in range(2):
+        ops.scale(b, a, 2.0)
+    for _ in range(4):
+        ops.scale(c, c, 1.0)
+
+
+def full_device() -> list[list[object]]:
+    rows = []
+    for name, run, frames in (("move_pages into a full device", _user_move, 32),
+                              ("preferred-location hint, device full", _hint, 8)):
+        for prof in ("h100-pcie", "gh200"):
+            with ccadgpu.Space(device_memory=frames * (64 << 10), page_size=64 << 10,
+                               profile=prof, policy="static") as sp:
+                run(sp)
+                sp.sync()
+                t = sp.trace            # (recorded under static: the user's moves fit)
+            o = replay(t, "oracle")
+            best, pol = min((replay(t, p)["modeled_s"], p) for p in POLICIES)
+            rows.append([name, prof, f"{o['lower_bound_s'] * 1e6:.1f}",
+                         f"{o['modeled_s'] * 1e6:.1f}", f"{best * 1e6:.1f} ({pol})",
+                         f"{o['modeled_s'] / best:.3f}"])
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--epochs", type=int, default=200)
+    ap.add_argument("--pages", type=int, default=16384)
+    ap.add_argument("--repeat", type=int, default=3)
+    a = ap.parse_args(argv)
+    print(f"# bench_oracle — {time.strftime('%Y-%m-%dT%H:%M:%S%z')}, {machine()}, "
+          f"ccadgpu {ccadgpu.__version__}")
+    print(f"\n## planning, {a.epochs} epochs x {a.pages} pages, device {a.pages // 8} frames, "
+          f"h100-pcie, median of {a.repeat}\n")
+    print(table(["trace", "planning s", "x no user actions", "planned ms", "bound ms"],
+                planning(a.epochs, a.pages, a.repeat)))
+    print("\n## a move to the device meets a full device (modeled µs)\n")
+    print(table(["run", "profile", "bound", "oracle", "best policy", "oracle / best"],
+                full_device()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
