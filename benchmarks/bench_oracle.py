@@ -11,6 +11,11 @@
 2. Modeled seconds (deterministic) of the oracle against the best online policy and the
    lower bound on two small recorded runs where a move to the device meets a full device
    (the user's ``move_pages``; a preferred-location hint).
+3. ``--random`` recorded runs of random launches, CPU work and user actions on a small device
+   (``random_run``), replayed on that device and on a quarter of it: the oracle's modeled time
+   over the best policy's, and over the best but ``static``'s (``static`` escapes the hints'
+   moves, which bind the oracle).  The oracle's schedule is a heuristic under capacity
+   pressure: the ratio can exceed 1.
 """
 from __future__ import annotations
 
@@ -113,11 +118,76 @@ def full_device() -> list[list[object]]:
     return rows
 
 
+def random_run(seed: int) -> tuple[ccadgpu.Trace, int]:
+    """A random sequence of launches, CPU work, hints, pins, moves, prefetches and offlines on
+    a small device, recorded under a random policy; returns its trace and device frames."""
+    from ccadgpu.errors import CcadError
+    rng = np.random.default_rng(seed)
+    ps = 64 << 10
+    F, frames = ps // 8, int(rng.choice([8, 16, 32, 64]))
+    kw = {"cpu_access": "migrate_on_cpu_fault"} if rng.random() < 0.2 else {}
+    with ccadgpu.Space(device_memory=frames * ps, page_size=ps, policy=str(rng.choice(POLICIES)),
+                       profile=str(rng.choice(["h100-pcie", "gh200"])), **kw) as sp:
+        node = lambda: str(rng.choice(["host", "device"]))  # noqa: E731
+
+        def alloc() -> "ccadgpu.ManagedArray":
+            n = int(rng.integers(1, 12)) * F
+            try:
+                return sp.asarray(np.arange(float(n)), placement=node())
+            except CcadError:          # more than the device holds
+                return sp.zeros(n)
+        arrs = [alloc() for _ in range(3)]
+        acts = [lambda a, b: ops.scale(b[:len(a)], a[:len(b)], 2.0),
+                lambda a, b: ops.axpy(1.0, a[:len(b)], b[:len(a)]),
+                lambda a, b: float(ops.sum(a)), lambda a, b: float(a.sum()),
+                lambda a, b: a.__setitem__(Ellipsis, 1.0),
+                lambda a, b: sp.move_pages(a, node(), pages=sorted(set(rng.integers(
+                    0, len(sp.placement(a)), int(rng.integers(1, 4))).tolist()))),
+                lambda a, b: sp.prefetch(a, node()),
+                lambda a, b: (sp.pin(a), sp.unpin(a)) if rng.random() < 0.5 else sp.pin(a),
+                lambda a, b: sp.advise(a, preferred_location=node()),
+                lambda a, b: sp.advise(a, accessed_by="device"),
+                lambda a, b: sp.device.offline(), lambda a, b: sp.device.online(),
+                lambda a, b: sp.sync()]
+        for _ in range(int(rng.integers(5, 30))):
+            a, b = (arrs[int(i)] for i in rng.integers(0, 3, 2))
+            try:
+                acts[int(rng.integers(len(acts)))](a, b)
+            except CcadError:          # a refused action, a launch on an offline device
+                pass
+        if sp.device.state != "online":
+            sp.device.online()
+        sp.sync()
+        return sp.trace, frames
+
+
+def random_runs(n: int) -> list[list[object]]:
+    ratios: dict[str, list[float]] = {"as recorded": [], "a quarter of it": []}
+    worst: dict[str, list[float]] = {k: [] for k in ratios}
+    for seed in range(n):
+        t, frames = random_run(seed)
+        for key, dm in (("as recorded", None), ("a quarter of it", max(1, frames // 4) << 16)):
+            o = replay(t, "oracle", device_memory=dm)["modeled_s"]
+            by = {p: replay(t, p, device_memory=dm)["modeled_s"] for p in POLICIES}
+            if min(by.values()) <= 0:          # nothing ran
+                continue
+            ratios[key].append(o / min(by.values()))
+            worst[key].append(o / min(v for p, v in by.items() if p != "static"))
+    rows = []
+    for key in ratios:
+        r, w = np.array(ratios[key]), np.array(worst[key])
+        rows.append([key, len(r), f"{np.exp(np.log(r).mean()):.3f}", f"{r.max():.3f}",
+                     int((r > 1.01).sum()), int((w > 1.01).sum()), f"{w.max():.3f}"])
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=200)
     ap.add_argument("--pages", type=int, default=16384)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--random", type=int, default=100, metavar="N",
+                    help="random recorded runs to score the oracle on (0: none)")
     a = ap.parse_args(argv)
     print(f"# bench_oracle — {time.strftime('%Y-%m-%dT%H:%M:%S%z')}, {machine()}, "
           f"ccadgpu {ccadgpu.__version__}")
@@ -128,6 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     print("\n## a move to the device meets a full device (modeled µs)\n")
     print(table(["run", "profile", "bound", "oracle", "best policy", "oracle / best"],
                 full_device()))
+    if a.random:
+        print(f"\n## {a.random} random runs (seeds 0..{a.random - 1}): oracle / best policy, "
+              "modeled\n")
+        print(table(["device", "runs", "geo. mean", "max", "> 1.01",
+                     "> 1.01 against all but static", "max against all but static"],
+                    random_runs(a.random)))
     return 0
 
 

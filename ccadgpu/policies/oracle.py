@@ -250,7 +250,7 @@ def _schedule(ch: np.ndarray, cd: np.ndarray, forbid: float, init_dev: np.ndarra
     those planned again with the user's moves that find room under it; and then, where the
     moves would bring pages it does not want, filling the device with pages worth having there
     just before, so that they find no room (:func:`_block`).  Each candidate is priced with
-    the moves it really gets (:func:`_realised`)."""
+    the moves it really gets (:func:`_replayed`)."""
     variants: list[tuple[np.ndarray, np.ndarray, bool]] = [(ch, cd, True)]
     if user is not None:
         if (user.hinted >= 0).any():       # the hints' moves as the manager makes them
@@ -260,8 +260,9 @@ def _schedule(ch: np.ndarray, cd: np.ndarray, forbid: float, init_dev: np.ndarra
             variants += [(c, d, False) for c, d, _ in variants]
 
     def price(on: np.ndarray) -> float:
-        moved = () if user is None else _realised(on, user, init_dev, cap)
-        return float(_page_costs(on, ch, cd, init_dev, up, down, *moved).sum())
+        if user is None:
+            return float(_page_costs(on, ch, cd, init_dev, up, down).sum())
+        return float(_replayed(on, ch, cd, init_dev, up, down, cap, user, forbid).sum())
 
     def fit(sch: np.ndarray, scd: np.ndarray, sure: bool, done: tuple | None = None,
             u: UserConstraints | None = user) -> _Plan:
@@ -300,6 +301,38 @@ def _realised(on: np.ndarray, user: UserConstraints, init_dev: np.ndarray, cap: 
             moves[new[room:]] = -1
             there[new[:room]] = True
     return forced, hinted
+
+
+def _replayed(on: np.ndarray, ch: np.ndarray, cd: np.ndarray, init_dev: np.ndarray,
+              up: float, down: float, cap: int, user: UserConstraints, forbid: float
+              ) -> np.ndarray:
+    """Per page, the traffic and moves a replay of schedule ``on`` makes under ``user``: before
+    each epoch the user's moves (free), the manager's to preferred locations, then the
+    schedule's, less those the manager refuses; a move to the device takes pages in order
+    while there is room; a page the schedule may not have on the device then (``cd`` at
+    ``forbid``: a CPU touch under ``migrate_on_cpu_fault``) faults home."""
+    E, U = on.shape
+    cur = init_dev.copy()
+    cost = np.zeros(U)
+
+    def to_device(pages: np.ndarray, price: float) -> None:
+        take = np.flatnonzero(pages & ~cur)[: max(0, cap - int(cur.sum()))]
+        cost[take] += price
+        cur[take] = True
+
+    def home(pages: np.ndarray) -> None:
+        cost[pages & cur] += down
+        cur[pages] = False
+    for e in range(E):
+        cur &= user.forced[e] != HOST
+        to_device(user.forced[e] == DEVICE, 0.0)
+        home(user.hinted[e] == HOST)
+        to_device(user.hinted[e] == DEVICE, up)
+        home(~on[e] & ~user.no_down[e])
+        to_device(on[e] & ~user.no_up[e], up)
+        home(cd[e] >= forbid)
+        cost += np.where(cur, cd[e], ch[e])
+    return cost
 
 
 def _block(best: _Plan, fit, user: UserConstraints, init_dev: np.ndarray, up: float,
@@ -401,22 +434,16 @@ def _capacitated(ch: np.ndarray, cd: np.ndarray, init_dev: np.ndarray, up: float
 
 
 def _page_costs(on: np.ndarray, ch: np.ndarray, cd: np.ndarray, init_dev: np.ndarray,
-                up: float, down: float, forced: np.ndarray | None = None,
-                hinted: np.ndarray | None = None) -> np.ndarray:
-    """Per page, schedule ``on``'s traffic and moves before each epoch: the user's
-    ``forced`` (free), the manager's to preferred locations ``hinted``, then the policy's
-    (``UserConstraints``' forms)."""
+                up: float, down: float, forced: np.ndarray | None = None) -> np.ndarray:
+    """Per page, schedule ``on``'s traffic and the policy's moves (after the user's moves
+    ``forced``, ``UserConstraints.forced``'s form), every move made as planned."""
     if len(on) == 0:
         return np.zeros(on.shape[1])
     prev = np.vstack((init_dev[None, :], on[:-1]))
     if forced is not None:
         prev = np.where(forced >= 0, forced == DEVICE, prev)
-    moves = np.zeros(on.shape[1])
-    for then in ([] if hinted is None else [np.where(hinted >= 0, hinted == DEVICE, prev)]) \
-            + [on]:
-        moves += (then & ~prev).sum(axis=0) * up + (~then & prev).sum(axis=0) * down
-        prev = then
-    return np.where(on, cd, ch).sum(axis=0) + moves
+    acc = np.where(on, cd, ch).sum(axis=0)
+    return acc + (on & ~prev).sum(axis=0) * up + (~on & prev).sum(axis=0) * down
 
 
 class Oracle(Policy):
