@@ -305,14 +305,13 @@ def cmd_trace_replay(args: argparse.Namespace) -> int:
     tr = ccadgpu.Trace.load(args.file)
     pols = _names(args.policy, available_policies(), "policy")
     from ccadgpu.tunables import Tunables
-    # how the CPU reached device pages is part of the recorded machine (a cuda space migrates
-    # them home): replayed as recorded unless asked otherwise
-    tunables = {"cpu_access": recorded_cpu_access(tr),
-                **dict(Tunables.parse(x) for x in args.tunable)}
+    # the knobs the manager decides by replay as recorded (how the CPU reached device pages
+    # among them: a cuda space migrates them home) unless asked otherwise
+    tunables = dict(Tunables.parse(x) for x in args.tunable)
     Tunables(**tunables)                    # a bad name or value raises here, before any replay
     con = _console()
     t = Table(title=f"replay of {args.file} ({len(tr)} epochs, cpu_access="
-                    f"{tunables['cpu_access']})")
+                    f"{tunables.get('cpu_access', recorded_cpu_access(tr))})")
     for c in ("policy", "profile", "modeled ms", "GB/s", "migrated", "remote", "p99 us"):
         t.add_column(c, justify="right")
     rows = []

@@ -84,6 +84,12 @@ register(Knob("heat_halflife_epochs", float, 4.0,
               lambda v: v > 0, "> 0"))
 
 
+#: the knobs the manager and the policies decide by: part of a recorded run, so a replay
+#: starts from their recorded values and takes their changes where the run made them
+DECISION_KNOBS = ("cpu_access", "migration_enabled", "thrash_window_epochs",
+                  "heat_halflife_epochs", "access_counter_granularity", "access_counter_threshold")
+
+
 def _extend(a: np.ndarray, n: int, fill: int) -> np.ndarray:
     """``a`` grown to ``n`` rows, the new ones ``fill`` (zeros come from calloc: no pass)."""
     out = (np.zeros((n,) + a.shape[1:], a.dtype) if fill == 0 else

@@ -32,7 +32,7 @@ import numpy as np
 from . import pagetable as ptf
 from .clock import Profile, load_profile
 from .errors import InvalidArgumentError
-from .manager import DEV, Epoch, MigrationManager, SimPlacement
+from .manager import DECISION_KNOBS, DEV, Epoch, MigrationManager, SimPlacement
 from .policies import OracleSchedule, Policy, UserConstraints, make_policy, plan_oracle
 from .trace import Trace
 from .tunables import Tunables
@@ -128,6 +128,8 @@ def user_constraints(trace: Trace, epochs: Sequence[Epoch], vpns: np.ndarray
 
     def apply(ev: dict[str, Any], e: int, late: bool) -> None:
         op = ev["op"]
+        if op == "tunables":
+            return
         if op == "device":
             state["online"] = bool(ev["online"])
             if not ev["online"]:           # every device page comes home (_EventPlacement)
@@ -270,7 +272,10 @@ def replay(trace: Trace, policy: "str | Policy", profile: "str | Profile | None"
     throughput, bytes migrated by cause and direction, remote fraction, p50/p99 epoch time...).
 
     ``profile`` defaults to the one recorded; ``device_memory`` to the recorded device
-    capacity; ``tunables`` to the defaults, but for the recorded ``cpu_access``.
+    capacity; the knobs the manager decides by (``cpu_access``, ``migration_enabled``,
+    the counters' threshold and granularity, the heat half-life, the thrash window:
+    :func:`recorded_tunables`) to their recorded values, changed where the run changed them;
+    ``tunables`` sets knobs for the whole replay.
     ``policy="oracle"`` plans the offline schedule from this very trace; its
     ``lower_bound_s`` (no policy can beat it under the model) is added to the summary."""
     if not isinstance(trace, Trace):
@@ -288,7 +293,7 @@ def replay(trace: Trace, policy: "str | Policy", profile: "str | Profile | None"
             start[a["vstart"]: a["vstart"] + a["npages"]] = -1
     host_frames = max(int(nodes[0]["frames"]), int(np.count_nonzero(start >= 0)))
     _fit_device(start, dev_frames)
-    tun = Tunables(**{"cpu_access": recorded_cpu_access(trace), **(tunables or {})})
+    tun = Tunables(**{**recorded_tunables(trace), **(tunables or {})})
     extra: dict[str, Any] = {}
     if policy == "oracle":
         sched = oracle_schedule(trace, prof, dev_frames, tun.cpu_access)
@@ -300,6 +305,13 @@ def replay(trace: Trace, policy: "str | Policy", profile: "str | Profile | None"
     mgr = MigrationManager(sim, pol, prof, tun)
     todo = [e for e in trace.events if e[1] == 2 or e[2] in trace.allocations] \
         if events else []
+
+    def user(ev: dict[str, Any]) -> None:
+        if ev["op"] == "tunables":         # the ones asked for rule throughout
+            tun.set(**{n: v for n, v in ev["values"].items()
+                       if n in DECISION_KNOBS and n not in (tunables or {})})
+        else:
+            sim.user(ev)
     k = 0
     for ep in epochs:
         sim.next_epoch()
@@ -311,7 +323,7 @@ def replay(trace: Trace, policy: "str | Policy", profile: "str | Profile | None"
                 if ev.get("after_faults") and pos == ep.epoch:
                     later.append(ev)
                 else:
-                    sim.user(ev)
+                    user(ev)
                 k += 1
                 continue
             a = trace.allocations[aid]
@@ -324,7 +336,7 @@ def replay(trace: Trace, policy: "str | Policy", profile: "str | Profile | None"
         if later:
             ep.ahead = mgr.fault_ahead(ep)
             for ev in later:
-                sim.user(ev)
+                user(ev)
         mgr.step(ep)
     out = mgr.summary()
     out.update(extra)
@@ -332,10 +344,19 @@ def replay(trace: Trace, policy: "str | Policy", profile: "str | Profile | None"
     return out
 
 
+def recorded_tunables(trace: Trace) -> dict[str, Any]:
+    """The knobs the manager decides by (``manager.DECISION_KNOBS``) as the recorded run
+    started: a replay's defaults.  Their changes during the run are in its user events."""
+    h = trace.header
+    start = h.get("tunables_at_start", h.get("tunables", {}))     # (older traces: at save)
+    return {k: v for k, v in start.items() if k in DECISION_KNOBS}
+
+
 def recorded_cpu_access(trace: Trace) -> str:
     """How the recorded space's CPU reached device pages (tunable ``cpu_access``; a cuda
-    space migrates them home): part of the recorded machine, so a replay's default."""
-    return str(trace.header.get("tunables", {}).get("cpu_access", "coherent"))
+    space migrates them home) when the run started: part of the recorded machine, so a
+    replay's default."""
+    return str(recorded_tunables(trace).get("cpu_access", "coherent"))
 
 
 def _recorded_profile(trace: Trace) -> Profile:

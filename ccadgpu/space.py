@@ -214,6 +214,7 @@ class Space:
         self._stepped = -1
         self.manager = MigrationManager(LivePlacement(self), policy, self.profile,
                                         self.tunables)
+        self.tunables.listen(self._tunables_set)
 
     def _init_gpu(self, given: Any, host_memory: Any, host: int, dev: int, ps: int) -> None:
         """Nodes as capacity accounting and the virtual range as one managed allocation,
@@ -553,6 +554,17 @@ class Space:
             elif not any(ep.ahead is not None for ep in self._mq):
                 return
         self._step_manager()
+
+    def _tunables_set(self, values: dict[str, Any]) -> None:
+        """Knobs were set: those the manager decides by go into the trace, between whole
+        epochs as a user's placement action does (they rule from the manager's next step)."""
+        from .manager import DECISION_KNOBS
+        mine = {k: v for k, v in values.items() if k in DECISION_KNOBS}
+        if not mine or self.closed:
+            return
+        self._settle_ahead()
+        with self._cond:
+            self.trace._user({"op": "tunables", "values": mine})
 
     def _step_manager(self) -> None:
         """Let the manager step every queued epoch now, and wait for it; but not from inside a

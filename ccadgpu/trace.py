@@ -31,8 +31,11 @@ The user's own placement actions are events too (kind 2, ``id`` an index into th
 "hint", "lo", "hi", "preferred", "accessed_by", "read_mostly"}``, each of the three ``null``
 when left as it was), a pin (``{"op": "pin", "lo", "hi", "on"}``), pages the user moved
 (``move_pages``, ``prefetch``) or an offline evacuated (``{"op": "move", "runs": [[lo, hi],
-...], "node"}``: the pages that moved), and the device going offline or online (``{"op":
-"device", "online"}``).  Read-mostly duplicates are not among them.  One made while a
+...], "node"}``: the pages that moved), the device going offline or online (``{"op":
+"device", "online"}``), and knobs the manager decides by set mid-run (``{"op": "tunables",
+"values": {name: value}}``, ``manager.DECISION_KNOBS``; the header's ``tunables_at_start``
+holds them all as the trace began, ``tunables`` as it was saved).  Read-mostly duplicates
+are not among them.  One made while a
 launch or CPU operation runs whose faults ran ahead (from its kernel, another thread) is
 marked ``"after_faults": true``: a replay applies it between that epoch's faults and its
 accesses.  One made from a migrate listener lands before the epoch whose moves called it
@@ -57,9 +60,9 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
-from .errors import TraceFormatError
+from .errors import CcadError, TraceFormatError
 from .runs import node_steps, runs
-from .tunables import Knob, register
+from .tunables import KNOBS, Knob, Tunables, register
 
 if TYPE_CHECKING:
     from .counters import Tally
@@ -179,7 +182,7 @@ def _check_header(h: dict[str, Any], path: Any) -> None:
     ids = {a["id"] for a in allocs}
     user = h.get("user_events", [])
     if not isinstance(user, list) or not all(_user_event_ok(u, len(nodes)) for u in user):
-        raise bad("user_events must be hint, pin, move or device tables over page ranges")
+        raise bad("user_events must be hint, pin, move, device or tunables tables")
     events = h.get("events", [])
     if not isinstance(events, list) or not all(
             isinstance(e, list) and len(e) == 3 and all(type(x) is int for x in e)
@@ -187,6 +190,16 @@ def _check_header(h: dict[str, Any], path: Any) -> None:
             for e in events):
         raise bad("events must be [position, 0 or 1, allocation id] of listed allocations or "
                   "[position, 2, index] of user_events")
+
+
+def _knob_ok(name: Any, value: Any) -> bool:
+    """A knob's recorded value: valid for it when this version knows the knob."""
+    if not isinstance(name, str) or not isinstance(value, (bool, int, float, str)):
+        return False
+    try:
+        return name not in KNOBS or Tunables._validate(name, value) is not None
+    except CcadError:
+        return False
 
 
 def _user_event_ok(u: Any, nnodes: int) -> bool:
@@ -210,6 +223,9 @@ def _user_event_ok(u: Any, nnodes: int) -> bool:
         r = u.get("runs")
         return whole(u.get("node"), nnodes) and isinstance(r, list) and all(
             isinstance(x, list) and len(x) == 2 and span(*x) for x in r)
+    if op == "tunables":
+        v = u.get("values")
+        return isinstance(v, dict) and all(_knob_ok(k, x) for k, x in v.items())
     return op == "device" and u.get("online") in (True, False)
 
 
@@ -254,6 +270,8 @@ class Trace:
             "rw": ["read", "write"], "loc": ["local", "remote"], "sector_bytes": 32,
             "tunables": space.tunables.as_dict(),
         }
+        # (the save writes the knobs as they are then; their changes are user events)
+        header["tunables_at_start"] = dict(header["tunables"])
         t = cls(header, maxlen=space.tunables.trace_max_epochs)
         t._space = space
         return t

@@ -70,6 +70,7 @@ class Tunables:
         object.__setattr__(self, "_lock", threading.Lock())
         object.__setattr__(self, "_values", {k: v.default for k, v in KNOBS.items()})
         object.__setattr__(self, "_gen", 0)
+        object.__setattr__(self, "_listeners", [])
         self.set(**overrides)
 
     @staticmethod
@@ -124,6 +125,13 @@ class Tunables:
         with self._lock:
             self._values.update(checked)
             object.__setattr__(self, "_gen", self._gen + 1)
+        for fn in list(self._listeners):
+            fn(checked)
+
+    def listen(self, fn: Callable[[dict[str, Any]], None]) -> None:
+        """Call ``fn(values)`` after every :meth:`set`, with the knobs it set (its space's
+        trace records the ones the manager reads)."""
+        self._listeners.append(fn)
 
     @property
     def gen(self) -> int:

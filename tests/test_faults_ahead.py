@@ -633,18 +633,21 @@ from hypothesis import strategies as st  # noqa: E402
 ACTIONS = st.lists(st.tuples(
     st.sampled_from(["scale", "gather", "bad_gather", "boom", "cpu_read", "cpu_write",
                      "bad_cpu_write", "fancy_read", "free", "sync", "pin", "unpin",
-                     "prefer", "accessed_by", "move", "prefetch", "offline", "kernel_move"]),
+                     "prefer", "accessed_by", "move", "prefetch", "offline", "kernel_move",
+                     "knobs"]),
     st.integers(0, 2), st.integers(0, 10**6)), min_size=1, max_size=14)
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=int(os.environ.get("CCAD_EXAMPLES", 30)), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(policy=st.sampled_from(["on_demand", "access_counter", "first_touch", "autonuma"]),
        profile=st.sampled_from(["h100-pcie", "gh200"]),
        cpu_access=st.sampled_from(["coherent", "migrate_on_cpu_fault"]), actions=ACTIONS)
 def test_a_replay_reproduces_any_run_with_failures(tmp_path_factory, policy, profile,
                                                    cpu_access, actions):
     """Launches, CPU operations, failing ones of both (bad indices, a kernel that raises, a
-    store NumPy refuses), frees, and the user's hints, pins, moves and offlines in any order:
+    store NumPy refuses), frees, and the user's hints, pins, moves, offlines and knobs in any
+    order:
     the data equal a NumPy reference, a replay of the trace makes the live manager's moves
     and times, and the oracle's lower bound is below them."""
     from ccadgpu.errors import InvalidArgumentError
@@ -712,6 +715,9 @@ def test_a_replay_reproduces_any_run_with_failures(tmp_path_factory, policy, pro
                 sp.move_pages(a, seed % 2, pages=[p for p in range(4) if seed >> p & 1])
             elif act == "prefetch":
                 sp.prefetch(a, seed % 2)
+            elif act == "knobs":                  # the manager's knobs, set mid-run
+                sp.tunables.set(migration_enabled=bool(seed % 3),
+                                heat_halflife_epochs=float(1 + seed % 4))
             elif act == "offline":
                 try:
                     sp.device.offline()

@@ -454,3 +454,47 @@ def test_the_bound_knows_a_pinned_page_is_read_where_it_is(tmp_path):
         path = sp.trace.save(os.path.join(tmp_path, "t.npz"))
     o = replay(ccadgpu.Trace.load(path), "oracle")
     assert o["lower_bound_s"] <= live["modeled_s"] * (1 + 1e-12)
+
+
+def _knobs_mid_run(sp):
+    a, b = sp.asarray(np.arange(32.0 * F)), sp.zeros(32 * F)
+    for _ in range(4):
+        ops.scale(b, a, 2.0)
+        float(b[:F].sum())
+    sp.tunables.migration_enabled = False
+    sp.tunables.trace_max_epochs = 10_000        # not one the manager decides by: no event
+    for _ in range(3):
+        float(a.sum())
+        ops.scale(b, a, 2.0)
+    sp.tunables.set(migration_enabled=True, heat_halflife_epochs=1.0,
+                    access_counter_threshold=2)
+    for _ in range(4):
+        ops.scale(a, b, 0.5)
+        float(a.sum())
+    sp.sync()
+
+
+@pytest.mark.parametrize("profile", ["h100-pcie", "gh200"])
+@pytest.mark.parametrize("policy", ["on_demand", "access_counter"])
+def test_knobs_set_mid_run_replay_where_they_were_set(tmp_path, policy, profile):
+    """The knobs the manager decides by are events of the trace, and a replay sets them
+    where the run did (it replayed the whole run under the first values: 0.07-1.45x the live
+    time); ``tunables=`` still sets one for the whole replay."""
+    with ccadgpu.Space(device_memory=64 * PS, page_size=PS, profile=profile,
+                       policy=policy) as sp:
+        _knobs_mid_run(sp)
+        live = sp.manager.summary()
+        path = sp.trace.save(os.path.join(tmp_path, "t.npz"))
+    t = ccadgpu.Trace.load(path)
+    assert [u["values"] for u in t.user_events] == [
+        {"migration_enabled": False},
+        {"migration_enabled": True, "heat_halflife_epochs": 1.0, "access_counter_threshold": 2}]
+    assert t.header["tunables_at_start"]["migration_enabled"] is True
+    r = replay(t, policy)
+    assert r["modeled_s"] == live["modeled_s"]
+    assert r["migrated_bytes_by_cause"] == live["migrated_bytes_by_cause"]
+    # asked for, a knob rules throughout: as if the run had never changed it
+    held = replay(t, policy, tunables={"migration_enabled": True})
+    for u in t.user_events:
+        u["values"].pop("migration_enabled")
+    assert held["modeled_s"] == replay(t, policy)["modeled_s"]

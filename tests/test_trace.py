@@ -194,6 +194,9 @@ USER_DAMAGE = {
     "event past the list": lambda h: h["events"].append([0, 2, len(h["user_events"])]),
     "unknown kind": lambda h: h["events"].append([0, 3, 0]),
     "after_faults not a flag": lambda h: h["user_events"][0].update(after_faults="yes"),
+    "tunables not a table": lambda h: h["user_events"].append({"op": "tunables", "values": 3}),
+    "bad tunable value": lambda h: h["user_events"].append(
+        {"op": "tunables", "values": {"cpu_access": "teleport"}}),
 }
 
 
