@@ -12,7 +12,8 @@
    lower bound on two small recorded runs where a move to the device meets a full device
    (the user's ``move_pages``; a preferred-location hint).
 3. ``--random`` recorded runs of random launches, CPU work and user actions on a small device
-   (``random_run``), replayed on that device and on a quarter of it: the oracle's modeled time
+   (``random_run``), and as many harder ones (actions from inside kernels, arrays allocated
+   again), replayed on that device and on a quarter of it: the oracle's modeled time
    over the best policy's, and over the best but ``static``'s (``static`` escapes the hints'
    moves, which bind the oracle).  The oracle's schedule is a heuristic under capacity
    pressure: the ratio can exceed 1.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import sys
 import time
 
@@ -118,9 +120,11 @@ def full_device() -> list[list[object]]:
     return rows
 
 
-def random_run(seed: int) -> tuple[ccadgpu.Trace, int]:
+def random_run(seed: int, harder: bool = False) -> tuple[ccadgpu.Trace, int]:
     """A random sequence of launches, CPU work, hints, pins, moves, prefetches and offlines on
-    a small device, recorded under a random policy; returns its trace and device frames."""
+    a small device, recorded under a random policy; ``harder``: also such actions from inside
+    a launch's kernel, and arrays dropped and allocated again (the same pages, maybe on the
+    other node).  Returns the trace and the device's frames."""
     from ccadgpu.errors import CcadError
     rng = np.random.default_rng(seed)
     ps = 64 << 10
@@ -149,6 +153,27 @@ def random_run(seed: int) -> tuple[ccadgpu.Trace, int]:
                 lambda a, b: sp.advise(a, accessed_by="device"),
                 lambda a, b: sp.device.offline(), lambda a, b: sp.device.online(),
                 lambda a, b: sp.sync()]
+        users = acts[5:12]
+
+        def in_kernel(a: np.ndarray, b: np.ndarray) -> None:
+            act, c = users[int(rng.integers(len(users)))], arrs[int(rng.integers(3))]
+            n = min(len(a), len(b))
+
+            def kernel(x: np.ndarray, y: np.ndarray) -> None:
+                try:
+                    act(c, c)
+                except CcadError:
+                    pass
+                y[:] = 2.0 * x
+            sp.device.launch(kernel, a[:n], b[:n], reads=[a[:n]], writes=[b[:n]])
+
+        def again(a: np.ndarray, b: np.ndarray) -> None:
+            i = int(rng.integers(3))
+            arrs[i] = None
+            gc.collect()                   # (its pages go back at the next step)
+            arrs[i] = alloc()
+        if harder:
+            acts += [in_kernel, in_kernel, again]
         for _ in range(int(rng.integers(5, 30))):
             a, b = (arrs[int(i)] for i in rng.integers(0, 3, 2))
             try:
@@ -162,11 +187,13 @@ def random_run(seed: int) -> tuple[ccadgpu.Trace, int]:
 
 
 def random_runs(n: int) -> list[list[object]]:
-    ratios: dict[str, list[float]] = {"as recorded": [], "a quarter of it": []}
+    ratios: dict[str, list[float]] = {f"{k}, {d}": [] for k in ("plain", "harder")
+                                      for d in ("as recorded", "a quarter of it")}
     worst: dict[str, list[float]] = {k: [] for k in ratios}
-    for seed in range(n):
-        t, frames = random_run(seed)
-        for key, dm in (("as recorded", None), ("a quarter of it", max(1, frames // 4) << 16)):
+    for seed, kind in ((s, k) for k in ("plain", "harder") for s in range(n)):
+        t, frames = random_run(seed, kind == "harder")
+        for d, dm in (("as recorded", None), ("a quarter of it", max(1, frames // 4) << 16)):
+            key = f"{kind}, {d}"
             o = replay(t, "oracle", device_memory=dm)["modeled_s"]
             by = {p: replay(t, p, device_memory=dm)["modeled_s"] for p in POLICIES}
             if min(by.values()) <= 0:          # nothing ran
@@ -199,9 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     print(table(["run", "profile", "bound", "oracle", "best policy", "oracle / best"],
                 full_device()))
     if a.random:
-        print(f"\n## {a.random} random runs (seeds 0..{a.random - 1}): oracle / best policy, "
-              "modeled\n")
-        print(table(["device", "runs", "geo. mean", "max", "> 1.01",
+        print(f"\n## {a.random} random runs of each kind (seeds 0..{a.random - 1}): oracle / "
+              "best policy, modeled\n")
+        print(table(["runs, device", "runs", "geo. mean", "max", "> 1.01",
                      "> 1.01 against all but static", "max against all but static"],
                     random_runs(a.random)))
     return 0

@@ -32,7 +32,7 @@ import numpy as np
 from . import pagetable as ptf
 from .clock import Profile, load_profile
 from .errors import InvalidArgumentError
-from .manager import DECISION_KNOBS, DEV, Epoch, MigrationManager, SimPlacement
+from .manager import DECISION_KNOBS, DEV, DEVICE, Epoch, MigrationManager, SimPlacement
 from .policies import OracleSchedule, Policy, UserConstraints, make_policy, plan_oracle
 from .trace import Trace
 from .tunables import Tunables
@@ -106,8 +106,10 @@ def user_constraints(trace: Trace, epochs: Sequence[Epoch], vpns: np.ndarray
                      ) -> UserConstraints | None:
     """What the trace's ``user_events`` impose on an oracle schedule over pages ``vpns``
     (sorted), epoch by epoch, as a replay applies them (an event recorded at position ``p``
-    comes before the first epoch numbered ``p`` or later); None when it has none."""
-    if not trace.user_events or not complete(trace):
+    comes before the first epoch numbered ``p`` or later), and what the allocations do: a
+    page allocated again is born where its new allocation puts it, for free, and a freed one
+    loses its pin and hints; None when there is none of these."""
+    if not complete(trace):
         return None                # (a replay applies them only to a complete trace)
     E, U = len(epochs), len(vpns)
     forced = np.full((E, U), -1, np.int8)
@@ -118,17 +120,38 @@ def user_constraints(trace: Trace, epochs: Sequence[Epoch], vpns: np.ndarray
     pref, acc = np.full(U, -1, np.int64), np.zeros(U, np.int64)
     pinned = np.zeros(U, bool)
     numbers = np.array([ep.epoch for ep in epochs], np.int64)
-    mine = [p for p in trace.events if p[1] == 2]
-    at = np.searchsorted(numbers, [p for p, _, _ in mine])
+    born = np.zeros(U, bool)
+
+    def event(kind: int, i: int) -> dict[str, Any] | None:
+        if kind == 2:
+            return trace.user_events[i]
+        a = trace.allocations.get(i)
+        if a is None or kind == 1 and "nodes" not in a:
+            return None
+        span = {"lo": a["vstart"], "hi": a["vstart"] + a["npages"]}
+        return {"op": "free", **span} if kind == 0 else {"op": "born", **span,
+                                                         "nodes": _pages_of(a)}
+    mine = [(p, ev) for p, kind, i in trace.events if (ev := event(kind, i)) is not None]
+    at = np.searchsorted(numbers, [p for p, _ in mine])
     # one made between an epoch's faults and its accesses comes after the policy's moves
-    todo = [(int(e), trace.user_events[i],
-             bool(trace.user_events[i].get("after_faults")) and e < E and p == numbers[e])
-            for e, (p, _, i) in zip(at, mine)]
-    state = {"online": True, "evacuate": False}
+    todo = [(int(e), ev, bool(ev.get("after_faults")) and e < E and p == numbers[e])
+            for e, (p, ev) in zip(at, mine)]
+    state = {"online": True, "evacuate": False, "again": False}
 
     def apply(ev: dict[str, Any], e: int, late: bool) -> None:
         op = ev["op"]
         if op == "tunables":
+            return
+        if op in ("born", "free"):
+            i, j = np.searchsorted(vpns, [ev["lo"], ev["hi"]])
+            if op == "free":           # (as the page table's clear)
+                pinned[i:j], pref[i:j], acc[i:j] = False, -1, 0
+                return
+            again = born[i:j]
+            if e < E and again.any():
+                forced[e, i:j][again] = ev["nodes"][vpns[i:j][again] - ev["lo"]]
+                state["again"] = True
+            born[i:j] = True
             return
         if op == "device":
             state["online"] = bool(ev["online"])
@@ -168,9 +191,11 @@ def user_constraints(trace: Trace, epochs: Sequence[Epoch], vpns: np.ndarray
         ep = epochs[e]
         node = int(ep.processor == DEV)    # (MigrationManager._fault_phase)
         i = np.searchsorted(vpns, ep.vpns[ep.touched_by(ep.processor)])
-        hinted[e, i[pref[i] == node]] = node
+        hinted[e, i[(pref[i] == node) & ~pinned[i]]] = node      # (a pinned page stays)
         for ev in late:
             apply(ev, e, True)
+    if not trace.user_events and not state["again"]:
+        return None
     return UserConstraints(forced, offline, no_up, no_down, hinted, pins)
 
 
@@ -183,20 +208,57 @@ def _fit_device(node: np.ndarray, frames: int) -> np.ndarray:
 
 
 def oracle_schedule(trace: Trace, profile: Profile, device_frames: int,
-                    cpu_access: str | None = None) -> OracleSchedule:
+                    cpu_access: str | None = None,
+                    tunables: dict[str, Any] | None = None) -> OracleSchedule:
     """The oracle's schedule for ``trace`` (:func:`ccadgpu.policies.plan_oracle`), its pages
     starting where :func:`initial_placement` says, under the user's actions in it;
-    ``cpu_access`` defaults to the recorded one."""
+    ``cpu_access`` defaults to ``tunables``' or the recorded one.
+
+    Under the user's actions the planner weighs several schedules; each is scored by
+    replaying it (``tunables`` as for :func:`replay`), so that what decides is what the
+    manager would do with it, and the placement the user's actions alone make (``static``'s)
+    is one of them."""
     if cpu_access is None:
-        cpu_access = recorded_cpu_access(trace)
+        cpu_access = (tunables or {}).get("cpu_access", recorded_cpu_access(trace))
     epochs = trace_epochs(trace)
-    init = _fit_device(initial_placement(trace, epochs), device_frames)
+    first = initial_placement(trace, epochs)
+    init = _fit_device(first.copy(), device_frames)
     vp = np.flatnonzero(init >= 0)
+    # allocated on the device, but not on it from the start in the plan: a later allocation
+    # may find room there
+    either = (first[vp] == DEVICE) & (init[vp] != DEVICE)
     # an aborted launch's faults are all it cost: it plans as an epoch of no accesses
     plan = [dataclasses.replace(e, sectors=np.zeros_like(e.sectors), launch=False)
             if e.aborted else e for e in epochs]
+    user = user_constraints(trace, epochs, vp)
+    score = others = None
+    if user is not None:
+        knobs = {**(tunables or {}), "cpu_access": cpu_access}
+
+        def score(on: np.ndarray) -> float:
+            s = OracleSchedule(vp, on, 0.0, 0.0, 0.0)
+            return float(_replay(trace, make_policy("oracle", schedule=s), profile,
+                                 device_frames, knobs)["modeled_s"])
+        where = _Placements(vp, len(epochs))
+        _replay(trace, where, profile, device_frames, knobs)
+        others = [where.on]
     return plan_oracle(plan, profile, trace.page_size, device_frames, init[vp], vp, cpu_access,
-                       user_constraints(trace, epochs, vp))
+                       user, score=score, candidates=others, either=either)
+
+
+class _Placements(Policy):
+    """``static``, noting which of pages ``vpns`` are on the device as each epoch starts."""
+    name = "static"
+    evicts = False
+
+    def __init__(self, vpns: np.ndarray, epochs: int) -> None:
+        self.vpns = vpns
+        self.on = np.zeros((epochs, len(vpns)), bool)
+
+    def fault(self, ctx: Any, ep: Epoch) -> list:
+        if ctx.epoch < len(self.on):
+            self.on[ctx.epoch] = ctx.node[self.vpns] == DEVICE
+        return []
 
 
 class _EventPlacement(SimPlacement):
@@ -281,10 +343,27 @@ def replay(trace: Trace, policy: "str | Policy", profile: "str | Profile | None"
     if not isinstance(trace, Trace):
         raise InvalidArgumentError(f"replay needs a ccadgpu Trace, got {type(trace).__name__}")
     prof = load_profile(profile) if profile is not None else _recorded_profile(trace)
+    dev_frames = (parse_size(device_memory, "device_memory") // trace.page_size
+                  if device_memory is not None else int(trace.header["nodes"][1]["frames"]))
+    Tunables(**{**recorded_tunables(trace), **(tunables or {})})   # bad ones raise here
+    extra: dict[str, Any] = {}
+    if policy == "oracle":
+        sched = oracle_schedule(trace, prof, dev_frames, tunables=tunables)
+        pol: "str | Policy" = make_policy("oracle", schedule=sched)
+        extra = {"lower_bound_s": sched.lower_bound, "oracle_planned_s": sched.planned_cost}
+    else:
+        pol = make_policy(policy, **policy_params)
+    out = _replay(trace, pol, prof, dev_frames, tunables)
+    out.update(extra)
+    out["profile"] = prof.name
+    return out
+
+
+def _replay(trace: Trace, pol: Policy, prof: Profile, dev_frames: int,
+            tunables: dict[str, Any] | None) -> dict[str, Any]:
+    """:func:`replay`'s run of the manager under ``pol`` (its summary)."""
     ps = trace.page_size
     nodes = trace.header["nodes"]
-    dev_frames = (parse_size(device_memory, "device_memory") // ps if device_memory is not None
-                  else int(nodes[1]["frames"]))
     epochs = trace_epochs(trace)
     start = initial_placement(trace, epochs)
     events = complete(trace)
@@ -294,13 +373,6 @@ def replay(trace: Trace, policy: "str | Policy", profile: "str | Profile | None"
     host_frames = max(int(nodes[0]["frames"]), int(np.count_nonzero(start >= 0)))
     _fit_device(start, dev_frames)
     tun = Tunables(**{**recorded_tunables(trace), **(tunables or {})})
-    extra: dict[str, Any] = {}
-    if policy == "oracle":
-        sched = oracle_schedule(trace, prof, dev_frames, tun.cpu_access)
-        pol: "str | Policy" = make_policy("oracle", schedule=sched)
-        extra = {"lower_bound_s": sched.lower_bound, "oracle_planned_s": sched.planned_cost}
-    else:
-        pol = make_policy(policy, **policy_params)
     sim = _EventPlacement(ps, [host_frames, dev_frames], start)
     mgr = MigrationManager(sim, pol, prof, tun)
     todo = [e for e in trace.events if e[1] == 2 or e[2] in trace.allocations] \
@@ -338,10 +410,7 @@ def replay(trace: Trace, policy: "str | Policy", profile: "str | Profile | None"
             for ev in later:
                 user(ev)
         mgr.step(ep)
-    out = mgr.summary()
-    out.update(extra)
-    out["profile"] = prof.name
-    return out
+    return mgr.summary()
 
 
 def recorded_tunables(trace: Trace) -> dict[str, Any]:

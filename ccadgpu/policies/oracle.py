@@ -24,17 +24,17 @@ epoch's faults had run) and forbids the device while it is offline; both hold fo
 so the bound keeps them.  Pins, the hints' vetoes and the manager's moves to a preferred
 location shape the schedule only: ``static`` escapes the last, so a bound that assumed them
 would not be one.  The user's moves to the device, and the manager's to a preferred
-location, take only the pages that fit (a full device, a smaller one than recorded): the
-bound lets them not happen, and the schedule is the cheapest of following them, leaving them
-to chance, re-planning with the moves that find room, and filling the device just before a
-move it does not want (see :func:`_schedule`), each priced with the moves it would really
-get; the replay reports what really happened.
+location, take only the pages that fit (a full device, a smaller one than recorded), and
+a page freed and allocated again is born where its new allocation puts it: the bound lets
+the moves up not happen.  Given a ``score`` (a replay of a schedule), the planner weighs
+following them, leaving them to chance, re-planning with the moves that find room, given
+candidates, and filling the device just before a move it does not want (:func:`_schedule`).
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
@@ -179,8 +179,10 @@ def _dp(ch: np.ndarray, cd: np.ndarray, init_dev: np.ndarray, up: float, down: f
 
 def plan_oracle(epochs: Sequence["Epoch"], profile: "Profile", page_size: int,
                 device_frames: int, initial_node: np.ndarray, vpns: np.ndarray,
-                cpu_access: str = "coherent", user: UserConstraints | None = None
-                ) -> OracleSchedule:
+                cpu_access: str = "coherent", user: UserConstraints | None = None,
+                score: "Callable[[np.ndarray], float] | None" = None,
+                candidates: "Sequence[np.ndarray] | None" = None,
+                either: np.ndarray | None = None) -> OracleSchedule:
     """Plan the schedule for pages ``vpns`` (sorted) starting on ``initial_node``.
 
     ``cpu_access`` is the space's (tunable ``cpu_access``): under ``"migrate_on_cpu_fault"`` a
@@ -192,7 +194,17 @@ def plan_oracle(epochs: Sequence["Epoch"], profile: "Profile", page_size: int,
     no page is on an offline device, so both shape the bound as well as the schedule; the
     manager's refusals (pins, hints) and its moves to preferred locations shape the schedule
     only, so that the bound, which relaxes them, stays one for every policy (a mandatory move
-    is never refused; ``static`` makes no move to a preferred location)."""
+    is never refused; ``static`` makes no move to a preferred location).
+
+    ``score(on_device)``, when given, is the modeled seconds a schedule really makes (a
+    replay of it: :func:`ccadgpu.replay.oracle_schedule` passes one); the planner then weighs
+    several schedules under the user's actions, ``candidates`` among them, and reports the
+    best one's score as ``planned_cost``.  Without it, it plans one: the user's moves and the
+    hints' taken as made.
+
+    ``either`` marks pages that may start on either node (allocated on the device later,
+    where the device may or may not have room then): the bound lets them start where they
+    cost less; the schedule starts them on ``initial_node``."""
     if cpu_access not in ("coherent", "migrate_on_cpu_fault"):
         raise InvalidArgumentError(f"cpu_access must be 'coherent' or 'migrate_on_cpu_fault', "
                                    f"got {cpu_access!r}")
@@ -217,15 +229,20 @@ def plan_oracle(epochs: Sequence["Epoch"], profile: "Profile", page_size: int,
         cd[user.offline] += forbid
     init_dev = np.asarray(initial_node) == DEVICE
     on, cost = _dp(ch, cd, init_dev, up, down, user, vetoes=False)
+    low = cost
+    if either is not None and either.any():    # (pages are independent in the bound)
+        low = np.where(either, np.minimum(cost, _dp(ch, cd, init_dev | either, up, down, user,
+                                                    vetoes=False)[1]), cost)
     # placement-independent terms, so that the bound compares with whole modeled times: launch
     # overheads, and for each processor active in an epoch its smallest latency
     fixed = sum((profile.launch if ep.launch else 0.0) +
                 sum(float(profile.latency[p].min()) for p in range(ep.sectors.shape[1])
                     if ep.sectors[:, p, :].any()) for ep in epochs)
-    lower = float(cost.sum()) + fixed
+    lower = float(low.sum()) + fixed
+    # with no user actions the bound's optimum is the schedule's, capacity aside
     on, lam, planned = _schedule(ch, cd, forbid, init_dev, up, down, device_frames, user,
-                                 (on, cost) if user is None else None)
-    return OracleSchedule(vpns, on, lower, planned + fixed, lam)
+                                 (on, cost) if user is None else None, score, candidates)
+    return OracleSchedule(vpns, on, lower, planned + (0.0 if score and user else fixed), lam)
 
 
 @dataclass
@@ -241,28 +258,30 @@ class _Plan:
 
 def _schedule(ch: np.ndarray, cd: np.ndarray, forbid: float, init_dev: np.ndarray, up: float,
               down: float, cap: int, user: UserConstraints | None,
-              optimum: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, float, float]:
-    """The schedule, as (on_device, lambda, its cost as the replay would see it).
+              optimum: tuple[np.ndarray, np.ndarray] | None,
+              score: "Callable[[np.ndarray], float] | None",
+              candidates: "Sequence[np.ndarray] | None") -> tuple[np.ndarray, float, float]:
+    """The schedule, as (on_device, lambda, cost): its traffic and moves, or with ``score``
+    and user actions, its score.
 
     The user's moves to the device, and the manager's to a page's preferred location, take
-    pages only while the device has room.  So the schedule is the cheapest of: following
-    them all, or as it likes (where a full device may make that come true); the best of
-    those planned again with the user's moves that find room under it; and then, where the
+    pages only while the device has room.  So with ``score`` the schedule is the best scored
+    of: following them all, or as it likes (where a full device may make that come true),
+    with the hints' moves as the manager makes them or left to it; the best of those planned
+    again with the user's moves that find room under it; ``candidates``; and then, where the
     moves would bring pages it does not want, filling the device with pages worth having there
-    just before, so that they find no room (:func:`_block`).  Each candidate is priced with
-    the moves it really gets (:func:`_replayed`)."""
-    variants: list[tuple[np.ndarray, np.ndarray, bool]] = [(ch, cd, True)]
-    if user is not None:
-        if (user.hinted >= 0).any():       # the hints' moves as the manager makes them
-            variants.insert(0, (ch + np.where(user.hinted == DEVICE, forbid, 0.0),
-                                cd + np.where(user.hinted == HOST, forbid, 0.0), True))
-        if (user.forced == DEVICE).any():
-            variants += [(c, d, False) for c, d, _ in variants]
+    just before, so that they find no room (:func:`_block`)."""
+    hard = (ch, cd)
+    if user is not None and (user.hinted >= 0).any():      # the hints' moves as made
+        hard = (ch + np.where(user.hinted == DEVICE, forbid, 0.0),
+                cd + np.where(user.hinted == HOST, forbid, 0.0))
+    weigh = score is not None and user is not None
 
     def price(on: np.ndarray) -> float:
-        if user is None:
-            return float(_page_costs(on, ch, cd, init_dev, up, down).sum())
-        return float(_replayed(on, ch, cd, init_dev, up, down, cap, user, forbid).sum())
+        if weigh:
+            return score(on)
+        return float(_page_costs(on, ch, cd, init_dev, up, down,
+                                 None if user is None else user.forced).sum())
 
     def fit(sch: np.ndarray, scd: np.ndarray, sure: bool, done: tuple | None = None,
             u: UserConstraints | None = user) -> _Plan:
@@ -272,8 +291,16 @@ def _schedule(ch: np.ndarray, cd: np.ndarray, forbid: float, init_dev: np.ndarra
         if len(on) and on.sum(axis=1).max() > cap:
             on, lam = _capacitated(sch, scd, init_dev, up, down, on, cost, cap, u, sure)
         return _Plan(on, lam, price(on), sch, scd, sure)
-    best = min((fit(*v, optimum) for v in variants), key=lambda c: c.cost)
-    if user is not None and ((user.forced == DEVICE).any() or (user.hinted == DEVICE).any()):
+    if not weigh:
+        best = fit(*hard, True, optimum)
+        return best.on, best.lam, best.cost
+    variants = [(*hard, True)] + ([(ch, cd, True)] if hard[0] is not ch else [])
+    if (user.forced == DEVICE).any():
+        variants += [(c, d, False) for c, d, _ in variants]
+    plans = [fit(*v) for v in variants]
+    plans += [_Plan(on, 0.0, price(on), ch, cd, True) for on in candidates or ()]
+    best = min(plans, key=lambda c: c.cost)
+    if (user.forced == DEVICE).any() or (user.hinted == DEVICE).any():
         for _ in range(2):   # planned again knowing which of the user's moves find room
             forced = _realised(best.on, user, init_dev, cap)[0]
             if (forced == user.forced).all():
@@ -288,51 +315,22 @@ def _schedule(ch: np.ndarray, cd: np.ndarray, forbid: float, init_dev: np.ndarra
 
 def _realised(on: np.ndarray, user: UserConstraints, init_dev: np.ndarray, cap: int
               ) -> tuple[np.ndarray, np.ndarray]:
-    """``user.forced`` and ``user.hinted`` as they happen under schedule ``on``: before each
-    epoch the user's moves, then the manager's to preferred locations; a move to the device
-    takes the pages in order while it has room, the rest stay where they are."""
+    """``user.forced`` and ``user.hinted`` as they happen under schedule ``on``, roughly (the
+    planner's guide; a replay scores): before each epoch the user's moves, then the manager's
+    step, whose moves home (the schedule's) come before its moves to the device (the hints');
+    a move to the device takes pages in page order while it has room, the rest stay."""
     forced, hinted = user.forced.copy(), user.hinted.copy()
     for e in np.flatnonzero(((forced == DEVICE) | (hinted == DEVICE)).any(axis=1)).tolist():
         there = (init_dev if e == 0 else on[e - 1]).copy()
-        for moves in (forced[e], hinted[e]):
+        for moves, after in ((forced[e], None), (hinted[e], on[e] | user.no_down[e])):
             there &= moves != HOST
+            if after is not None:      # the manager's step: every move home comes first
+                there &= after
             new = np.flatnonzero((moves == DEVICE) & ~there)
             room = max(0, cap - int(there.sum()))
             moves[new[room:]] = -1
             there[new[:room]] = True
     return forced, hinted
-
-
-def _replayed(on: np.ndarray, ch: np.ndarray, cd: np.ndarray, init_dev: np.ndarray,
-              up: float, down: float, cap: int, user: UserConstraints, forbid: float
-              ) -> np.ndarray:
-    """Per page, the traffic and moves a replay of schedule ``on`` makes under ``user``: before
-    each epoch the user's moves (free), the manager's to preferred locations, then the
-    schedule's, less those the manager refuses; a move to the device takes pages in order
-    while there is room; a page the schedule may not have on the device then (``cd`` at
-    ``forbid``: a CPU touch under ``migrate_on_cpu_fault``) faults home."""
-    E, U = on.shape
-    cur = init_dev.copy()
-    cost = np.zeros(U)
-
-    def to_device(pages: np.ndarray, price: float) -> None:
-        take = np.flatnonzero(pages & ~cur)[: max(0, cap - int(cur.sum()))]
-        cost[take] += price
-        cur[take] = True
-
-    def home(pages: np.ndarray) -> None:
-        cost[pages & cur] += down
-        cur[pages] = False
-    for e in range(E):
-        cur &= user.forced[e] != HOST
-        to_device(user.forced[e] == DEVICE, 0.0)
-        home(user.hinted[e] == HOST)
-        to_device(user.hinted[e] == DEVICE, up)
-        home(~on[e] & ~user.no_down[e])
-        to_device(on[e] & ~user.no_up[e], up)
-        home(cd[e] >= forbid)
-        cost += np.where(cur, cd[e], ch[e])
-    return cost
 
 
 def _block(best: _Plan, fit, user: UserConstraints, init_dev: np.ndarray, up: float,
