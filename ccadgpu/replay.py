@@ -35,7 +35,7 @@ from .errors import InvalidArgumentError
 from .manager import DECISION_KNOBS, DEV, DEVICE, Epoch, MigrationManager, SimPlacement
 from .policies import OracleSchedule, Policy, UserConstraints, make_policy, plan_oracle
 from .trace import Trace
-from .tunables import Tunables
+from .tunables import KNOBS, Tunables
 from .units import parse_size
 
 
@@ -120,7 +120,7 @@ def user_constraints(trace: Trace, epochs: Sequence[Epoch], vpns: np.ndarray
     pref, acc = np.full(U, -1, np.int64), np.zeros(U, np.int64)
     pinned = np.zeros(U, bool)
     numbers = np.array([ep.epoch for ep in epochs], np.int64)
-    born = np.zeros(U, bool)
+    born, births = np.zeros(U, bool), np.zeros((E, U), bool)
 
     def event(kind: int, i: int) -> dict[str, Any] | None:
         if kind == 2:
@@ -147,9 +147,12 @@ def user_constraints(trace: Trace, epochs: Sequence[Epoch], vpns: np.ndarray
             if op == "free":           # (as the page table's clear)
                 pinned[i:j], pref[i:j], acc[i:j] = False, -1, 0
                 return
-            again = born[i:j]
-            if e < E and again.any():
-                forced[e, i:j][again] = ev["nodes"][vpns[i:j][again] - ev["lo"]]
+            # born where the allocation puts it: a page allocated again, or one that an
+            # earlier event of the epoch (an offline) moved; a first birth is the start
+            new = born[i:j] | (forced[e, i:j] >= 0) if e < E else born[i:j] & False
+            if new.any():
+                forced[e, i:j][new] = ev["nodes"][vpns[i:j][new] - ev["lo"]]
+                births[e, i:j][new] = forced[e, i:j][new] == 1
                 state["again"] = True
             born[i:j] = True
             return
@@ -196,7 +199,8 @@ def user_constraints(trace: Trace, epochs: Sequence[Epoch], vpns: np.ndarray
             apply(ev, e, True)
     if not trace.user_events and not state["again"]:
         return None
-    return UserConstraints(forced, offline, no_up, no_down, hinted, pins)
+    births &= forced == 1              # (unless a later event moved it)
+    return UserConstraints(forced, offline, no_up, no_down, hinted, pins, births)
 
 
 def _fit_device(node: np.ndarray, frames: int) -> np.ndarray:
@@ -212,29 +216,34 @@ def oracle_schedule(trace: Trace, profile: Profile, device_frames: int,
                     tunables: dict[str, Any] | None = None) -> OracleSchedule:
     """The oracle's schedule for ``trace`` (:func:`ccadgpu.policies.plan_oracle`), its pages
     starting where :func:`initial_placement` says, under the user's actions in it;
-    ``cpu_access`` defaults to ``tunables``' or the recorded one.
+    ``cpu_access`` and ``tunables`` hold knobs for the whole plan (as for :func:`replay`);
+    by default the recorded knobs rule, changed where the run changed them.
 
     Under the user's actions the planner weighs several schedules; each is scored by
     replaying it (``tunables`` as for :func:`replay`), so that what decides is what the
     manager would do with it, and the placement the user's actions alone make (``static``'s)
     is one of them."""
-    if cpu_access is None:
-        cpu_access = (tunables or {}).get("cpu_access", recorded_cpu_access(trace))
+    knobs = dict(tunables or {})
+    if cpu_access is not None:
+        knobs["cpu_access"] = cpu_access
     epochs = trace_epochs(trace)
+    cpu = knob_timeline(trace, epochs, "cpu_access", knobs)
+    cpu_access = cpu[0] if cpu else knobs.get("cpu_access", recorded_cpu_access(trace))
+    # a CPU touch brings a device page home where that mode rules, but not while migration
+    # is off (the manager refuses the move)
+    faults_home = np.array([c == "migrate_on_cpu_fault" and m for c, m in zip(
+        cpu, knob_timeline(trace, epochs, "migration_enabled", knobs))], bool)
     first = initial_placement(trace, epochs)
     init = _fit_device(first.copy(), device_frames)
     vp = np.flatnonzero(init >= 0)
-    # allocated on the device, but not on it from the start in the plan: a later allocation
-    # may find room there
-    either = (first[vp] == DEVICE) & (init[vp] != DEVICE)
+    # allocated on the device: in a replay it is there only if the device has room then
+    either = first[vp] == DEVICE
     # an aborted launch's faults are all it cost: it plans as an epoch of no accesses
     plan = [dataclasses.replace(e, sectors=np.zeros_like(e.sectors), launch=False)
             if e.aborted else e for e in epochs]
     user = user_constraints(trace, epochs, vp)
     score = others = None
     if user is not None:
-        knobs = {**(tunables or {}), "cpu_access": cpu_access}
-
         def score(on: np.ndarray) -> float:
             s = OracleSchedule(vp, on, 0.0, 0.0, 0.0)
             return float(_replay(trace, make_policy("oracle", schedule=s), profile,
@@ -243,7 +252,8 @@ def oracle_schedule(trace: Trace, profile: Profile, device_frames: int,
         _replay(trace, where, profile, device_frames, knobs)
         others = [where.on]
     return plan_oracle(plan, profile, trace.page_size, device_frames, init[vp], vp, cpu_access,
-                       user, score=score, candidates=others, either=either)
+                       user, score=score, candidates=others, either=either,
+                       faults_home=faults_home)
 
 
 class _Placements(Policy):
@@ -375,8 +385,9 @@ def _replay(trace: Trace, pol: Policy, prof: Profile, dev_frames: int,
     tun = Tunables(**{**recorded_tunables(trace), **(tunables or {})})
     sim = _EventPlacement(ps, [host_frames, dev_frames], start)
     mgr = MigrationManager(sim, pol, prof, tun)
-    todo = [e for e in trace.events if e[1] == 2 or e[2] in trace.allocations] \
-        if events else []
+    # (the knobs do not depend on the pages: an incomplete trace takes their changes too)
+    todo = [e for e in trace.events if e[1] == 2 or e[2] in trace.allocations] if events else \
+        [e for e in trace.events if e[1] == 2 and trace.user_events[e[2]]["op"] == "tunables"]
 
     def user(ev: dict[str, Any]) -> None:
         if ev["op"] == "tunables":         # the ones asked for rule throughout
@@ -415,10 +426,32 @@ def _replay(trace: Trace, pol: Policy, prof: Profile, dev_frames: int,
 
 def recorded_tunables(trace: Trace) -> dict[str, Any]:
     """The knobs the manager decides by (``manager.DECISION_KNOBS``) as the recorded run
-    started: a replay's defaults.  Their changes during the run are in its user events."""
+    started: a replay's defaults.  Their changes during the run are in its user events.
+    (A trace from before knobs were recorded gives its ``cpu_access`` only: its header holds
+    the knobs as they were saved, not as they ruled.)"""
     h = trace.header
-    start = h.get("tunables_at_start", h.get("tunables", {}))     # (older traces: at save)
-    return {k: v for k, v in start.items() if k in DECISION_KNOBS}
+    if "tunables_at_start" not in h:
+        return {"cpu_access": h.get("tunables", {}).get("cpu_access", "coherent")}
+    return {k: v for k, v in h["tunables_at_start"].items() if k in DECISION_KNOBS}
+
+
+def knob_timeline(trace: Trace, epochs: Sequence[Epoch], name: str,
+                  tunables: dict[str, Any] | None = None) -> list[Any]:
+    """Knob ``name``'s value in each of ``epochs`` as a replay sets it: the recorded start,
+    the run's changes where it made them, or ``tunables``' value throughout."""
+    if name in (tunables or {}):
+        return [tunables[name]] * len(epochs)
+    cur = {**{k: v.default for k, v in KNOBS.items()}, **recorded_tunables(trace)}[name]
+    changes = [(p, trace.user_events[i]["values"][name]) for p, kind, i in trace.events
+               if kind == 2 and trace.user_events[i]["op"] == "tunables"
+               and name in trace.user_events[i]["values"]]
+    out, k = [], 0
+    for ep in epochs:
+        while k < len(changes) and changes[k][0] <= ep.epoch:
+            cur = changes[k][1]
+            k += 1
+        out.append(cur)
+    return out
 
 
 def recorded_cpu_access(trace: Trace) -> str:

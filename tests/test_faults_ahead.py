@@ -634,7 +634,7 @@ ACTIONS = st.lists(st.tuples(
     st.sampled_from(["scale", "gather", "bad_gather", "boom", "cpu_read", "cpu_write",
                      "bad_cpu_write", "fancy_read", "free", "sync", "pin", "unpin",
                      "prefer", "accessed_by", "move", "prefetch", "offline", "kernel_move",
-                     "knobs"]),
+                     "knobs", "again"]),
     st.integers(0, 2), st.integers(0, 10**6)), min_size=1, max_size=14)
 
 
@@ -661,6 +661,14 @@ def test_a_replay_reproduces_any_run_with_failures(tmp_path_factory, policy, pro
         for act, k, seed in actions:
             j = (k + 1) % 3
             launches = ("scale", "gather", "bad_gather", "boom", "kernel_move")
+            if act == "again" and not live[k]:     # a freed array's slot allocated again
+                sp.sync()
+                try:
+                    arrs[k] = sp.asarray(ref[k], placement=("host", "device")[seed % 2])
+                    live[k] = True
+                except (ccadgpu.errors.CapacityError, DeviceOfflineError):
+                    pass
+                continue
             if not live[k] or (act in launches and not live[j]):
                 continue
             a, b = arrs[k], arrs[j]

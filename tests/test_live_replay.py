@@ -16,7 +16,7 @@ import pytest
 
 import ccadgpu
 from ccadgpu import ops
-from ccadgpu.replay import replay
+from ccadgpu.replay import complete, replay
 from ccadgpu.workloads import WORKLOADS
 
 PS = 64 << 10
@@ -539,3 +539,92 @@ def test_the_oracle_scores_its_schedule_by_replaying_it(tmp_path, profile, run):
     best = min(replay(t, pol)["modeled_s"] for pol in POLICIES)
     assert o["lower_bound_s"] <= best * (1 + 1e-12)
     assert o["modeled_s"] <= best * (1 + 1e-9)
+
+
+def _sparse_cpu_reads(flip):
+    def run(sp):
+        a = sp.asarray(np.arange(16.0 * F), placement="device")
+        b = sp.zeros(16 * F, placement="device")
+        ops.scale(b, a, 2.0)
+        flip(sp)
+        for _ in range(4):
+            float(a[::F].sum())
+            ops.scale(b, a, 2.0)
+    return run
+
+
+KNOB_RUNS = {   # (the space's knobs at the start, the change mid-run)
+    "migration off from the start": ({"cpu_access": "migrate_on_cpu_fault",
+                                      "migration_enabled": False}, {}),
+    "migration off mid-run": ({"cpu_access": "migrate_on_cpu_fault"},
+                              {"migration_enabled": False}),
+    "to coherent mid-run": ({"cpu_access": "migrate_on_cpu_fault"}, {"cpu_access": "coherent"}),
+    "to migrate_on_cpu_fault mid-run": ({}, {"cpu_access": "migrate_on_cpu_fault"}),
+}
+
+
+@pytest.mark.parametrize("profile", ["h100-pcie", "gh200"])
+@pytest.mark.parametrize("case", list(KNOB_RUNS))
+def test_the_oracle_plans_under_the_recorded_knobs(tmp_path, profile, case):
+    """Where migration is off a CPU touch cannot bring a device page home, and cpu_access
+    may change mid-run: the bound and the schedule follow the knobs as the replay does (the
+    bound was 2.27-4.28x every policy; planned 3.38e-5 s, made 4.32e-4 s)."""
+    start, change = KNOB_RUNS[case]
+    with ccadgpu.Space(device_memory=40 * PS, page_size=PS, profile=profile,
+                       policy="static", **start) as sp:
+        _sparse_cpu_reads(lambda s: s.tunables.set(**change) if change else None)(sp)
+        sp.sync()
+        path = sp.trace.save(os.path.join(tmp_path, "t.npz"))
+    t = ccadgpu.Trace.load(path)
+    o = replay(t, "oracle")
+    best = min(replay(t, pol)["modeled_s"] for pol in POLICIES)
+    assert o["lower_bound_s"] <= best * (1 + 1e-12)
+    assert o["modeled_s"] <= best * (1 + 1e-9)
+    if change:
+        assert o["oracle_planned_s"] == o["modeled_s"]
+
+
+@pytest.mark.parametrize("how", ["clear", "trace_max_epochs"])
+def test_an_incomplete_trace_still_takes_the_knobs_changes(tmp_path, how):
+    """Knob changes do not depend on the pages: a trace that lost records (cleared, or over
+    its length) replays them too (it migrated 19.3 MB where the run, migration off, made
+    none)."""
+    kw = {"trace_max_epochs": 8} if how != "clear" else {}
+    with ccadgpu.Space(device_memory=24 * PS, page_size=PS, policy="on_demand",
+                       profile="h100-pcie", **kw) as sp:
+        a, b = sp.asarray(np.arange(16.0 * F)), sp.zeros(16 * F)
+        for _ in range(2):
+            ops.scale(b, a, 2.0)
+            float(b.sum())
+        sp.tunables.migration_enabled = False
+        if how == "clear":
+            sp.sync()
+            sp.trace.clear()
+        for _ in range(6):
+            ops.scale(b, a, 2.0)
+            float(a.sum())
+        sp.sync()
+        path = sp.trace.save(os.path.join(tmp_path, "t.npz"))
+    t = ccadgpu.Trace.load(path)
+    assert not complete(t)
+    assert sum(replay(t, "on_demand")["migrated_bytes_by_cause"].values()) == 0
+
+
+def test_a_trace_from_before_the_knobs_were_recorded_replays_as_it_did(tmp_path):
+    """Its header holds the knobs as saved, not as they ruled: only its cpu_access counts
+    (a run that turned migration off just before saving replayed at 0.156x its live time)."""
+    with ccadgpu.Space(device_memory=24 * PS, page_size=PS, policy="on_demand",
+                       profile="h100-pcie") as sp:
+        a, b = sp.asarray(np.arange(16.0 * F)), sp.zeros(16 * F)
+        for _ in range(3):
+            ops.scale(b, a, 2.0)
+            float(b.sum())
+        sp.sync()
+        live = sp.manager.summary()
+        sp.tunables.migration_enabled = False
+        path = sp.trace.save(os.path.join(tmp_path, "t.npz"))
+    t = ccadgpu.Trace.load(path)
+    del t.header["tunables_at_start"]             # as an older version wrote it
+    t.user_events.clear()
+    t.events = [e for e in t.events if e[1] != 2]
+    assert replay(t, "on_demand")["modeled_s"] == live["modeled_s"]

@@ -99,6 +99,9 @@ class UserConstraints:
     #: ``pinned[e, i]``: the page is pinned during epoch ``e`` (a CPU touch cannot fault it
     #: home under ``migrate_on_cpu_fault``: it reads it where it is); None: never
     pinned: np.ndarray | None = None
+    #: ``born[e, i]``: its ``forced`` move to the device is the page's birth there (allocated
+    #: again): with no room it is born on the host instead, wherever it was before; None: never
+    born: np.ndarray | None = None
 
     #: the pages the user's actions reach, and their constraints, per kind of use (_dp)
     _split: dict = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -117,7 +120,8 @@ class UserConstraints:
         """The constraints of the pages ``keep`` (a mask over ``vpns``) only."""
         return UserConstraints(self.forced[:, keep], self.offline, self.no_up[:, keep],
                                self.no_down[:, keep], self.hinted[:, keep],
-                               None if self.pinned is None else self.pinned[:, keep])
+                               None if self.pinned is None else self.pinned[:, keep],
+                               None if self.born is None else self.born[:, keep])
 
 
 def _dp(ch: np.ndarray, cd: np.ndarray, init_dev: np.ndarray, up: float, down: float,
@@ -163,6 +167,8 @@ def _dp(ch: np.ndarray, cd: np.ndarray, init_dev: np.ndarray, up: float, down: f
             # device): for the bound it is a free move the page may or may not make
             hh = vh + np.where(pd_h, downc, 0.0) if sure_up else vh
             hd = vd + np.where(pd_d, downc, 0.0)
+            if not sure_up and user.born is not None:   # (a birth may land on the host)
+                hd = np.where(user.born[e], vd, hd)
             dh, dd = vh + np.where(pd_h, 0.0, upc), vd + np.where(pd_d, 0.0, upc)
         dev_before_h[e] = hd < hh
         dev_before_d[e] = dd <= dh
@@ -182,7 +188,8 @@ def plan_oracle(epochs: Sequence["Epoch"], profile: "Profile", page_size: int,
                 cpu_access: str = "coherent", user: UserConstraints | None = None,
                 score: "Callable[[np.ndarray], float] | None" = None,
                 candidates: "Sequence[np.ndarray] | None" = None,
-                either: np.ndarray | None = None) -> OracleSchedule:
+                either: np.ndarray | None = None,
+                faults_home: np.ndarray | None = None) -> OracleSchedule:
     """Plan the schedule for pages ``vpns`` (sorted) starting on ``initial_node``.
 
     ``cpu_access`` is the space's (tunable ``cpu_access``): under ``"migrate_on_cpu_fault"`` a
@@ -202,9 +209,13 @@ def plan_oracle(epochs: Sequence["Epoch"], profile: "Profile", page_size: int,
     best one's score as ``planned_cost``.  Without it, it plans one: the user's moves and the
     hints' taken as made.
 
-    ``either`` marks pages that may start on either node (allocated on the device later,
-    where the device may or may not have room then): the bound lets them start where they
-    cost less; the schedule starts them on ``initial_node``."""
+    ``either`` marks pages that may start on either node (allocated on the device, which
+    may or may not have room then): the bound lets them start where they cost less; the
+    schedule starts them on ``initial_node``.
+
+    ``faults_home[e]``: whether a CPU touch of a device page brings it home in epoch ``e``
+    (default: ``cpu_access`` throughout); a run that changed ``cpu_access`` or turned
+    migration off (which refuses those faults) says so epoch by epoch."""
     if cpu_access not in ("coherent", "migrate_on_cpu_fault"):
         raise InvalidArgumentError(f"cpu_access must be 'coherent' or 'migrate_on_cpu_fault', "
                                    f"got {cpu_access!r}")
@@ -218,9 +229,11 @@ def plan_oracle(epochs: Sequence["Epoch"], profile: "Profile", page_size: int,
     # dearer than any whole schedule that keeps the page on the host (always allowed), so
     # no optimum and no capacity price ever puts a page on the device for such an epoch
     forbid = float(ch.sum() + cd.sum()) + (up + down) * (len(epochs) + 1) + 1.0
-    if cpu_access == "migrate_on_cpu_fault":
+    if faults_home is None:
+        faults_home = np.full(len(epochs), cpu_access == "migrate_on_cpu_fault")
+    if np.asarray(faults_home).any():
         for e, ep in enumerate(epochs):
-            if len(ep.vpns):
+            if len(ep.vpns) and faults_home[e]:
                 i = np.searchsorted(vpns, ep.vpns[ep.touched_by(CPU_PROC)])
                 if user is not None and user.pinned is not None:
                     i = i[~user.pinned[e, i]]      # stays, read remotely
@@ -334,7 +347,7 @@ def _realised(on: np.ndarray, user: UserConstraints, init_dev: np.ndarray, cap: 
 
 
 def _block(best: _Plan, fit, user: UserConstraints, init_dev: np.ndarray, up: float,
-           down: float, cap: int, tries: int = 8) -> _Plan:
+           down: float, cap: int, tries: int = 4) -> _Plan:
     """``best``, improved where the user's or the hints' moves bring the device pages the
     schedule sends back at once: for the worst few such epochs ``e``, a reward per page on the
     device during ``e - 1`` (bisected: the smallest that fills the device but for the pages
