@@ -385,8 +385,9 @@ def _block(best: _Plan, fit, user: UserConstraints, init_dev: np.ndarray, up: fl
             mid = (lo + hi) / 2
             lo, hi = (lo, mid) if full(mid) else (mid, hi)
         cand = fit(base.ch, rewarded(hi), base.sure_up)
-        if cand.cost < best.cost:
-            best = cand
+        if cand.cost >= best.cost:     # (the worst epoch first: if filling it does not
+            break                      # pay, a lesser one seldom does)
+        best = cand
     return best
 
 
