@@ -149,11 +149,11 @@ def user_constraints(trace: Trace, epochs: Sequence[Epoch], vpns: np.ndarray
                 return
             # born where the allocation puts it: a page allocated again, or one that an
             # earlier event of the epoch (an offline) moved; a first birth is the start
-            new = born[i:j] | (forced[e, i:j] >= 0) if e < E else born[i:j] & False
-            if new.any():
+            if e < E:
+                new = born[i:j] | (forced[e, i:j] >= 0)
                 forced[e, i:j][new] = ev["nodes"][vpns[i:j][new] - ev["lo"]]
                 births[e, i:j][new] = forced[e, i:j][new] == 1
-                state["again"] = True
+                state["again"] |= bool(new.any())
             born[i:j] = True
             return
         if op == "device":

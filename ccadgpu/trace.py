@@ -197,9 +197,11 @@ def _knob_ok(name: Any, value: Any) -> bool:
     if not isinstance(name, str) or not isinstance(value, (bool, int, float, str)):
         return False
     try:
-        return name not in KNOBS or Tunables._validate(name, value) is not None
+        if name in KNOBS:
+            Tunables._validate(name, value)
     except CcadError:
         return False
+    return True
 
 
 def _user_event_ok(u: Any, nnodes: int) -> bool:

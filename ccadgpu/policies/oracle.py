@@ -221,9 +221,15 @@ def plan_oracle(epochs: Sequence["Epoch"], profile: "Profile", page_size: int,
                                    f"got {cpu_access!r}")
     vpns = np.asarray(vpns, np.int64)
     ch, cd = _costs(epochs, vpns, profile)
-    if user is not None and (user.forced.shape != ch.shape or user.offline.shape != (len(ch),)):
+    E, U = ch.shape
+    if user is not None and (user.forced.shape != ch.shape or user.offline.shape != (E,)):
         raise InvalidArgumentError(f"user constraints of shape {user.forced.shape} do not fit "
-                                   f"{len(epochs)} epochs over {len(vpns)} pages")
+                                   f"{E} epochs over {U} pages")
+    for name, a, shape in (("either", either, (U,)), ("faults_home", faults_home, (E,)),
+                           *(("a candidate", c, (E, U)) for c in candidates or ())):
+        if a is not None and np.shape(a) != shape:
+            raise InvalidArgumentError(f"plan_oracle: {name} has shape {np.shape(a)}, "
+                                       f"not {shape} ({E} epochs over {U} pages)")
     up = page_size / profile.link[HOST, DEVICE] + profile.per_page
     down = page_size / profile.link[DEVICE, HOST] + profile.per_page
     # dearer than any whole schedule that keeps the page on the host (always allowed), so
@@ -254,8 +260,9 @@ def plan_oracle(epochs: Sequence["Epoch"], profile: "Profile", page_size: int,
     lower = float(low.sum()) + fixed
     # with no user actions the bound's optimum is the schedule's, capacity aside
     on, lam, planned = _schedule(ch, cd, forbid, init_dev, up, down, device_frames, user,
-                                 (on, cost) if user is None else None, score, candidates)
-    return OracleSchedule(vpns, on, lower, planned + (0.0 if score and user else fixed), lam)
+                                 (on, cost) if user is None else None, score, candidates,
+                                 fixed)
+    return OracleSchedule(vpns, on, lower, planned, lam)
 
 
 @dataclass
@@ -263,7 +270,7 @@ class _Plan:
     """A candidate schedule, with what it was planned under."""
     on: np.ndarray
     lam: float
-    cost: float                # the traffic and moves the replay would see
+    cost: float                # modeled seconds: its score, else its traffic and moves
     ch: np.ndarray             # the per-page costs it was planned with
     cd: np.ndarray
     sure_up: bool              # planned as if every user's move to the device took place
@@ -273,9 +280,10 @@ def _schedule(ch: np.ndarray, cd: np.ndarray, forbid: float, init_dev: np.ndarra
               down: float, cap: int, user: UserConstraints | None,
               optimum: tuple[np.ndarray, np.ndarray] | None,
               score: "Callable[[np.ndarray], float] | None",
-              candidates: "Sequence[np.ndarray] | None") -> tuple[np.ndarray, float, float]:
-    """The schedule, as (on_device, lambda, cost): its traffic and moves, or with ``score``
-    and user actions, its score.
+              candidates: "Sequence[np.ndarray] | None", fixed: float
+              ) -> tuple[np.ndarray, float, float]:
+    """The schedule, as (on_device, lambda, modeled seconds): with ``score`` and user
+    actions its score, else its traffic and moves plus the placement-independent ``fixed``.
 
     The user's moves to the device, and the manager's to a page's preferred location, take
     pages only while the device has room.  So with ``score`` the schedule is the best scored
@@ -294,7 +302,7 @@ def _schedule(ch: np.ndarray, cd: np.ndarray, forbid: float, init_dev: np.ndarra
         if weigh:
             return score(on)
         return float(_page_costs(on, ch, cd, init_dev, up, down,
-                                 None if user is None else user.forced).sum())
+                                 None if user is None else user.forced).sum()) + fixed
 
     def fit(sch: np.ndarray, scd: np.ndarray, sure: bool, done: tuple | None = None,
             u: UserConstraints | None = user) -> _Plan:
@@ -401,7 +409,6 @@ def _capacitated(ch: np.ndarray, cd: np.ndarray, init_dev: np.ndarray, up: float
     replay reports what the schedule really cost.)"""
     forced = None if user is None else \
         user.forced if sure_up else np.where(user.forced == DEVICE, -1, user.forced)
-    # (the hints' moves are in the costs, or left to the replay: see _schedule)
 
     def dp(price: float) -> np.ndarray:
         return _dp(ch, cd + price, init_dev, up, down, user, sure_up=sure_up)[0]
