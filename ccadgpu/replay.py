@@ -128,7 +128,8 @@ def user_constraints(trace: Trace, epochs: Sequence[Epoch], vpns: np.ndarray
         a = trace.allocations.get(i)
         if a is None or kind == 1 and "nodes" not in a:
             return None
-        span = {"lo": a["vstart"], "hi": a["vstart"] + a["npages"]}
+        span = {"lo": a["vstart"], "hi": a["vstart"] + a["npages"],
+                "after_faults": _after_faults(trace, kind, i)}
         return {"op": "free", **span} if kind == 0 else {"op": "born", **span,
                                                          "nodes": _pages_of(a)}
     mine = [(p, ev) for p, kind, i in trace.events if (ev := event(kind, i)) is not None]
@@ -395,33 +396,42 @@ def _replay(trace: Trace, pol: Policy, prof: Profile, dev_frames: int,
                        if n in DECISION_KNOBS and n not in (tunables or {})})
         else:
             sim.user(ev)
+    def apply(kind: int, aid: int) -> None:
+        if kind == 2:
+            user(trace.user_events[aid])
+            return
+        a = trace.allocations[aid]
+        if kind == 1:
+            sim.place(a["vstart"], _pages_of(a))
+        else:
+            sim.remove(a["vstart"], a["vstart"] + a["npages"])
+            mgr.forget(a["vstart"], a["vstart"] + a["npages"])
     k = 0
     for ep in epochs:
         sim.next_epoch()
         later = []          # made while the epoch's faults had run and its accesses not yet
         while k < len(todo) and todo[k][0] <= ep.epoch:     # what the live manager saw
             pos, kind, aid = todo[k]
-            if kind == 2:
-                ev = trace.user_events[aid]
-                if ev.get("after_faults") and pos == ep.epoch:
-                    later.append(ev)
-                else:
-                    user(ev)
-                k += 1
-                continue
-            a = trace.allocations[aid]
-            if kind == 1:
-                sim.place(a["vstart"], _pages_of(a))
+            if pos == ep.epoch and _after_faults(trace, kind, aid):
+                later.append((kind, aid))
             else:
-                sim.remove(a["vstart"], a["vstart"] + a["npages"])
-                mgr.forget(a["vstart"], a["vstart"] + a["npages"])
+                apply(kind, aid)
             k += 1
         if later:
             ep.ahead = mgr.fault_ahead(ep)
-            for ev in later:
-                user(ev)
+            for kind, aid in later:
+                apply(kind, aid)
         mgr.step(ep)
     return mgr.summary()
+
+
+def _after_faults(trace: Trace, kind: int, aid: int) -> bool:
+    """Whether event ``(kind, aid)`` of ``trace.events`` came between its epoch's faults and
+    the rest of that epoch's step (:mod:`ccadgpu.trace`)."""
+    if kind == 2:
+        return bool(trace.user_events[aid].get("after_faults"))
+    return bool(trace.allocations[aid].get("died_after_faults" if kind == 0 else
+                                           "after_faults"))
 
 
 def recorded_tunables(trace: Trace) -> dict[str, Any]:

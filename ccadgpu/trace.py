@@ -22,6 +22,11 @@ kind, id]`` with kind 1 an allocation (its entry in ``allocations`` then has ``n
 of each of its pages when it was made, as ``[node, count]`` runs) and 0 its pages going back
 (a freed allocation whose pages an epoch touched goes back once the manager has stepped that
 epoch); ``position`` is the number of the first epoch the manager stepped after the event.
+One made once that epoch's faults ran ahead and before the manager stepped the rest of it
+(from inside its launch or CPU operation, or after a CPU operation that faulted, its host
+epoch still open) is marked in its allocation's entry (``"after_faults": true`` for the
+allocation, ``"died_after_faults": true`` for its pages going back), and a replay makes it
+after those faults, as it does the user's actions below.
 With them a replay sees the pages exist, and where, when the live manager did
 (:func:`ccadgpu.replay.replay`); traces without them (or missing epochs) are replayed from the
 pages' first appearance.
@@ -35,12 +40,12 @@ when left as it was), a pin (``{"op": "pin", "lo", "hi", "on"}``), pages the use
 "device", "online"}``), and knobs the manager decides by set mid-run (``{"op": "tunables",
 "values": {name: value}}``, ``manager.DECISION_KNOBS``; the header's ``tunables_at_start``
 holds them all as the trace began, ``tunables`` as it was saved).  Read-mostly duplicates
-are not among them.  One made while a
-launch or CPU operation runs whose faults ran ahead (from its kernel, another thread) is
-marked ``"after_faults": true``: a replay applies it between that epoch's faults and its
-accesses.  One made from a migrate listener lands before the epoch whose moves called it
-(a replay cannot split a step's moves; the rest of that step may then differ), and one
-after a CPU operation made inside the same kernel is placed against that operation's epoch.
+are not among them.  One made while a launch or CPU operation runs whose faults ran ahead
+(from its kernel, another thread), or after it but before the manager stepped it, is marked
+``"after_faults": true``: a replay applies it between that epoch's faults and its accesses.
+One made from a migrate listener lands before the epoch whose moves called it (a replay
+cannot split a step's moves; the rest of that step may then differ), and one after a CPU
+operation made inside the same kernel is placed against that operation's epoch.
 
 A launch that fails once the manager's faults for it ran (its kernel raised, the device went
 offline) leaves an *aborted* record (``EpochRecord.aborted``; the header's ``aborted`` lists
@@ -179,6 +184,9 @@ def _check_header(h: dict[str, Any], path: Any) -> None:
                 and sum(r[1] for r in nr) == a["npages"]):
             raise bad(f"allocation {a['id']}: nodes must be [node, count] runs covering its "
                       "pages")
+        for flag in ("after_faults", "died_after_faults"):
+            if a.get(flag) not in (None, True, False):
+                raise bad(f"allocation {a['id']}: {flag} must be true or false")
     ids = {a["id"] for a in allocs}
     user = h.get("user_events", [])
     if not isinstance(user, list) or not all(_user_event_ok(u, len(nodes)) for u in user):
@@ -376,18 +384,34 @@ class Trace:
         nodes = np.asarray(nodes, np.int64)
         starts, lens = runs(node_steps(nodes))
         meta["nodes"] = [[int(n), int(k)] for n, k in zip(nodes[starts].tolist(), lens.tolist())]
+        pos = self._position()
+        if self._late(pos):
+            meta["after_faults"] = True
         self.allocations[int(alloc.id)] = meta
-        self.events.append([self._position(), 1, int(alloc.id)])
+        self.events.append([pos, 1, int(alloc.id)])
+
+    def _late(self, pos: int) -> bool:
+        """Whether an event recorded now at position ``pos`` falls between that epoch's faults,
+        which ran ahead, and the manager's step of the rest of it: made while its launch or CPU
+        operation ran, or after it but before the manager stepped it (the open host epoch of a
+        CPU operation that faulted, a queued epoch).  Not from a migrate listener of those
+        faults: a replay makes it before them, which the policy's later moves of the step see,
+        as they did live.  Space lock held."""
+        sp = self._space
+        assert sp is not None
+        if sp._mowner == threading.get_ident():
+            return False
+        if sp._window == pos:
+            return True
+        if sp._mq:
+            return sp._mq[0].epoch == pos and sp._mq[0].ahead is not None
+        return sp._host_ahead is not None and sp.counters._host_open
 
     def _user(self, event: dict[str, Any]) -> None:
         """One of the user's placement actions (space lock held; see the module docs)."""
         if self._recording():
             pos = self._position()
-            sp = self._space
-            # between that epoch's faults and its accesses (but not from a migrate listener
-            # of those faults: a replay makes it before them, which the policy's later moves
-            # of the step see, as they did live)
-            if sp._window == pos and sp._mowner != threading.get_ident():
+            if self._late(pos):
                 event = {**event, "after_faults": True}
             self.user_events.append(event)
             self.events.append([pos, 2, len(self.user_events) - 1])
@@ -405,7 +429,10 @@ class Trace:
     def _died(self, alloc: Any) -> None:
         """A freed allocation's pages went back to their nodes (space lock held)."""
         if self._recording() and int(alloc.id) in self.allocations:
-            self.events.append([self._position(), 0, int(alloc.id)])
+            pos = self._position()
+            if self._late(pos):
+                self.allocations[int(alloc.id)]["died_after_faults"] = True
+            self.events.append([pos, 0, int(alloc.id)])
 
     def _add_host(self, t: "Tally", modeled: float) -> None:
         if not self._recording():

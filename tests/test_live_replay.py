@@ -628,3 +628,56 @@ def test_a_trace_from_before_the_knobs_were_recorded_replays_as_it_did(tmp_path)
     t.user_events.clear()
     t.events = [e for e in t.events if e[1] != 2]
     assert replay(t, "on_demand")["modeled_s"] == live["modeled_s"]
+
+
+def _alloc_after_cpu_faults(sp):
+    """A CPU write brings a full device's pages home; the next allocation fits on the device
+    only because of it, and is made before the manager stepped that CPU epoch."""
+    a = sp.asarray(np.arange(16.0 * F), placement="device")
+    a[:] = 1.0                               # its faults ran ahead; the host epoch is open
+    b = sp.asarray(np.arange(8.0 * F), placement="device")
+    c = sp.zeros(8 * F)
+    ops.scale(c, b, 2.0)
+    float(a.sum())
+    sp.sync()
+    return [b, c]
+
+
+def _alloc_and_free_in_a_kernel(sp):
+    """A kernel, once its launch's faults evicted half of an array from the device, frees
+    that array and allocates one on the device in the room that leaves."""
+    a, b = sp.asarray(np.arange(6.0 * F)), sp.zeros(6 * F)
+    held = [sp.asarray(np.arange(8.0 * F), placement="device")]
+
+    def k(x, y):
+        held.pop()
+        gc.collect()
+        held.append(sp.asarray(np.arange(4.0 * F), placement="device"))
+        y[:] = 2.0 * x
+    sp.device.launch(k, a, b, reads=[a], writes=[b])
+    ops.scale(b, a, 0.5)
+    float(held[0].sum())
+    sp.sync()
+    return [a, b] + held
+
+
+@pytest.mark.parametrize("run", [_alloc_after_cpu_faults, _alloc_and_free_in_a_kernel])
+@pytest.mark.parametrize("policy", ["on_demand", "access_counter", "first_touch"])
+def test_an_allocation_made_after_an_epochs_faults_replays_after_them(tmp_path, run, policy):
+    """An allocation (or a free) made once an epoch's faults ran ahead, before the manager
+    stepped the epoch, is marked ``after_faults`` and a replay makes it after those faults:
+    it had made it before them, on a device the faults had not yet emptied (or filled), and
+    a device allocation landed on the host (1.0102x the live time, a fuzzing reviewer's case:
+    on_demand, migrate_on_cpu_fault)."""
+    with ccadgpu.Space(device_memory=16 * PS, page_size=PS, profile="h100-pcie", policy=policy,
+                       cpu_access="migrate_on_cpu_fault") as sp:
+        keep = run(sp)
+        live = sp.manager.summary()
+        marked = [a for a in sp.trace.allocations.values()
+                  if a.get("after_faults") or a.get("died_after_faults")]
+        path = sp.trace.save(os.path.join(tmp_path, "t.npz"))
+        del keep
+    assert marked
+    r = replay(ccadgpu.Trace.load(path), policy)
+    assert r["migrated_bytes_by_cause"] == live["migrated_bytes_by_cause"]
+    assert r["modeled_s"] == live["modeled_s"]

@@ -222,3 +222,14 @@ def test_user_events_are_checked_on_load(sp, tmp_path, damage):
         h.pop("user_events")
         h["events"] = [e for e in h["events"] if e[1] != 2]
     assert Trace.load(_edited(good, tmp_path / "old.npz", older)).user_events == []
+
+
+@pytest.mark.parametrize("flag", ["after_faults", "died_after_faults"])
+def test_an_allocations_after_faults_flags_are_checked_on_load(sp, tmp_path, flag):
+    ops.sum(sp.asarray(np.arange(1.0, 3000.0)))
+    good = sp.trace.save(tmp_path / "good.npz")
+    Trace.load(_edited(good, tmp_path / "ok.npz", lambda h: h["allocations"][0].update(
+        {flag: True})))
+    with pytest.raises(E.TraceFormatError, match=f"allocation 0: {flag}"):
+        Trace.load(_edited(good, tmp_path / "bad.npz", lambda h: h["allocations"][0].update(
+            {flag: "yes"})))
