@@ -30,7 +30,8 @@ went offline) is an *aborted* epoch: its faults stay done and priced, steps (2)-
 (``Epoch.aborted``; its trace record says so).
 
 **The manager's final say** (the thread: "the manager makes the final decision"): pinned pages
-never move; ``tunables.migration_enabled = False`` stops every policy move (R5); a preferred
+never move; ``tunables.migration_enabled = False`` stops every policy move (R5; set during a
+step, from a migrate listener, it rules from the next: :class:`HeldKnobs`); a preferred
 location wins over counters and faults (a page preferred on the host is never promoted by them,
 one preferred on the device is demoted only by eviction); pages the device is ``accessed_by``
 are mapped remotely and never moved by counters or faults; promotions beyond the device's free
@@ -38,10 +39,11 @@ frames evict the policy's victims first (``Policy.victims``) or are cut, hottest
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Iterator, Protocol
 
 import numpy as np
 
@@ -88,6 +90,41 @@ register(Knob("heat_halflife_epochs", float, 4.0,
 #: starts from their recorded values and takes their changes where the run made them
 DECISION_KNOBS = ("cpu_access", "migration_enabled", "thrash_window_epochs",
                   "heat_halflife_epochs", "access_counter_granularity", "access_counter_threshold")
+
+
+class HeldKnobs:
+    """The manager's view of the space's tunables: during each of its calls (a step, an
+    epoch's faults run ahead) the knobs it decides by (:data:`DECISION_KNOBS`) read as they
+    were when the call began; set meanwhile (from a migrate listener of its moves), they rule
+    from its next call.  A replay can then put the change where it takes effect, between two
+    calls (the trace records it there), instead of between two moves of one step, where no
+    position of the trace can.  Every other name reads and writes the tunables themselves."""
+
+    def __init__(self, tunables: Any) -> None:
+        object.__setattr__(self, "_tunables", tunables)
+        object.__setattr__(self, "_held", None)
+
+    def __getattr__(self, name: str) -> Any:
+        held = self._held
+        if held is not None and name in held:
+            return held[name]
+        return getattr(self._tunables, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._tunables, name, value)
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        """Hold the decision knobs still for the duration (the outermost hold decides)."""
+        if self._held is not None:
+            yield
+            return
+        object.__setattr__(self, "_held", {k: getattr(self._tunables, k)
+                                           for k in DECISION_KNOBS})
+        try:
+            yield
+        finally:
+            object.__setattr__(self, "_held", None)
 
 
 def _extend(a: np.ndarray, n: int, fill: int) -> np.ndarray:
@@ -445,7 +482,7 @@ class MigrationManager:
         self.placement = placement
         self.policy = make_policy(policy, **policy_params)
         self.clock = Clock(profile)
-        self.tunables = tunables
+        self.tunables = HeldKnobs(tunables)
         self.results: list[StepResult] = []
         self.heat_val = np.zeros((0, 2))
         self.heat_epoch = np.zeros(0, np.int64)
@@ -673,9 +710,10 @@ class MigrationManager:
         self._ensure()
         res = StepResult(self.ctx.epoch, ep.kernel, ep.processor, 0.0, 0.0, 0.0, 0, 0, 0,
                          wall_s=ep.wall)
-        faulted, decide = self._fault_phase(ep, res)
-        return FaultsAhead(res, decide, time.perf_counter() - t0,
-                           self._fault_seconds(faulted))
+        with self.tunables.hold():
+            faulted, decide = self._fault_phase(ep, res)
+            fault_s = self._fault_seconds(faulted)
+        return FaultsAhead(res, decide, time.perf_counter() - t0, fault_s)
 
     def _fault_seconds(self, faulted: np.ndarray) -> float:
         """The faults' cost: the profile's per faulting region, and what the policy charged."""
@@ -684,6 +722,10 @@ class MigrationManager:
 
     def step(self, ep: Epoch) -> StepResult:
         """Run the manager over one epoch (see the module docs for the order)."""
+        with self.tunables.hold():
+            return self._step(ep)
+
+    def _step(self, ep: Epoch) -> StepResult:
         t0 = time.perf_counter()
         self._ensure()
         ctx = self.ctx

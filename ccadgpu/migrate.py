@@ -143,7 +143,7 @@ class Migrator:
 
     # -- step 1 -------------------------------------------------------------------------------
     def _isolate(self, alloc: "Allocation", vpns: np.ndarray, target: int,
-                 status: np.ndarray, cause: str) -> _Batch | None:
+                 status: np.ndarray, cause: str, enabled: bool) -> _Batch | None:
         sp = self.space
         pt = sp.pt
         node = pt.node[vpns]
@@ -152,7 +152,7 @@ class Migrator:
         todo = node != target
         if not todo.any():
             return None
-        if not sp.tunables.migration_enabled and cause != "evacuation":
+        if not enabled and cause != "evacuation":
             status[todo] = -errno.EPERM
             return None
         if not sp._node_accepts(target, cause):
@@ -255,13 +255,16 @@ class Migrator:
 
     # -- the whole move ------------------------------------------------------------------------------
     def move(self, alloc: "Allocation", rel_pages: np.ndarray, target: int,
-             cause: str = "api", verify: bool = False, user: bool = False) -> MigrationReport:
+             cause: str = "api", verify: bool = False, user: bool = False,
+             enabled: bool | None = None) -> MigrationReport:
         """Move pages ``rel_pages`` (relative to the allocation) to node ``target``.
         ``verify`` checks every copy before the old frame is released; a page whose copy does
         not match stays where it was, reported ``-EIO``.  ``user`` says the user asked for the
         move (``move_pages``, ``prefetch``, an offline's evacuation), not the manager: the trace
         records the pages moved, for a replay to move them too (the manager's own moves a
-        replay makes itself)."""
+        replay makes itself).  ``enabled``: the migration switch as the caller decided by
+        (the manager's, held through its step: :class:`~ccadgpu.manager.HeldKnobs`); by
+        default the space's tunable as it is now."""
         if cause not in CAUSES:
             raise ValueError(f"unknown migration cause {cause!r}; known: {CAUSES}")
         sp = self.space
@@ -270,7 +273,9 @@ class Migrator:
         status = np.zeros(len(vpns), np.int64)
         with sp._cond:
             sp._check_alloc(alloc)
-            batch = self._isolate(alloc, vpns, target, status, cause)
+            if enabled is None:
+                enabled = bool(sp.tunables.migration_enabled)
+            batch = self._isolate(alloc, vpns, target, status, cause, enabled)
             onto_device = batch is not None and target != 0
             if onto_device:
                 sp.device._inflight_in += 1     # device offline fences on this

@@ -1166,7 +1166,8 @@ class Space:
                         moved[sel] = self._move_retired(vpns[sel], target)
                 continue
             try:
-                r = self.migrator.move(alloc, vpns[sel] - alloc.vstart, target, cause)
+                r = self.migrator.move(alloc, vpns[sel] - alloc.vstart, target, cause,
+                                       enabled=self.manager.tunables.migration_enabled)
             except CcadError:
                 # freed meanwhile, a failed copy (MigrationError) or no mapping budget left
                 # (MapCountError): the pages stay where they are, the space is consistent

@@ -390,19 +390,21 @@ class Trace:
         self.allocations[int(alloc.id)] = meta
         self.events.append([pos, 1, int(alloc.id)])
 
-    def _late(self, pos: int) -> bool:
+    def _late(self, pos: int, knobs: bool = False) -> bool:
         """Whether an event recorded now at position ``pos`` falls between that epoch's faults,
         which ran ahead, and the manager's step of the rest of it: made while its launch or CPU
         operation ran, or after it but before the manager stepped it (the open host epoch of a
         CPU operation that faulted, a queued epoch).  Not from a migrate listener of those
         faults: a replay makes it before them, which the policy's later moves of the step see,
-        as they did live.  Space lock held."""
+        as they did live; but ``knobs`` set there rule from the manager's next call only
+        (:class:`~ccadgpu.manager.HeldKnobs`), so they come after them.  Space lock held."""
         sp = self._space
         assert sp is not None
-        if sp._mowner == threading.get_ident():
-            return False
-        if sp._window == pos:
+        mine = sp._mowner == threading.get_ident()
+        if sp._window == pos and (knobs or not mine):
             return True
+        if mine:
+            return False
         if sp._mq:
             return sp._mq[0].epoch == pos and sp._mq[0].ahead is not None
         return sp._host_ahead is not None and sp.counters._host_open
@@ -411,7 +413,7 @@ class Trace:
         """One of the user's placement actions (space lock held; see the module docs)."""
         if self._recording():
             pos = self._position()
-            if self._late(pos):
+            if self._late(pos, event["op"] == "tunables"):
                 event = {**event, "after_faults": True}
             self.user_events.append(event)
             self.events.append([pos, 2, len(self.user_events) - 1])

@@ -34,7 +34,9 @@ register(Knob("emergency_device_alloc", bool, False,
               "(R1b), which is what makes device offline safe."))
 register(Knob("migration_enabled", bool, True,
               "Global switch (R5).  False: no page moves except device evacuation; "
-              "move_pages reports -EPERM for every page."))
+              "move_pages reports -EPERM for every page.  Set while the migration manager "
+              "steps (from a migrate listener), it stops the manager's moves from its next "
+              "step on."))
 register(Knob("evacuate_verify", bool, True,
               "Device offline checks every evacuated page against its device copy before the "
               "device frame is released (a mismatch keeps the device copy and fails)."))

@@ -681,3 +681,36 @@ def test_an_allocation_made_after_an_epochs_faults_replays_after_them(tmp_path, 
     r = replay(ccadgpu.Trace.load(path), policy)
     assert r["migrated_bytes_by_cause"] == live["migrated_bytes_by_cause"]
     assert r["modeled_s"] == live["modeled_s"]
+
+
+@pytest.mark.parametrize("faults_ahead", [True, False])
+@pytest.mark.parametrize("policy", ["first_touch", "on_demand"])
+def test_a_knob_set_from_a_migrate_listener_rules_from_the_next_step(tmp_path, policy,
+                                                                    faults_ahead):
+    """The manager holds its knobs still through a step: the migration switch turned off by a
+    listener of the step's first move stops the next step's moves, not the rest of this one's,
+    and the trace records it there (it stopped them mid-step, which a replay could not place:
+    0.025-1.58x the live time in review)."""
+    with ccadgpu.Space(device_memory=24 * PS, page_size=PS, profile="h100-pcie",
+                       policy=policy, faults_ahead=faults_ahead) as sp:
+        a, b = sp.asarray(np.arange(16.0 * F)), sp.zeros(16 * F)
+        moves = []
+
+        def listener(vpns, src, target):
+            moves.append(len(vpns))
+            sp.tunables.migration_enabled = len(moves) % 2 == 0
+        sp.migrate_listeners.append(listener)
+        ops.scale(b, a, 2.0)
+        first = sum(moves)
+        assert len(moves) >= 2 and sp.tunables.migration_enabled == (len(moves) % 2 == 0)
+        for _ in range(3):
+            float(b.sum())
+            ops.scale(b, a, 2.0)
+            sp.tunables.migration_enabled = True
+        sp.sync()
+        live = sp.manager.summary()
+        path = sp.trace.save(os.path.join(tmp_path, "t.npz"))
+    assert first == 24      # the whole launch's faults, though the first move turned it off
+    r = replay(ccadgpu.Trace.load(path), policy)
+    assert r["migrated_bytes_by_cause"] == live["migrated_bytes_by_cause"]
+    assert r["modeled_s"] == live["modeled_s"]
