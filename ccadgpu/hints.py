@@ -109,6 +109,8 @@ def duplicate(space: "Space", vpns: np.ndarray) -> np.ndarray:
             np.copyto(dev.frame_bytes(f_dst), src.frame_bytes(f_src))
     pt.dup[v] = frames
     space.vmstat.add(pgduplicate=len(v))
+    # the copy crossed the link as a move would have
+    space.clock.migration(np.zeros(len(v), np.int64), DEVICE, space.page_size)
     return v
 
 
@@ -144,6 +146,6 @@ def prefetch(space: "Space", arr: np.ndarray, node: Any) -> "MigrationReport":
         with space._cond:
             vp = alloc.vstart + rel
             rm = (space.pt.flags[vp] & ptf.READ_MOSTLY) != 0
-            duplicate(space, vp[rm])
+            space.trace._moved(duplicate(space, vp[rm]), None)
             rel = rel[~rm]
     return space.migrator.move(alloc, rel, target, cause="prefetch", user=True)

@@ -211,6 +211,9 @@ class SimPlacement:
         self._flags = np.zeros(len(self._node), np.uint8)
         self._pref = np.full(len(self._node), -1, np.int8)
         self._acc = np.zeros(len(self._node), np.uint8)
+        #: host pages with a read-mostly duplicate on the device (a device frame each)
+        self._dup = np.zeros(len(self._node), bool)
+        self._ndup = 0
         self.used = [int(np.count_nonzero(self._node == n)) for n in range(len(frames))]
         for n, (u, f) in enumerate(zip(self.used, self.frames)):
             if u > f:
@@ -230,10 +233,14 @@ class SimPlacement:
         return self._flags
 
     def seen_by(self, proc: int, v: np.ndarray) -> np.ndarray:
+        if proc == DEV and self._ndup:
+            node = self._node[v].copy()
+            node[self._dup[v]] = DEVICE
+            return node
         return self._node[v]
 
     def duplicated(self, v: np.ndarray) -> np.ndarray:
-        return np.zeros(len(v), bool)
+        return self._dup[v]
 
     def preferred(self) -> np.ndarray:
         return self._pref
@@ -245,15 +252,49 @@ class SimPlacement:
         return True
 
     def move(self, vpns: np.ndarray, target: int, cause: str) -> tuple[np.ndarray, float]:
-        k = min(len(vpns), self.free_frames(target))
+        """As the live mechanism: the manager's moves of read-mostly pages to the device
+        duplicate them there instead (reported as not moved; the user's own, cause
+        ``"api"``, move them as ``move_pages`` does), then as many of the others as fit
+        move, and a page now on the device loses its duplicate."""
         moved = np.zeros(len(vpns), bool)
-        moved[:k] = True
-        src = self._node[vpns[:k]]
-        for n, c in enumerate(np.bincount(src, minlength=len(self.used)).tolist()):
+        todo = np.arange(len(vpns))
+        if target == DEVICE and cause != "api":
+            rm = (self._flags[vpns] & ptf.READ_MOSTLY) != 0
+            if rm.any():
+                self.duplicate(vpns[rm])
+                todo = np.flatnonzero(~rm)
+        sel = todo[: max(0, min(len(todo), self.free_frames(target)))]
+        moved[sel] = True
+        v = vpns[sel]
+        for n, c in enumerate(np.bincount(self._node[v], minlength=len(self.used)).tolist()):
             self.used[n] -= c
-        self.used[target] += k
-        self._node[vpns[:k]] = target
+        self.used[target] += len(v)
+        self._node[v] = target
+        if target == DEVICE and self._ndup:
+            self._undup(v)
         return moved, 0.0
+
+    def duplicate(self, v: np.ndarray) -> None:
+        """Device duplicates of the host pages among ``v``, as many as the device has room
+        for (``hints.duplicate``)."""
+        v = v[(self._node[v] == HOST) & ~self._dup[v]]
+        if not self.accepts(DEVICE):
+            return
+        v = v[: max(0, self.free_frames(DEVICE))]
+        self._dup[v] = True
+        self._ndup += len(v)
+        self.used[DEVICE] += len(v)
+
+    def collapse(self, lo: int, hi: int) -> None:
+        """Drop the device duplicates of pages ``[lo, hi)`` (a write, ``hints.collapse``)."""
+        self._undup(slice(lo, hi))
+
+    def _undup(self, idx: "slice | np.ndarray") -> None:
+        n = int(np.count_nonzero(self._dup[idx]))
+        if n:
+            self._dup[idx] = False
+            self._ndup -= n
+            self.used[DEVICE] -= n
 
 
 class LivePlacement:
@@ -610,17 +651,28 @@ class MigrationManager:
         if len(v) == 0:
             return v
         moved, wall = self.placement.move(v, target, cause)
+        res.migrate_wall_s += wall
         mv, ms = (v, src) if moved.all() else (v[moved], src[moved])
+        if target == DEVICE and not moved.all():
+            # read-mostly pages are copied to the device instead (_filter left out those
+            # copied already): the same bytes over the link, priced and counted as the move
+            dup = self.placement.duplicated(v[~moved])
+            if dup.any():
+                self._price(src[~moved][dup], target, cause, res)
         if len(mv) == 0:
             return mv
-        res.migrate_s += self.clock.migration_seconds(ms, target, self.placement.page_size)
-        res.migrate_wall_s += wall
-        for s, c in enumerate(np.bincount(ms).tolist()):
+        self._price(ms, target, cause, res)
+        upkeep.note_moves(self, mv)
+        return mv
+
+    def _price(self, src: np.ndarray, target: int, cause: str, res: StepResult) -> None:
+        """Pages from nodes ``src`` copied onto ``target`` for ``cause``: their seconds and
+        counts in ``res``."""
+        res.migrate_s += self.clock.migration_seconds(src, target, self.placement.page_size)
+        for s, c in enumerate(np.bincount(src).tolist()):
             if c:
                 key = (cause, s, int(target))
                 res.moved[key] = res.moved.get(key, 0) + c
-        upkeep.note_moves(self, mv)
-        return mv
 
     def _apply(self, moves: list[Move], res: StepResult) -> np.ndarray:
         """Filter and execute moves, demotions first; returns the pages moved by cause fault."""

@@ -15,9 +15,10 @@ manager stepped next, and go away (their history forgotten) when the live space 
 the epochs the live manager never stepped (launches that touched no page) are skipped.
 The user's own placement actions are replayed where the live manager saw them too (hints,
 pins, ``move_pages`` and ``prefetch`` moves, an offline's evacuation and the device offline
-meanwhile: :mod:`ccadgpu.trace`).  Replaying such a trace under the policy it ran live
-reproduces the live modeled time (``tests/test_live_replay.py``), except for what the trace
-does not hold: read-mostly duplicates (a replay moves those pages), and the mechanism's
+meanwhile: :mod:`ccadgpu.trace`); the manager's moves of read-mostly pages to the device
+make duplicates there, as live, which the trace's writes collapse.  Replaying such a trace
+under the policy it ran live reproduces the live modeled time
+(``tests/test_live_replay.py``), except for what the trace does not hold: the mechanism's
 refusals (pages busy under a write, a mapping budget spent).  Other traces (older ones, a cleared or
 truncated trace) start each page where the trace first saw it (record under ``static`` to
 replay from the allocation placement) and keep every page allocated.
@@ -119,6 +120,7 @@ def user_constraints(trace: Trace, epochs: Sequence[Epoch], vpns: np.ndarray
     pins = np.zeros((E, U), bool)
     pref, acc = np.full(U, -1, np.int64), np.zeros(U, np.int64)
     pinned = np.zeros(U, bool)
+    rm, mostly = np.zeros(U, bool), np.zeros((E, U), bool)
     numbers = np.array([ep.epoch for ep in epochs], np.int64)
     born, births = np.zeros(U, bool), np.zeros((E, U), bool)
 
@@ -141,12 +143,12 @@ def user_constraints(trace: Trace, epochs: Sequence[Epoch], vpns: np.ndarray
 
     def apply(ev: dict[str, Any], e: int, late: bool) -> None:
         op = ev["op"]
-        if op == "tunables":
+        if op in ("tunables", "collapse", "duplicate"):   # (read-mostly: the bound's floor)
             return
         if op in ("born", "free"):
             i, j = np.searchsorted(vpns, [ev["lo"], ev["hi"]])
             if op == "free":           # (as the page table's clear)
-                pinned[i:j], pref[i:j], acc[i:j] = False, -1, 0
+                pinned[i:j], pref[i:j], acc[i:j], rm[i:j] = False, -1, 0, False
                 return
             # born where the allocation puts it: a page allocated again, or one that an
             # earlier event of the epoch (an offline) moved; a first birth is the start
@@ -178,6 +180,10 @@ def user_constraints(trace: Trace, epochs: Sequence[Epoch], vpns: np.ndarray
                     pref[i:j] = ev["preferred"]
                 if ev.get("accessed_by") is not None:
                     acc[i:j] = ev["accessed_by"]
+                if ev.get("read_mostly") is not None:
+                    rm[i:j] = ev["read_mostly"]
+                    if late and e < E:      # (the epoch's own moves may duplicate them)
+                        mostly[e, i:j] |= rm[i:j]
     k = 0
     for e in range(E):
         if state["evacuate"]:
@@ -189,6 +195,7 @@ def user_constraints(trace: Trace, epochs: Sequence[Epoch], vpns: np.ndarray
             late.append(ev) if after else apply(ev, e, False)
         offline[e] = not state["online"]
         pins[e] = pinned
+        mostly[e] |= rm
         # the manager's say over a policy's move (MigrationManager._filter)
         no_up[e] = pinned | (pref == 0) | ((acc & 2) != 0) | offline[e]
         no_down[e] = pinned | (pref == 1) | ((acc & 1) != 0)
@@ -201,7 +208,8 @@ def user_constraints(trace: Trace, epochs: Sequence[Epoch], vpns: np.ndarray
     if not trace.user_events and not state["again"]:
         return None
     births &= forced == 1              # (unless a later event moved it)
-    return UserConstraints(forced, offline, no_up, no_down, hinted, pins, births)
+    return UserConstraints(forced, offline, no_up, no_down, hinted, pins, births,
+                           mostly if mostly.any() else None)
 
 
 def _fit_device(node: np.ndarray, frames: int) -> np.ndarray:
@@ -292,6 +300,7 @@ class _EventPlacement(SimPlacement):
         self.frames[0] = max(self.frames[0], self.used[0])
 
     def remove(self, lo: int, hi: int) -> None:
+        self.collapse(lo, hi)
         self._set(lo, np.full(hi - lo, -1, np.int8))
         self._flags[lo:hi], self._pref[lo:hi], self._acc[lo:hi] = 0, -1, 0   # as pt.clear
 
@@ -304,8 +313,14 @@ class _EventPlacement(SimPlacement):
                 self._pref[lo:hi] = ev["preferred"]
             if ev.get("accessed_by") is not None:
                 self._acc[lo:hi] = ev["accessed_by"]
-            if ev.get("read_mostly") is not None:      # flagged; duplicates not simulated
+            if ev.get("read_mostly") is not None:
                 ptf.set_flag(self._flags, lo, hi, ptf.READ_MOSTLY, ev["read_mostly"])
+                if not ev["read_mostly"]:
+                    self.collapse(lo, hi)
+        elif op == "collapse":
+            self.collapse(ev["lo"], ev["hi"])
+        elif op == "duplicate":
+            self.duplicate(np.concatenate([np.arange(lo, hi) for lo, hi in ev["runs"]]))
         elif op == "pin":
             ptf.set_flag(self._flags, ev["lo"], ev["hi"], ptf.PINNED, ev["on"])
         elif op == "move":
@@ -327,6 +342,7 @@ class _EventPlacement(SimPlacement):
             self._evacuate()
 
     def _evacuate(self) -> None:
+        self.collapse(0, len(self._node))
         self.move(np.flatnonzero(self._node == 1), 0, "api")
 
     def _set(self, lo: int, nodes: np.ndarray) -> None:

@@ -839,6 +839,7 @@ class Space:
                 self._check_open()
             self._writers.append(entry)
             _hints.collapse(self, lo, hi)       # a write makes read-mostly duplicates stale
+            self.trace._written(lo, hi)
         try:
             yield arr.view(np.ndarray)
         finally:

@@ -36,11 +36,13 @@ The user's own placement actions are events too (kind 2, ``id`` an index into th
 "hint", "lo", "hi", "preferred", "accessed_by", "read_mostly"}``, each of the three ``null``
 when left as it was), a pin (``{"op": "pin", "lo", "hi", "on"}``), pages the user moved
 (``move_pages``, ``prefetch``) or an offline evacuated (``{"op": "move", "runs": [[lo, hi],
-...], "node"}``: the pages that moved), the device going offline or online (``{"op":
+...], "node"}``: the pages that moved), read-mostly pages the user's prefetch duplicated on
+the device (``{"op": "duplicate", "runs"}``), the device going offline or online (``{"op":
 "device", "online"}``), and knobs the manager decides by set mid-run (``{"op": "tunables",
 "values": {name: value}}``, ``manager.DECISION_KNOBS``; the header's ``tunables_at_start``
-holds them all as the trace began, ``tunables`` as it was saved).  Read-mostly duplicates
-are not among them.  One made while a launch or CPU operation runs whose faults ran ahead
+holds them all as the trace began, ``tunables`` as it was saved).  A write over read-mostly
+pages is one too (``{"op": "collapse", "lo", "hi"}``): it drops their device duplicates,
+which a replay under another policy may have made where the run made none.  One made while a launch or CPU operation runs whose faults ran ahead
 (from its kernel, another thread), or after it but before the manager stepped it, is marked
 ``"after_faults": true``: a replay applies it between that epoch's faults and its accesses.
 One made from a migrate listener lands before the epoch whose moves called it (a replay
@@ -65,6 +67,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
+from . import pagetable as ptf
 from .errors import CcadError, TraceFormatError
 from .runs import node_steps, runs
 from .tunables import KNOBS, Knob, Tunables, register
@@ -229,10 +232,12 @@ def _user_event_ok(u: Any, nnodes: int) -> bool:
             u.get("read_mostly") in (None, True, False)
     if op == "pin":
         return span(u.get("lo"), u.get("hi")) and u.get("on") in (True, False)
-    if op == "move":
+    if op == "collapse":
+        return span(u.get("lo"), u.get("hi"))
+    if op in ("move", "duplicate"):
         r = u.get("runs")
-        return whole(u.get("node"), nnodes) and isinstance(r, list) and all(
-            isinstance(x, list) and len(x) == 2 and span(*x) for x in r)
+        return (op == "duplicate" or whole(u.get("node"), nnodes)) and isinstance(r, list) \
+            and all(isinstance(x, list) and len(x) == 2 and span(*x) for x in r)
     if op == "tunables":
         v = u.get("values")
         return isinstance(v, dict) and all(_knob_ok(k, x) for k, x in v.items())
@@ -409,24 +414,42 @@ class Trace:
             return sp._mq[0].epoch == pos and sp._mq[0].ahead is not None
         return sp._host_ahead is not None and sp.counters._host_open
 
-    def _user(self, event: dict[str, Any]) -> None:
-        """One of the user's placement actions (space lock held; see the module docs)."""
+    def _user(self, event: dict[str, Any], once: bool = False) -> None:
+        """One of the user's placement actions (space lock held; see the module docs);
+        ``once``: not again if it is the last event, at the same place."""
         if self._recording():
             pos = self._position()
             if self._late(pos, event["op"] == "tunables"):
                 event = {**event, "after_faults": True}
+            if once and self.events and self.events[-1][:2] == [pos, 2] and \
+                    self.user_events[self.events[-1][2]] == event:
+                return
             self.user_events.append(event)
             self.events.append([pos, 2, len(self.user_events) - 1])
 
-    def _moved(self, vpns: np.ndarray, node: int) -> None:
-        """The user (or an offline) moved pages ``vpns`` (sorted) to ``node``."""
+    def _moved(self, vpns: np.ndarray, node: int | None) -> None:
+        """The user (or an offline) moved pages ``vpns`` to ``node``; None: the user's
+        prefetch duplicated them (read-mostly) on the device."""
         if len(vpns) and self._recording():
             v = np.unique(np.asarray(vpns, np.int64))
             brk = np.flatnonzero(np.diff(v) != 1) + 1
             lo = v[np.concatenate(([0], brk))]
             hi = v[np.concatenate((brk - 1, [len(v) - 1]))] + 1
-            self._user({"op": "move", "runs": [[int(a), int(b)] for a, b in zip(lo, hi)],
-                        "node": int(node)})
+            ev: dict[str, Any] = {"op": "move" if node is not None else "duplicate",
+                                  "runs": [[int(a), int(b)] for a, b in zip(lo, hi)]}
+            if node is not None:
+                ev["node"] = int(node)
+            self._user(ev)
+
+    def _written(self, lo: int, hi: int) -> None:
+        """A write over pages ``[lo, hi)`` is about to start: where any is read-mostly, its
+        device duplicates go (``{"op": "collapse"}``), under whatever policy a replay runs,
+        which may have made duplicates the run did not (space lock held)."""
+        sp = self._space
+        if not self._recording() or not (sp.pt.flags[lo:hi] & ptf.READ_MOSTLY).any():
+            return
+        # (a loop of writes: nothing can have duplicated them since the first)
+        self._user({"op": "collapse", "lo": int(lo), "hi": int(hi)}, once=True)
 
     def _died(self, alloc: Any) -> None:
         """A freed allocation's pages went back to their nodes (space lock held)."""

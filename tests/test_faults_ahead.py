@@ -634,7 +634,7 @@ ACTIONS = st.lists(st.tuples(
     st.sampled_from(["scale", "gather", "bad_gather", "boom", "cpu_read", "cpu_write",
                      "bad_cpu_write", "fancy_read", "free", "sync", "pin", "unpin",
                      "prefer", "accessed_by", "move", "prefetch", "offline", "kernel_move",
-                     "knobs", "again"]),
+                     "knobs", "again", "read_mostly"]),
     st.integers(0, 2), st.integers(0, 10**6)), min_size=1, max_size=14)
 
 
@@ -646,8 +646,8 @@ ACTIONS = st.lists(st.tuples(
 def test_a_replay_reproduces_any_run_with_failures(tmp_path_factory, policy, profile,
                                                    cpu_access, actions):
     """Launches, CPU operations, failing ones of both (bad indices, a kernel that raises, a
-    store NumPy refuses), frees, and the user's hints, pins, moves, offlines and knobs in any
-    order:
+    store NumPy refuses), frees, and the user's hints (read-mostly ones among them), pins,
+    moves, offlines and knobs in any order:
     the data equal a NumPy reference, a replay of the trace makes the live manager's moves
     and times, and the oracle's lower bound is below them."""
     from ccadgpu.errors import InvalidArgumentError
@@ -719,6 +719,8 @@ def test_a_replay_reproduces_any_run_with_failures(tmp_path_factory, policy, pro
                 sp.advise(a, preferred_location=(None, "host", "device")[seed % 3])
             elif act == "accessed_by":
                 sp.advise(a, accessed_by=((), "host", "device")[seed % 3])
+            elif act == "read_mostly":          # the manager's moves to the device duplicate
+                sp.advise(a, read_mostly=bool(seed % 3))
             elif act == "move":
                 sp.move_pages(a, seed % 2, pages=[p for p in range(4) if seed >> p & 1])
             elif act == "prefetch":

@@ -76,6 +76,25 @@ def _costs(epochs: Sequence["Epoch"], vpns: np.ndarray, profile: "Profile"
     return ch, cd
 
 
+def _split_costs(epochs: Sequence["Epoch"], vpns: np.ndarray, profile: "Profile"
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """``[E, U]`` traffic seconds with each processor's at its cheaper node (below any
+    placement's, a copy on each node included), and with a copy on each node (the CPU's
+    at the host, the device's at the device: a read-mostly duplicate)."""
+    E, U = len(epochs), len(vpns)
+    floor, both = np.zeros((E, U)), np.zeros((E, U))
+    inv_bw = 1.0 / profile.bandwidth          # [proc, node]
+    best = inv_bw.min(axis=1)
+    mine = np.array([inv_bw[p, HOST if p == CPU_PROC else DEVICE] for p in range(len(inv_bw))])
+    for e, ep in enumerate(epochs):
+        if len(ep.vpns):
+            idx = np.searchsorted(vpns, ep.vpns)
+            by_proc = ep.sectors.sum(axis=2) * SECTOR
+            floor[e, idx] = by_proc @ best
+            both[e, idx] = by_proc @ mine
+    return floor, both
+
+
 @dataclass
 class UserConstraints:
     """What the user's own placement actions (a trace's ``user_events``) impose on a schedule
@@ -102,6 +121,9 @@ class UserConstraints:
     #: ``born[e, i]``: its ``forced`` move to the device is the page's birth there (allocated
     #: again): with no room it is born on the host instead, wherever it was before; None: never
     born: np.ndarray | None = None
+    #: ``read_mostly[e, i]``: the page is read-mostly during epoch ``e`` (a policy's move to
+    #: the device then makes a duplicate there); None: never
+    read_mostly: np.ndarray | None = None
 
     #: the pages the user's actions reach, and their constraints, per kind of use (_dp)
     _split: dict = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -120,8 +142,8 @@ class UserConstraints:
         """The constraints of the pages ``keep`` (a mask over ``vpns``) only."""
         return UserConstraints(self.forced[:, keep], self.offline, self.no_up[:, keep],
                                self.no_down[:, keep], self.hinted[:, keep],
-                               None if self.pinned is None else self.pinned[:, keep],
-                               None if self.born is None else self.born[:, keep])
+                               *(None if a is None else a[:, keep]
+                                 for a in (self.pinned, self.born, self.read_mostly)))
 
 
 def _dp(ch: np.ndarray, cd: np.ndarray, init_dev: np.ndarray, up: float, down: float,
@@ -215,7 +237,13 @@ def plan_oracle(epochs: Sequence["Epoch"], profile: "Profile", page_size: int,
 
     ``faults_home[e]``: whether a CPU touch of a device page brings it home in epoch ``e``
     (default: ``cpu_access`` throughout); a run that changed ``cpu_access`` or turned
-    migration off (which refuses those faults) says so epoch by epoch."""
+    migration off (which refuses those faults) says so epoch by epoch.
+
+    A read-mostly page (``user.read_mostly``) may have a copy on each node, which the
+    two-state recurrence cannot express: for the bound, such a page's epochs cost each
+    processor's traffic at its cheaper node wherever it is; the planner also weighs the
+    schedule that takes "on the device" for a duplicate there (the CPU's traffic local to
+    the host, the device's to the device)."""
     if cpu_access not in ("coherent", "migrate_on_cpu_fault"):
         raise InvalidArgumentError(f"cpu_access must be 'coherent' or 'migrate_on_cpu_fault', "
                                    f"got {cpu_access!r}")
@@ -247,10 +275,14 @@ def plan_oracle(epochs: Sequence["Epoch"], profile: "Profile", page_size: int,
     if user is not None:
         cd[user.offline] += forbid
     init_dev = np.asarray(initial_node) == DEVICE
-    on, cost = _dp(ch, cd, init_dev, up, down, user, vetoes=False)
+    bh, bd, both = ch, cd, None
+    if user is not None and user.read_mostly is not None:
+        floor, both = _split_costs(epochs, vpns, profile)
+        bh, bd = np.where(user.read_mostly, floor, ch), np.where(user.read_mostly, floor, cd)
+    on, cost = _dp(bh, bd, init_dev, up, down, user, vetoes=False)
     low = cost
     if either is not None and either.any():    # (pages are independent in the bound)
-        low = np.where(either, np.minimum(cost, _dp(ch, cd, init_dev | either, up, down, user,
+        low = np.where(either, np.minimum(cost, _dp(bh, bd, init_dev | either, up, down, user,
                                                     vetoes=False)[1]), cost)
     # placement-independent terms, so that the bound compares with whole modeled times: launch
     # overheads, and for each processor active in an epoch its smallest latency
@@ -261,7 +293,7 @@ def plan_oracle(epochs: Sequence["Epoch"], profile: "Profile", page_size: int,
     # with no user actions the bound's optimum is the schedule's, capacity aside
     on, lam, planned = _schedule(ch, cd, forbid, init_dev, up, down, device_frames, user,
                                  (on, cost) if user is None else None, score, candidates,
-                                 fixed)
+                                 fixed, both)
     return OracleSchedule(vpns, on, lower, planned, lam)
 
 
@@ -280,15 +312,17 @@ def _schedule(ch: np.ndarray, cd: np.ndarray, forbid: float, init_dev: np.ndarra
               down: float, cap: int, user: UserConstraints | None,
               optimum: tuple[np.ndarray, np.ndarray] | None,
               score: "Callable[[np.ndarray], float] | None",
-              candidates: "Sequence[np.ndarray] | None", fixed: float
-              ) -> tuple[np.ndarray, float, float]:
+              candidates: "Sequence[np.ndarray] | None", fixed: float,
+              both: np.ndarray | None = None) -> tuple[np.ndarray, float, float]:
     """The schedule, as (on_device, lambda, modeled seconds): with ``score`` and user
     actions its score, else its traffic and moves plus the placement-independent ``fixed``.
 
     The user's moves to the device, and the manager's to a page's preferred location, take
     pages only while the device has room.  So with ``score`` the schedule is the best scored
     of: following them all, or as it likes (where a full device may make that come true),
-    with the hints' moves as the manager makes them or left to it; the best of those planned
+    with the hints' moves as the manager makes them or left to it (and, given ``both``, the
+    traffic of read-mostly pages with a duplicate, taken for "on the device"); the best of
+    those planned
     again with the user's moves that find room under it; ``candidates``; and then, where the
     moves would bring pages it does not want, filling the device with pages worth having there
     just before, so that they find no room (:func:`_block`)."""
@@ -316,6 +350,9 @@ def _schedule(ch: np.ndarray, cd: np.ndarray, forbid: float, init_dev: np.ndarra
         best = fit(*hard, True, optimum)
         return best.on, best.lam, best.cost
     variants = [(*hard, True)] + ([(ch, cd, True)] if hard[0] is not ch else [])
+    if both is not None and user.read_mostly is not None:
+        variants.append((hard[0], np.where(user.read_mostly & ~user.offline[:, None], both,
+                                           hard[1]), True))
     if (user.forced == DEVICE).any():
         variants += [(c, d, False) for c, d, _ in variants]
     plans = [fit(*v) for v in variants]
