@@ -326,6 +326,14 @@ def _move_into_a_full_device(sp):
         sp.sync()
 
 
+def _born_on_a_device_filled_first(sp):
+    a = sp.asarray(np.ones(8 * F))
+    sp.move_pages(a, "device")         # replayed on a smaller device it fills it
+    d = sp.asarray(np.arange(6.0 * F), placement="device")   # which has no room left then
+    for _ in range(3):
+        float(d.sum())
+
+
 def _recorded(tmp_path, run, frames, profile):
     """The trace of ``run(sp)`` on a static space of ``frames`` device pages, saved and
     loaded."""
@@ -340,13 +348,16 @@ def _recorded(tmp_path, run, frames, profile):
 @pytest.mark.parametrize("profile", ["h100-pcie", "gh200"])
 @pytest.mark.parametrize("run,frames,replay_frames", [
     (_offline_mid_run, 256, None), (_move_into_a_full_device, 32, None),
-    (_move_into_a_full_device, 32, 8)])
+    (_move_into_a_full_device, 32, 8), (_born_on_a_device_filled_first, 16, 4)])
 def test_the_bound_holds_when_other_policies_see_the_users_actions_differently(
         tmp_path, profile, run, frames, replay_frames):
     """Replayed under another policy, an offline evacuates whatever is on the device then
     (not only what the recorded run had there), and a user's move to the device may not fit:
     the bound takes the first as certain and the second as a free move that may not happen
-    (they beat the 'bound' by up to 1.7x before: 1.169e-3 s against 2.048e-3 s)."""
+    (they beat the 'bound' by up to 1.7x before: 1.169e-3 s against 2.048e-3 s).  A page
+    allocated on the device may be born on the host when it has no room, though the smaller
+    device had room for it at the start (the bound started it on the device only: 1.20x
+    ``static`` in a fuzzed run, 4.52x / 1.40x here on h100-pcie / gh200)."""
     t = _recorded(tmp_path, run, frames, profile)
     dm = None if replay_frames is None else replay_frames * PS
     o = replay(t, "oracle", device_memory=dm)

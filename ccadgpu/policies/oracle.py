@@ -282,8 +282,9 @@ def plan_oracle(epochs: Sequence["Epoch"], profile: "Profile", page_size: int,
     on, cost = _dp(bh, bd, init_dev, up, down, user, vetoes=False)
     low = cost
     if either is not None and either.any():    # (pages are independent in the bound)
-        low = np.where(either, np.minimum(cost, _dp(bh, bd, init_dev | either, up, down, user,
-                                                    vetoes=False)[1]), cost)
+        for start in (init_dev | either, init_dev & ~either):
+            low = np.where(either, np.minimum(low, _dp(bh, bd, start, up, down, user,
+                                                       vetoes=False)[1]), low)
     # placement-independent terms, so that the bound compares with whole modeled times: launch
     # overheads, and for each processor active in an epoch its smallest latency
     fixed = sum((profile.launch if ep.launch else 0.0) +
