@@ -108,8 +108,10 @@ class Device:
         with cond:
             if self._refuse_offline():        # a refused offline steps nothing (as below)
                 return EvacuationReport()
-            resident = [a for a in sp.allocations()
-                        if (sp.pt.node[a.vstart:a.vstart + a.npages] == self.node.id).any()]
+            # (freed ones waiting for the manager too: the evacuation drops their pages, so
+            # the open host epoch that touched them must be stepped first, as free() does)
+            resident = [a for a in sp._allocs.values() if not a.released and
+                        (sp.pt.node[a.vstart:a.vstart + a.npages] == self.node.id).any()]
         sp._settle_ahead(resident)
         with self._lifecycle:
             t0 = time.perf_counter()

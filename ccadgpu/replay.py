@@ -151,9 +151,10 @@ def user_constraints(trace: Trace, epochs: Sequence[Epoch], vpns: np.ndarray
                 pinned[i:j], pref[i:j], acc[i:j], rm[i:j] = False, -1, 0, False
                 return
             # born where the allocation puts it: a page allocated again, or one that an
-            # earlier event of the epoch (an offline) moved; a first birth is the start
+            # earlier event (an offline's evacuation of every page) moved; otherwise a first
+            # birth is the start
             if e < E:
-                new = born[i:j] | (forced[e, i:j] >= 0)
+                new = born[i:j] | (forced[: e + 1, i:j] >= 0).any(axis=0)
                 forced[e, i:j][new] = ev["nodes"][vpns[i:j][new] - ev["lo"]]
                 births[e, i:j][new] = forced[e, i:j][new] == 1
                 state["again"] |= bool(new.any())
