@@ -819,7 +819,8 @@ def test_the_oracle_plans_read_mostly_duplicates_and_its_bound_holds(tmp_path, p
     """A read-mostly array the device and the CPU read in turn: ``on_demand`` duplicates it
     once and both read it locally from then on.  The bound, a two-node recurrence, was above
     that (1.54x ``on_demand`` on h100-pcie once a duplicate cost its copy), and the oracle
-    kept it on the host (1.63x); it now weighs taking "on the device" for a duplicate."""
+    kept it on the host (1.63x); the bound now has a duplicate state, and the planner weighs
+    taking "on the device" for a duplicate (both equal ``on_demand`` there)."""
     with ccadgpu.Space(device_memory=16 * PS, page_size=PS, profile=profile,
                        policy="on_demand") as sp:
         a = sp.asarray(np.arange(8.0 * F))
@@ -832,7 +833,7 @@ def test_the_oracle_plans_read_mostly_duplicates_and_its_bound_holds(tmp_path, p
     t = ccadgpu.Trace.load(path)
     o = replay(t, "oracle")
     by = {p: replay(t, p)["modeled_s"] for p in POLICIES}
-    assert o["lower_bound_s"] <= min(by.values())
+    assert o["lower_bound_s"] <= min(by.values()) * (1 + 1e-12)
     assert o["modeled_s"] <= min(by.values()) * (1 + 1e-12)
 
 

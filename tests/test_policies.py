@@ -320,6 +320,53 @@ def test_the_schedule_under_user_moves_and_refusals_is_the_brute_force_optimum()
         assert (relaxed <= unsure).all() and (unsure <= best).all()
 
 
+def test_the_bound_with_read_mostly_duplicates_is_the_brute_force_optimum():
+    """The bound's recurrence with a third state, a read-mostly duplicate (made from the host
+    for a move up, from the device for a move down and up, gone for free), finds the cheapest
+    of all 3**E sequences under the user's moves (a move home keeps a duplicate or not; a move
+    up may not happen; a birth on the device may land on the host); with no duplicate
+    possible it is the two-state bound, and never above it."""
+    import itertools
+
+    from ccadgpu.policies.oracle import UserConstraints, _dp, _dp_dup
+    rng = np.random.default_rng(11)
+    H, D, X = 0, 1, 2
+    for _ in range(300):
+        E, U = int(rng.integers(1, 6)), int(rng.integers(1, 4))
+        ch, cd = rng.integers(0, 6, (E, U)) * 1.0, rng.integers(0, 6, (E, U)) * 1.0
+        cx = np.where(rng.random((E, U)) < 0.6, rng.integers(0, 4, (E, U)) * 1.0, np.inf)
+        init = rng.random(U) < 0.5
+        up, down = float(rng.integers(0, 4)), float(rng.integers(0, 4))
+        forced = rng.integers(-1, 2, (E, U)).astype(np.int8)
+        born = (rng.random((E, U)) < 0.3) & (forced == 1)
+        u = UserConstraints(forced, np.zeros(E, bool), np.zeros((E, U), bool),
+                            np.zeros((E, U), bool), np.full((E, U), -1, np.int8), None, born)
+        move = {(H, D): up, (D, H): down, (H, X): up, (X, H): 0.0, (X, D): up,
+                (D, X): down + up}
+
+        def cost(seq, i, cx=cx):
+            total, cur = 0.0, D if init[i] else H
+            for e, s in enumerate(seq):
+                f = forced[e, i]
+                can = {cur}
+                if f == 0:
+                    can = {H} | ({X} if cur == X else set())
+                elif f == 1:
+                    can |= {D}
+                    if born[e, i] and cur == D:
+                        can |= {H}
+                total += min(0.0 if m == s else move[m, s] for m in can)
+                total += (ch, cd, cx)[s][e, i]
+                cur = s
+            return total
+        got = _dp_dup(ch, cd, cx, init, up, down, u)
+        for i in range(U):
+            assert got[i] == min(cost(q, i) for q in itertools.product((H, D, X), repeat=E))
+        two = _dp(ch, cd, init, up, down, u, vetoes=False)[1]
+        assert (got <= two).all()
+        assert np.array_equal(_dp_dup(ch, cd, np.full((E, U), np.inf), init, up, down, u), two)
+
+
 def test_the_users_and_the_hints_moves_take_only_the_room_the_schedule_leaves():
     """The planner's guide to which moves find room: before an epoch the user's moves come
     first, then the manager's step, whose moves home (the schedule's, less those it refuses)

@@ -205,6 +205,35 @@ def _dp(ch: np.ndarray, cd: np.ndarray, init_dev: np.ndarray, up: float, down: f
     return on, cost
 
 
+def _dp_dup(ch: np.ndarray, cd: np.ndarray, cx: np.ndarray, init_dev: np.ndarray, up: float,
+            down: float, user: UserConstraints) -> np.ndarray:
+    """:func:`_dp`'s bound (no vetoes, a user's move up may not happen) with a third state per
+    page, a read-mostly duplicate (``cx[e, i]`` its epoch's cost, inf where there can be
+    none): made from the host for ``up``, from the device for ``down + up``; it goes by a
+    collapse, free (a write, an offline); a user's move home keeps it or not, one to the
+    device takes the page itself there.  Returns the cost per page."""
+    E, U = ch.shape
+    inf = np.inf
+    vh = np.where(init_dev, inf, 0.0)
+    vd = np.where(init_dev, 0.0, inf)
+    vx = np.full(U, inf)
+    for e in range(E):
+        f = user.forced[e]
+        anyq = np.minimum(np.minimum(vh, vd), vx)
+        home, dev = f == HOST, f == DEVICE
+        # after the user's move: home maps D to H (and X may stay); up may not happen
+        wh = np.where(home, anyq, vh)
+        wd = np.where(home, inf, np.where(dev, anyq, vd))
+        wx = vx
+        if user.born is not None:                   # (a birth may land on the host)
+            wh = np.where(user.born[e], np.minimum(wh, vd), wh)
+        nh = np.minimum(np.minimum(wh, wd + down), wx) + ch[e]
+        nd = np.minimum(np.minimum(wd, wh + up), wx + up) + cd[e]
+        nx = np.minimum(np.minimum(wx, wh + up), wd + down + up) + cx[e]
+        vh, vd, vx = nh, nd, nx
+    return np.minimum(np.minimum(vh, vd), vx)
+
+
 def plan_oracle(epochs: Sequence["Epoch"], profile: "Profile", page_size: int,
                 device_frames: int, initial_node: np.ndarray, vpns: np.ndarray,
                 cpu_access: str = "coherent", user: UserConstraints | None = None,
@@ -239,11 +268,10 @@ def plan_oracle(epochs: Sequence["Epoch"], profile: "Profile", page_size: int,
     (default: ``cpu_access`` throughout); a run that changed ``cpu_access`` or turned
     migration off (which refuses those faults) says so epoch by epoch.
 
-    A read-mostly page (``user.read_mostly``) may have a copy on each node, which the
-    two-state recurrence cannot express: for the bound, such a page's epochs cost each
-    processor's traffic at its cheaper node wherever it is; the planner also weighs the
-    schedule that takes "on the device" for a duplicate there (the CPU's traffic local to
-    the host, the device's to the device)."""
+    A read-mostly page (``user.read_mostly``) may have a copy on each node: the bound gives
+    it a third state, the duplicate (:func:`_dp_dup`); the planner also weighs the schedule
+    that takes "on the device" for a duplicate there (the CPU's traffic local to the host,
+    the device's to the device)."""
     if cpu_access not in ("coherent", "migrate_on_cpu_fault"):
         raise InvalidArgumentError(f"cpu_access must be 'coherent' or 'migrate_on_cpu_fault', "
                                    f"got {cpu_access!r}")
@@ -275,16 +303,23 @@ def plan_oracle(epochs: Sequence["Epoch"], profile: "Profile", page_size: int,
     if user is not None:
         cd[user.offline] += forbid
     init_dev = np.asarray(initial_node) == DEVICE
-    bh, bd, both = ch, cd, None
+    both = dup = None
     if user is not None and user.read_mostly is not None:
         floor, both = _split_costs(epochs, vpns, profile)
-        bh, bd = np.where(user.read_mostly, floor, ch), np.where(user.read_mostly, floor, cd)
-    on, cost = _dp(bh, bd, init_dev, up, down, user, vetoes=False)
+        # a duplicate's epoch: each processor's traffic at its cheaper node at most (a write
+        # collapses it first); none while the device is offline
+        dup = np.where(user.read_mostly & ~user.offline[:, None], floor, np.inf)
+
+    def bound(start: np.ndarray) -> np.ndarray:
+        if dup is None:
+            return _dp(ch, cd, start, up, down, user, vetoes=False)[1]
+        return _dp_dup(ch, cd, dup, start, up, down, user)
+    on, cost = _dp(ch, cd, init_dev, up, down, user, vetoes=False) if dup is None else \
+        (None, bound(init_dev))
     low = cost
     if either is not None and either.any():    # (pages are independent in the bound)
         for start in (init_dev | either, init_dev & ~either):
-            low = np.where(either, np.minimum(low, _dp(bh, bd, start, up, down, user,
-                                                       vetoes=False)[1]), low)
+            low = np.where(either, np.minimum(low, bound(start)), low)
     # placement-independent terms, so that the bound compares with whole modeled times: launch
     # overheads, and for each processor active in an epoch its smallest latency
     fixed = sum((profile.launch if ep.launch else 0.0) +
