@@ -120,7 +120,7 @@ def user_constraints(trace: Trace, epochs: Sequence[Epoch], vpns: np.ndarray
     pins = np.zeros((E, U), bool)
     pref, acc = np.full(U, -1, np.int64), np.zeros(U, np.int64)
     pinned = np.zeros(U, bool)
-    rm, mostly = np.zeros(U, bool), np.zeros((E, U), bool)
+    rm, mostly, duped = np.zeros(U, bool), np.zeros((E, U), bool), np.zeros((E, U), bool)
     numbers = np.array([ep.epoch for ep in epochs], np.int64)
     born, births = np.zeros(U, bool), np.zeros((E, U), bool)
 
@@ -143,7 +143,12 @@ def user_constraints(trace: Trace, epochs: Sequence[Epoch], vpns: np.ndarray
 
     def apply(ev: dict[str, Any], e: int, late: bool) -> None:
         op = ev["op"]
-        if op in ("tunables", "collapse", "duplicate"):   # (read-mostly: the bound's floor)
+        if op in ("tunables", "collapse"):
+            return
+        if op == "duplicate":               # free for every policy, as the user's moves
+            for lo, hi in ev["runs"]:
+                i, j = np.searchsorted(vpns, [lo, hi])
+                duped[min(e, E - 1), i:j] = True
             return
         if op in ("born", "free"):
             i, j = np.searchsorted(vpns, [ev["lo"], ev["hi"]])
@@ -210,7 +215,7 @@ def user_constraints(trace: Trace, epochs: Sequence[Epoch], vpns: np.ndarray
         return None
     births &= forced == 1              # (unless a later event moved it)
     return UserConstraints(forced, offline, no_up, no_down, hinted, pins, births,
-                           mostly if mostly.any() else None)
+                           mostly if mostly.any() else None, duped if duped.any() else None)
 
 
 def _fit_device(node: np.ndarray, frames: int) -> np.ndarray:

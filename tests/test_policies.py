@@ -324,8 +324,9 @@ def test_the_bound_with_read_mostly_duplicates_is_the_brute_force_optimum():
     """The bound's recurrence with a third state, a read-mostly duplicate (made from the host
     for a move up, from the device for a move down and up, gone for free), finds the cheapest
     of all 3**E sequences under the user's moves (a move home keeps a duplicate or not; a move
-    up may not happen; a birth on the device may land on the host); with no duplicate
-    possible it is the two-state bound, and never above it."""
+    up may not happen; a birth on the device may land on the host; the user's prefetch may
+    duplicate a host page for free); with no duplicate possible it is the two-state bound,
+    and never above it."""
     import itertools
 
     from ccadgpu.policies.oracle import UserConstraints, _dp, _dp_dup
@@ -339,8 +340,10 @@ def test_the_bound_with_read_mostly_duplicates_is_the_brute_force_optimum():
         up, down = float(rng.integers(0, 4)), float(rng.integers(0, 4))
         forced = rng.integers(-1, 2, (E, U)).astype(np.int8)
         born = (rng.random((E, U)) < 0.3) & (forced == 1)
+        duped = rng.random((E, U)) < 0.2
         u = UserConstraints(forced, np.zeros(E, bool), np.zeros((E, U), bool),
-                            np.zeros((E, U), bool), np.full((E, U), -1, np.int8), None, born)
+                            np.zeros((E, U), bool), np.full((E, U), -1, np.int8), None, born,
+                            None, duped)
         move = {(H, D): up, (D, H): down, (H, X): up, (X, H): 0.0, (X, D): up,
                 (D, X): down + up}
 
@@ -355,6 +358,8 @@ def test_the_bound_with_read_mostly_duplicates_is_the_brute_force_optimum():
                     can |= {D}
                     if born[e, i] and cur == D:
                         can |= {H}
+                if duped[e, i] and H in can:      # the user's own duplicate, free
+                    can |= {X}
                 total += min(0.0 if m == s else move[m, s] for m in can)
                 total += (ch, cd, cx)[s][e, i]
                 cur = s
@@ -364,7 +369,8 @@ def test_the_bound_with_read_mostly_duplicates_is_the_brute_force_optimum():
             assert got[i] == min(cost(q, i) for q in itertools.product((H, D, X), repeat=E))
         two = _dp(ch, cd, init, up, down, u, vetoes=False)[1]
         assert (got <= two).all()
-        assert np.array_equal(_dp_dup(ch, cd, np.full((E, U), np.inf), init, up, down, u), two)
+        none = np.full((E, U), np.inf)
+        assert np.array_equal(_dp_dup(ch, cd, none, init, up, down, u), two)
 
 
 def test_the_users_and_the_hints_moves_take_only_the_room_the_schedule_leaves():

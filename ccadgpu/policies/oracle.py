@@ -124,6 +124,9 @@ class UserConstraints:
     #: ``read_mostly[e, i]``: the page is read-mostly during epoch ``e`` (a policy's move to
     #: the device then makes a duplicate there); None: never
     read_mostly: np.ndarray | None = None
+    #: ``duplicated[e, i]``: the user's prefetch duplicated the page (if on the host) on the
+    #: device just before epoch ``e``, free; None: never
+    duplicated: np.ndarray | None = None
 
     #: the pages the user's actions reach, and their constraints, per kind of use (_dp)
     _split: dict = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -142,8 +145,9 @@ class UserConstraints:
         """The constraints of the pages ``keep`` (a mask over ``vpns``) only."""
         return UserConstraints(self.forced[:, keep], self.offline, self.no_up[:, keep],
                                self.no_down[:, keep], self.hinted[:, keep],
-                               *(None if a is None else a[:, keep]
-                                 for a in (self.pinned, self.born, self.read_mostly)))
+                               *(None if a is None else a[:, keep] for a in (
+                                   self.pinned, self.born, self.read_mostly,
+                                   self.duplicated)))
 
 
 def _dp(ch: np.ndarray, cd: np.ndarray, init_dev: np.ndarray, up: float, down: float,
@@ -211,7 +215,8 @@ def _dp_dup(ch: np.ndarray, cd: np.ndarray, cx: np.ndarray, init_dev: np.ndarray
     page, a read-mostly duplicate (``cx[e, i]`` its epoch's cost, inf where there can be
     none): made from the host for ``up``, from the device for ``down + up``; it goes by a
     collapse, free (a write, an offline); a user's move home keeps it or not, one to the
-    device takes the page itself there.  Returns the cost per page."""
+    device takes the page itself there, and the user's prefetch may make one for free.
+    Returns the cost per page."""
     E, U = ch.shape
     inf = np.inf
     vh = np.where(init_dev, inf, 0.0)
@@ -227,6 +232,8 @@ def _dp_dup(ch: np.ndarray, cd: np.ndarray, cx: np.ndarray, init_dev: np.ndarray
         wx = vx
         if user.born is not None:                   # (a birth may land on the host)
             wh = np.where(user.born[e], np.minimum(wh, vd), wh)
+        if user.duplicated is not None:             # the user's duplicate (if it fits)
+            wx = np.where(user.duplicated[e], np.minimum(wx, wh), wx)
         nh = np.minimum(np.minimum(wh, wd + down), wx) + ch[e]
         nd = np.minimum(np.minimum(wd, wh + up), wx + up) + cd[e]
         nx = np.minimum(np.minimum(wx, wh + up), wd + down + up) + cx[e]
