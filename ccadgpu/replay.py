@@ -246,8 +246,13 @@ def oracle_schedule(trace: Trace, profile: Profile, device_frames: int,
     cpu_access = cpu[0] if cpu else knobs.get("cpu_access", recorded_cpu_access(trace))
     # a CPU touch brings a device page home where that mode rules, but not while migration
     # is off (the manager refuses the move)
-    faults_home = np.array([c == "migrate_on_cpu_fault" and m for c, m in zip(
-        cpu, knob_timeline(trace, epochs, "migration_enabled", knobs))], bool)
+    # (a change made once an epoch's faults ran rules that epoch's faults only if it and
+    # the value before it both say so: a sure trip home)
+    faults_home = np.ones(len(epochs), bool)
+    for late in (False, True):
+        faults_home &= np.array([c == "migrate_on_cpu_fault" and m for c, m in zip(
+            knob_timeline(trace, epochs, "cpu_access", knobs, late),
+            knob_timeline(trace, epochs, "migration_enabled", knobs, late))], bool)
     first = initial_placement(trace, epochs)
     init = _fit_device(first.copy(), device_frames)
     vp = np.flatnonzero(init >= 0)
@@ -468,18 +473,22 @@ def recorded_tunables(trace: Trace) -> dict[str, Any]:
 
 
 def knob_timeline(trace: Trace, epochs: Sequence[Epoch], name: str,
-                  tunables: dict[str, Any] | None = None) -> list[Any]:
+                  tunables: dict[str, Any] | None = None, late: bool = False) -> list[Any]:
     """Knob ``name``'s value in each of ``epochs`` as a replay sets it: the recorded start,
-    the run's changes where it made them, or ``tunables``' value throughout."""
+    the run's changes where it made them, or ``tunables``' value throughout.  ``late``: as
+    the epoch's faults saw it (a change made once they ran counts from the next epoch)."""
     if name in (tunables or {}):
         return [tunables[name]] * len(epochs)
     cur = {**{k: v.default for k, v in KNOBS.items()}, **recorded_tunables(trace)}[name]
-    changes = [(p, trace.user_events[i]["values"][name]) for p, kind, i in trace.events
+    changes = [(p, trace.user_events[i]["values"][name],
+                bool(trace.user_events[i].get("after_faults")))
+               for p, kind, i in trace.events
                if kind == 2 and trace.user_events[i]["op"] == "tunables"
                and name in trace.user_events[i]["values"]]
     out, k = [], 0
     for ep in epochs:
-        while k < len(changes) and changes[k][0] <= ep.epoch:
+        while k < len(changes) and (changes[k][0] < ep.epoch or changes[k][0] == ep.epoch
+                                    and not (late and changes[k][2])):
             cur = changes[k][1]
             k += 1
         out.append(cur)

@@ -45,9 +45,11 @@ pages is one too (``{"op": "collapse", "lo", "hi"}``): it drops their device dup
 which a replay under another policy may have made where the run made none.  One made while a launch or CPU operation runs whose faults ran ahead
 (from its kernel, another thread), or after it but before the manager stepped it, is marked
 ``"after_faults": true``: a replay applies it between that epoch's faults and its accesses.
-One made from a migrate listener lands before the epoch whose moves called it (a replay
-cannot split a step's moves; the rest of that step may then differ), and one after a CPU
-operation made inside the same kernel is placed against that operation's epoch.
+One made from a migrate listener lands between two epochs next to the step whose moves
+called it (before that epoch when its faults ran ahead, after it otherwise): a replay
+cannot split a step's moves, so the rest of that step may then differ, except for the
+knobs, which the manager holds still through a step anyway.  One after a CPU operation made
+inside the same kernel is placed against that operation's epoch.
 
 A launch that fails once the manager's faults for it ran (its kernel raised, the device went
 offline) leaves an *aborted* record (``EpochRecord.aborted``; the header's ``aborted`` lists

@@ -871,3 +871,34 @@ def test_an_offline_steps_the_cpu_work_on_device_pages_that_died_first(tmp_path,
     r = replay(ccadgpu.Trace.load(path), policy)
     assert r["migrated_bytes_by_cause"] == live["migrated_bytes_by_cause"]
     assert r["modeled_s"] == live["modeled_s"]
+
+
+def test_a_knob_set_once_an_epochs_faults_ran_rules_its_faults_from_the_next():
+    """A migrate listener of a CPU write's faults (run ahead) sets ``cpu_access``: the trace
+    marks it ``after_faults``, and the oracle's bound takes a CPU touch as a sure trip home
+    in that epoch only where the value before it said so too (those faults ran under it)."""
+    from ccadgpu.replay import knob_timeline, trace_epochs
+    with ccadgpu.Space(device_memory=8 * PS, page_size=PS, profile="gh200",
+                       policy="on_demand") as sp:
+        x, c = sp.asarray(np.arange(8.0 * F)), sp.asarray(np.arange(3.0 * F),
+                                                          placement="device")
+        calls = []
+
+        def listener(vpns, src, target):
+            calls.append(1)
+            if len(calls) == 2:
+                sp.tunables.cpu_access = "migrate_on_cpu_fault"
+        sp.migrate_listeners.append(listener)
+        ops.axpy(1.0, x[: len(c)], c)
+        c[...] = 1.0                     # its faults run ahead; the listener sets the knob
+        sp.sync()
+        t = sp.trace
+        (p, _, i), = [e for e in t.events if e[1] == 2]
+        assert t.user_events[i].get("after_faults")
+        eps = trace_epochs(t)
+        e = [ep.epoch for ep in eps].index(p)
+        assert knob_timeline(t, eps, "cpu_access")[e] == "migrate_on_cpu_fault"
+        assert knob_timeline(t, eps, "cpu_access", late=True)[e] == "coherent"
+        o = replay(t, "oracle")
+        assert all(o["lower_bound_s"] <= replay(t, q)["modeled_s"] * (1 + 1e-12)
+                   for q in POLICIES)
