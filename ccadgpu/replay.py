@@ -146,9 +146,9 @@ def user_constraints(trace: Trace, epochs: Sequence[Epoch], vpns: np.ndarray
         if op in ("tunables", "collapse"):
             return
         if op == "duplicate":               # free for every policy, as the user's moves
-            for lo, hi in ev["runs"]:
+            for lo, hi in ev["runs"] if e < E else ():
                 i, j = np.searchsorted(vpns, [lo, hi])
-                duped[min(e, E - 1), i:j] = True
+                duped[e, i:j] = True
             return
         if op in ("born", "free"):
             i, j = np.searchsorted(vpns, [ev["lo"], ev["hi"]])
@@ -291,6 +291,11 @@ class _Placements(Policy):
         return []
 
 
+def _run_pages(runs: list[list[int]]) -> np.ndarray:
+    """The pages of ``[[lo, hi], ...]`` runs (a user event's)."""
+    return np.concatenate([np.arange(lo, hi) for lo, hi in runs])
+
+
 class _EventPlacement(SimPlacement):
     """A simulated placement whose pages come and go with the trace's allocation events, and
     that takes the user's placement actions (hints, pins, moves, the device offline)."""
@@ -331,11 +336,11 @@ class _EventPlacement(SimPlacement):
         elif op == "collapse":
             self.collapse(ev["lo"], ev["hi"])
         elif op == "duplicate":
-            self.duplicate(np.concatenate([np.arange(lo, hi) for lo, hi in ev["runs"]]))
+            self.duplicate(_run_pages(ev["runs"]))
         elif op == "pin":
             ptf.set_flag(self._flags, ev["lo"], ev["hi"], ptf.PINNED, ev["on"])
         elif op == "move":
-            v = np.concatenate([np.arange(lo, hi) for lo, hi in ev["runs"]])
+            v = _run_pages(ev["runs"])
             v = v[(self._node[v] >= 0) & (self._node[v] != ev["node"])]
             self.move(v, int(ev["node"]), "api")      # as many as fit (a smaller device)
         else:

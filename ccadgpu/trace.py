@@ -42,9 +42,10 @@ the device (``{"op": "duplicate", "runs"}``), the device going offline or online
 "values": {name: value}}``, ``manager.DECISION_KNOBS``; the header's ``tunables_at_start``
 holds them all as the trace began, ``tunables`` as it was saved).  A write over read-mostly
 pages is one too (``{"op": "collapse", "lo", "hi"}``): it drops their device duplicates,
-which a replay under another policy may have made where the run made none.  One made while a launch or CPU operation runs whose faults ran ahead
-(from its kernel, another thread), or after it but before the manager stepped it, is marked
-``"after_faults": true``: a replay applies it between that epoch's faults and its accesses.
+which a replay under another policy may have made where the run made none.  One made while
+a launch or CPU operation runs whose faults ran ahead (from its kernel, another thread), or
+after it but before the manager stepped it, is marked ``"after_faults": true``: a replay
+applies it between that epoch's faults and its accesses.
 One made from a migrate listener lands between two epochs next to the step whose moves
 called it (before that epoch when its faults ran ahead, after it otherwise): a replay
 cannot split a step's moves, so the rest of that step may then differ, except for the

@@ -60,19 +60,21 @@ class OracleSchedule:
     lam: float                 # the capacity price used
 
 
+def _traffic(epochs: Sequence["Epoch"], vpns: np.ndarray, per_byte: np.ndarray) -> np.ndarray:
+    """``[k, E, U]`` traffic seconds of each page in each epoch, for each column of
+    ``per_byte[proc, k]`` (seconds per byte of each processor's traffic)."""
+    out = np.zeros((per_byte.shape[1], len(epochs), len(vpns)))
+    for e, ep in enumerate(epochs):
+        if len(ep.vpns):
+            by_proc = ep.sectors.sum(axis=2) * SECTOR          # [n, proc] bytes
+            out[:, e, np.searchsorted(vpns, ep.vpns)] = (by_proc @ per_byte).T
+    return out
+
+
 def _costs(epochs: Sequence["Epoch"], vpns: np.ndarray, profile: "Profile"
            ) -> tuple[np.ndarray, np.ndarray]:
-    E, U = len(epochs), len(vpns)
-    ch = np.zeros((E, U))
-    cd = np.zeros((E, U))
-    inv_bw = 1.0 / profile.bandwidth          # [proc, node]
-    for e, ep in enumerate(epochs):
-        if len(ep.vpns) == 0:
-            continue
-        idx = np.searchsorted(vpns, ep.vpns)
-        by_proc = ep.sectors.sum(axis=2) * SECTOR          # [n, proc] bytes
-        ch[e, idx] = by_proc @ inv_bw[:, HOST]
-        cd[e, idx] = by_proc @ inv_bw[:, DEVICE]
+    """``[E, U]`` traffic seconds with the page on the host, and on the device."""
+    ch, cd = _traffic(epochs, vpns, 1.0 / profile.bandwidth[:, [HOST, DEVICE]])
     return ch, cd
 
 
@@ -81,17 +83,9 @@ def _split_costs(epochs: Sequence["Epoch"], vpns: np.ndarray, profile: "Profile"
     """``[E, U]`` traffic seconds with each processor's at its cheaper node (below any
     placement's, a copy on each node included), and with a copy on each node (the CPU's
     at the host, the device's at the device: a read-mostly duplicate)."""
-    E, U = len(epochs), len(vpns)
-    floor, both = np.zeros((E, U)), np.zeros((E, U))
     inv_bw = 1.0 / profile.bandwidth          # [proc, node]
-    best = inv_bw.min(axis=1)
     mine = np.array([inv_bw[p, HOST if p == CPU_PROC else DEVICE] for p in range(len(inv_bw))])
-    for e, ep in enumerate(epochs):
-        if len(ep.vpns):
-            idx = np.searchsorted(vpns, ep.vpns)
-            by_proc = ep.sectors.sum(axis=2) * SECTOR
-            floor[e, idx] = by_proc @ best
-            both[e, idx] = by_proc @ mine
+    floor, both = _traffic(epochs, vpns, np.stack([inv_bw.min(axis=1), mine], axis=1))
     return floor, both
 
 
@@ -321,8 +315,10 @@ def plan_oracle(epochs: Sequence["Epoch"], profile: "Profile", page_size: int,
         if dup is None:
             return _dp(ch, cd, start, up, down, user, vetoes=False)[1]
         return _dp_dup(ch, cd, dup, start, up, down, user)
-    on, cost = _dp(ch, cd, init_dev, up, down, user, vetoes=False) if dup is None else \
-        (None, bound(init_dev))
+    if dup is None:       # (its schedule is the plan's when there are no user actions)
+        on, cost = _dp(ch, cd, init_dev, up, down, user, vetoes=False)
+    else:
+        on, cost = None, bound(init_dev)
     low = cost
     if either is not None and either.any():    # (pages are independent in the bound)
         for start in (init_dev | either, init_dev & ~either):
@@ -365,10 +361,9 @@ def _schedule(ch: np.ndarray, cd: np.ndarray, forbid: float, init_dev: np.ndarra
     of: following them all, or as it likes (where a full device may make that come true),
     with the hints' moves as the manager makes them or left to it (and, given ``both``, the
     traffic of read-mostly pages with a duplicate, taken for "on the device"); the best of
-    those planned
-    again with the user's moves that find room under it; ``candidates``; and then, where the
-    moves would bring pages it does not want, filling the device with pages worth having there
-    just before, so that they find no room (:func:`_block`)."""
+    those planned again with the user's moves that find room under it; ``candidates``; and
+    then, where the moves would bring pages it does not want, filling the device with pages
+    worth having there just before, so that they find no room (:func:`_block`)."""
     hard = (ch, cd)
     if user is not None and (user.hinted >= 0).any():      # the hints' moves as made
         hard = (ch + np.where(user.hinted == DEVICE, forbid, 0.0),
