@@ -27,6 +27,7 @@ from . import pagetable as ptf
 from .array import ManagedArray, _Buffer, buffer_of
 from .clock import Clock, Profile, load_profile
 from .counters import AccessCounters
+from .hostepoch import HostAccesses
 from .errors import (CapacityError, CcadError, DeviceOfflineError, ForeignArrayError, FreedArrayError,
                      InvalidArgumentError,
                      PinnedError, SpaceClosedError, UnknownNodeError, UnsupportedPlatformError)
@@ -192,7 +193,7 @@ class Space:
         self.trace = Trace.for_space(self)
         from .manager import LivePlacement, MigrationManager
         self._mq: list[Any] = []                 # epochs waiting for the manager
-        self._host_tallies: list[Any] = []       # CPU accesses of the open host epoch
+        self._host_tallies = HostAccesses(ids=True)   # CPU accesses of the open host epoch
         #: the open host epoch is one CPU operation whose faults ran first (it closes before
         #: the next operation), and those faults (tunable faults_ahead)
         self._host_alone = False
@@ -1055,28 +1056,19 @@ class Space:
 
     def _note_host_tally(self, tally: Any) -> None:
         # the pages' allocations now: they may be freed and reused before the epoch closes
-        ids = self.pt.alloc[np.asarray(tally.vpns, np.int64)]
+        ids = tally.alloc_ids(self.pt.alloc)
         self._touched(ids, self.counters.epoch)          # the open host epoch's number
-        self._host_tallies.append((tally, ids))
+        self._host_tallies.add(tally, ids)
 
     def _queue_host_epoch(self, epoch: int) -> None:
         if not self._host_tallies:
             return
-        from .counters import merge_tallies
-        parts, self._host_tallies = self._host_tallies, []
-        t = merge_tallies([p[0] for p in parts])
+        t, ids = self._host_tallies.take()
         ahead, self._host_alone, self._host_ahead = self._host_ahead, False, None
         self._queue_epoch(epoch, "host", 0, t, float("nan"), ahead=ahead)
         # a page counts as the same page only if one allocation held it throughout
-        v = np.concatenate([np.asarray(p[0].vpns, np.int64) for p in parts])
-        ids = np.concatenate([p[1] for p in parts]).astype(np.int64)
-        idx = np.searchsorted(t.vpns, v)
-        lo = np.full(len(t.vpns), np.iinfo(np.int64).max)
-        hi = np.full(len(t.vpns), np.iinfo(np.int64).min)
-        np.minimum.at(lo, idx, ids)
-        np.maximum.at(hi, idx, ids)
         if self._mq and self._mq[-1].kernel == "host":
-            self._mq[-1].alloc_ids = np.where(lo == hi, lo, -2)
+            self._mq[-1].alloc_ids = ids
 
     def _forget_freed(self, forget: list | None = None) -> None:
         """Have the manager forget the ranges freed since it last did, before it decides

@@ -72,6 +72,7 @@ import numpy as np
 
 from . import pagetable as ptf
 from .errors import CcadError, TraceFormatError
+from .hostepoch import HostAccesses
 from .runs import node_steps, runs
 from .tunables import KNOBS, Knob, Tunables, register
 
@@ -263,7 +264,7 @@ class Trace:
             int(a["id"]): a for a in header.get("allocations", [])}
         self._space: "Space | None" = None
         self._t0 = time.perf_counter()
-        self._host: list["Tally"] = []
+        self._host = HostAccesses()       # the open host epoch's tallies
         self._host_modeled = 0.0
         self._host_t = math.nan
         #: ``[position, kind, id]``: allocations (kind 1), their pages going back (kind 0) and
@@ -467,19 +468,14 @@ class Trace:
             return
         if not self._host:
             self._host_t = time.perf_counter() - self._t0
-        self._host.append(t)
+        self._host.add(t)
         self._host_modeled += modeled
-        if len(self._host) >= 64:      # keep the pending host epoch compact
-            from .counters import merge_tallies
-            self._host = [merge_tallies(self._host)]
 
     def _close_host(self, epoch: int) -> EpochRecord | None:
         if not self._host:
             return None
-        from .counters import merge_tallies
-        t = merge_tallies(self._host)
+        t, _ = self._host.take()
         rec = self._record(epoch, "host", "cpu", t, math.nan, self._host_modeled, self._host_t, 0)
-        self._host = []
         self._host_modeled = 0.0
         self._append(rec)
         return rec
@@ -532,7 +528,7 @@ class Trace:
         if sp is not None:
             with sp._cond:
                 self.records.clear()
-                self._host = []
+                self._host.clear()
                 self._host_modeled = 0.0
                 self.dropped = 0
         else:
