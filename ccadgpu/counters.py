@@ -495,6 +495,29 @@ class Tally:
             out[row: row + len(fp.nbytes)] = i
         return out
 
+    def flat(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(vpns, bytes ``[n, 8]``, sectors ``[n, 4]``, node) in one pass (what a merge
+        needs: the properties each walk the parts form's parts)."""
+        if self.parts is None:
+            return (self.vpns, self.counts.reshape(-1, 8), self.sectors.reshape(-1, 4),
+                    self.node)
+        n = self.n
+        c = np.zeros((n, 8), np.int64)
+        s = np.zeros((n, 4), np.int64)
+        node = np.full(n, -1, np.int8)
+        for row, proc, rw, fp, nd, kk in self.parts:
+            rows = slice(row, row + len(fp.nbytes))
+            node[rows] = nd
+            s[rows, proc * 2 + rw] += fp.sectors
+            if kk >= 0:
+                c[rows, kk] += fp.nbytes
+            else:
+                remote = nd != self.local[proc]
+                k = proc * 4 + rw * 2
+                c[rows, k + REMOTE] += np.where(remote, fp.nbytes, 0)
+                c[rows, k + LOCAL] += np.where(remote, 0, fp.nbytes)
+        return self.vpns, c, s, node
+
     def add_bytes(self, table: np.ndarray) -> None:
         """Add the bytes to ``table[vpn, proc*4 + rw*2 + loc]`` (the counters' table)."""
         if self.parts is not None:
@@ -809,20 +832,64 @@ class TallyBuilder:
 
 def merge_tallies(tallies: list[Tally]) -> Tally:
     """Sum tallies page by page (the node of the last tally that touched a page wins; the
-    summaries add up; ``remote_sectors`` is recomputed on demand)."""
+    summaries add up; ``remote_sectors`` is recomputed on demand).
+
+    Vectorised over the tallies: the parts of tallies in the parts form (the host epoch's
+    many small CPU operations, dense launches) are gathered as columns, so merging costs a
+    few list appends per part, not a matrix per tally."""
     tallies = [t for t in tallies if t.n]
     if not tallies:
         return Tally.empty()
     if len(tallies) == 1:
         return tallies[0]
-    v = np.concatenate([t.vpns for t in tallies])
-    u, inv = np.unique(v, return_inverse=True)
+    # single-node parts: first vpn, length, byte column, sector column, node, order, values
+    lo: list[int] = []
+    ln: list[int] = []
+    kks: list[int] = []
+    kss: list[int] = []
+    nds: list[int] = []
+    seq: list[int] = []
+    nb: list[np.ndarray] = []
+    sc: list[np.ndarray] = []
+    dense: list[tuple[int, tuple]] = []         # (order, flat()) of the other tallies
+    for i, t in enumerate(tallies):
+        if t.parts is None or any(p[5] < 0 for p in t.parts):
+            dense.append((i, t.flat()))
+            continue
+        for _row, proc, rw, fp, nd, kk in t.parts:
+            lo.append(fp.vlo)
+            ln.append(len(fp.nbytes))
+            kks.append(kk)
+            kss.append(proc * 2 + rw)
+            nds.append(nd)
+            seq.append(i)
+            nb.append(fp.nbytes)
+            sc.append(fp.sectors)
+    lens = np.asarray(ln, np.int64)
+    starts = np.repeat(np.asarray(lo, np.int64) - (np.cumsum(lens) - lens), lens)
+    v_parts = starts + np.arange(int(lens.sum()), dtype=np.int64)
+    v_all = np.concatenate([v_parts, *(f[0] for _i, f in dense)])
+    u, inv = np.unique(v_all, return_inverse=True)
+    m = len(v_parts)
     counts = np.zeros((len(u), 8), np.int64)
     sectors = np.zeros((len(u), 4), np.int64)
-    np.add.at(counts, inv, np.concatenate([t.counts.reshape(-1, 8) for t in tallies]))
-    np.add.at(sectors, inv, np.concatenate([t.sectors.reshape(-1, 4) for t in tallies]))
-    node = np.full(len(u), -1, np.int8)
-    node[inv] = np.concatenate([t.node for t in tallies])   # later entries overwrite earlier
+    if m:
+        np.add.at(counts.reshape(-1), inv[:m] * 8 + np.repeat(np.asarray(kks), lens),
+                  np.concatenate(nb))
+        np.add.at(sectors.reshape(-1), inv[:m] * 4 + np.repeat(np.asarray(kss), lens),
+                  np.concatenate(sc))
+    if dense:
+        inv_d = inv[m:]
+        np.add.at(counts, inv_d, np.concatenate([f[1] for _i, f in dense]))
+        np.add.at(sectors, inv_d, np.concatenate([f[2] for _i, f in dense]))
+    # the node of each page's last entry (by tally, then part: lexsort is stable)
+    order_all = np.concatenate([np.repeat(np.asarray(seq, np.int64), lens),
+                                *(np.full(len(f[0]), i, np.int64) for i, f in dense)])
+    node_all = np.concatenate([np.repeat(np.asarray(nds, np.int8), lens),
+                               *(np.asarray(f[3], np.int8) for _i, f in dense)])
+    o = np.lexsort((order_all, inv))
+    last = np.flatnonzero(np.append(inv[o][1:] != inv[o][:-1], True))
+    node = node_all[o][last]
     nn = max(t.sectors_by_node(2).shape[1] for t in tallies)
     by_node = np.zeros((2, nn))
     for t in tallies:
@@ -983,7 +1050,7 @@ class AccessCounters:
             sp.clock.advance("host", modeled)
             self._apply(t, self.epoch)
             self._host_open = True
-            sp.trace._add_host(t, modeled)
+            sp.trace._add_host(t, modeled, sp._host_tallies.adds)
             sp._note_host_tally(t)
         self._deliver()
 
@@ -993,8 +1060,8 @@ class AccessCounters:
         record (if tracing)."""
         if not self._host_open:
             return None
-        self._space._queue_host_epoch(self.epoch)
-        rec = self._space.trace._close_host(self.epoch)
+        t = self._space._queue_host_epoch(self.epoch)
+        rec = self._space.trace._close_host(self.epoch, t)
         self.epoch += 1
         self._host_open = False
         return rec

@@ -1,8 +1,8 @@
 """The CPU accesses of the open host epoch, kept compact.
 
 Every counted CPU operation adds its tally to the host epoch that stays open until the next
-launch (or a fault, or ``sync``) closes it, and the space (for the manager) and its trace each
-keep what it added.  A loop of small operations (``a[i] = x`` a million times) adds a tally
+launch (or a fault, or ``sync``) closes it; the space hands that epoch to the manager and
+its trace records the same tally.  A loop of small operations (``a[i] = x`` a million times) adds a tally
 of a page or two per operation: kept one by one they would hold memory per operation and
 make closing the epoch one merge of all of them.  :class:`HostAccesses` merges them every
 :data:`COMPACT` additions, so it holds memory in proportion to the pages touched, and each
@@ -38,6 +38,8 @@ class HostAccesses:
         self._lo = self._hi = np.zeros(0, np.int64)   # per row of _merged, with ids
         self._pending: list[Tally] = []
         self._pending_ids: list[Any] = []
+        #: tallies added since the last :meth:`take`
+        self.adds = 0
 
     def __bool__(self) -> bool:
         return self._merged is not None or bool(self._pending)
@@ -48,6 +50,7 @@ class HostAccesses:
         if not t.n:
             return
         self._pending.append(t)
+        self.adds += 1
         if self._with_ids:
             self._pending_ids.append(ids)
         if len(self._pending) >= COMPACT:
@@ -66,6 +69,7 @@ class HostAccesses:
         self._merged = None
         self._lo = self._hi = np.zeros(0, np.int64)
         self._pending, self._pending_ids = [], []
+        self.adds = 0
 
     def _compact(self) -> None:
         if not self._pending:

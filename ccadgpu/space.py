@@ -1060,15 +1060,18 @@ class Space:
         self._touched(ids, self.counters.epoch)          # the open host epoch's number
         self._host_tallies.add(tally, ids)
 
-    def _queue_host_epoch(self, epoch: int) -> None:
+    def _queue_host_epoch(self, epoch: int) -> Any:
+        """Hand the open host epoch to the manager (space lock held); returns its tally (None
+        if it has none)."""
         if not self._host_tallies:
-            return
+            return None
         t, ids = self._host_tallies.take()
         ahead, self._host_alone, self._host_ahead = self._host_ahead, False, None
         self._queue_epoch(epoch, "host", 0, t, float("nan"), ahead=ahead)
         # a page counts as the same page only if one allocation held it throughout
         if self._mq and self._mq[-1].kernel == "host":
             self._mq[-1].alloc_ids = ids
+        return t
 
     def _forget_freed(self, forget: list | None = None) -> None:
         """Have the manager forget the ranges freed since it last did, before it decides

@@ -264,7 +264,10 @@ class Trace:
             int(a["id"]): a for a in header.get("allocations", [])}
         self._space: "Space | None" = None
         self._t0 = time.perf_counter()
-        self._host = HostAccesses()       # the open host epoch's tallies
+        # the open host epoch: operations recorded, and their tallies where the trace began
+        # recording after the epoch opened (else the record is the space's whole epoch)
+        self._host_n = 0
+        self._host: HostAccesses | None = None
         self._host_modeled = 0.0
         self._host_t = math.nan
         #: ``[position, kind, id]``: allocations (kind 1), their pages going back (kind 0) and
@@ -463,20 +466,31 @@ class Trace:
                 self.allocations[int(alloc.id)]["died_after_faults"] = True
             self.events.append([pos, 0, int(alloc.id)])
 
-    def _add_host(self, t: "Tally", modeled: float) -> None:
+    def _add_host(self, t: "Tally", modeled: float, before: int) -> None:
+        """A CPU operation's tally was counted; ``before``: how many the open host epoch had
+        (space lock held).  A trace recording since the epoch's first operation records the
+        epoch the space hands the manager (one merge serves both); one that began (or was
+        cleared) later keeps the tallies since."""
         if not self._recording():
             return
-        if not self._host:
+        if not self._host_n:
             self._host_t = time.perf_counter() - self._t0
-        self._host.add(t)
+            if before:
+                self._host = HostAccesses()
+        if self._host is not None:
+            self._host.add(t)
+        self._host_n += 1
         self._host_modeled += modeled
 
-    def _close_host(self, epoch: int) -> EpochRecord | None:
-        if not self._host:
+    def _close_host(self, epoch: int, whole: "Tally | None") -> EpochRecord | None:
+        """Record the host epoch that closed, ``whole`` its tally as the manager got it."""
+        if not self._host_n:
             return None
-        t, _ = self._host.take()
-        rec = self._record(epoch, "host", "cpu", t, math.nan, self._host_modeled, self._host_t, 0)
-        self._host_modeled = 0.0
+        t = self._host.take()[0] if self._host is not None else whole
+        self._host_n, self._host, modeled, self._host_modeled = 0, None, self._host_modeled, 0.0
+        if t is None or not t.n:
+            return None
+        rec = self._record(epoch, "host", "cpu", t, math.nan, modeled, self._host_t, 0)
         self._append(rec)
         return rec
 
@@ -528,7 +542,7 @@ class Trace:
         if sp is not None:
             with sp._cond:
                 self.records.clear()
-                self._host.clear()
+                self._host_n, self._host = 0, None
                 self._host_modeled = 0.0
                 self.dropped = 0
         else:
