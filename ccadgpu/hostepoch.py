@@ -77,16 +77,35 @@ class HostAccesses:
         parts = ([self._merged] if self._merged is not None else []) + self._pending
         t = merge_tallies(parts)
         if self._with_ids:
-            ids = [t_.expand_alloc(i).astype(np.int64) for t_, i in
-                   zip(self._pending, self._pending_ids)]
-            lo_in = np.concatenate([self._lo, *ids])
-            hi_in = np.concatenate([self._hi, *ids])
-            rows = np.searchsorted(t.vpns, np.concatenate(
-                [np.asarray(p.vpns, np.int64) for p in parts]))
+            # (vpn, id) pairs: a parts-form tally's ids are one per part, expanded over its
+            # span in one go (a page in two parts gets its id twice: min/max do not mind)
+            vs: list[np.ndarray] = [np.asarray(self._merged.vpns, np.int64)] \
+                if self._merged is not None else []
+            lo_in, hi_in = [self._lo], [self._hi]
+            starts, lens, pid = [], [], []
+            for t_, ids in zip(self._pending, self._pending_ids):
+                if isinstance(ids, list):
+                    for (_r, _p, _w, fp, _nd, _kk), i in zip(t_.parts, ids):
+                        starts.append(fp.vlo)
+                        lens.append(len(fp.nbytes))
+                        pid.append(i)
+                else:
+                    vs.append(np.asarray(t_.vpns, np.int64))
+                    ids = np.asarray(ids, np.int64)
+                    lo_in.append(ids)
+                    hi_in.append(ids)
+            if lens:
+                ln = np.asarray(lens, np.int64)
+                vs.append(np.repeat(np.asarray(starts, np.int64) - (np.cumsum(ln) - ln), ln)
+                          + np.arange(int(ln.sum()), dtype=np.int64))
+                ids = np.repeat(np.asarray(pid, np.int64), ln)
+                lo_in.append(ids)
+                hi_in.append(ids)
+            rows = np.searchsorted(t.vpns, np.concatenate(vs))
             lo = np.full(t.n, _MAX)
             hi = np.full(t.n, _MIN)
-            np.minimum.at(lo, rows, lo_in)
-            np.maximum.at(hi, rows, hi_in)
+            np.minimum.at(lo, rows, np.concatenate(lo_in))
+            np.maximum.at(hi, rows, np.concatenate(hi_in))
             self._lo, self._hi = lo, hi
         self._merged = t
         self._pending, self._pending_ids = [], []

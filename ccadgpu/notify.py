@@ -32,8 +32,8 @@ def raise_notifications(acc: np.ndarray, vpns: np.ndarray, remote: Any,
     raises: regions that received sectors and whose accumulator reached ``threshold`` (they
     restart from zero), processor by processor, regions ascending.  One fused pass over the
     pages (:mod:`ccadgpu.upkeep`)."""
-    if len(vpns) == 0:
-        return np.zeros(0, NOTIFICATION_DTYPE)
+    if len(vpns) == 0 or all(r is None or not len(r) for r in remote):
+        return np.zeros(0, NOTIFICATION_DTYPE)     # nothing remote: no region can cross
     from .upkeep import notifications
     return notifications(acc, vpns, remote, pages_per_region, threshold, epoch,
                          NOTIFICATION_DTYPE)

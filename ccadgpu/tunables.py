@@ -141,6 +141,10 @@ class Tunables:
         return self._gen
 
     def __getattr__(self, name: str) -> Any:
+        try:                             # the hot path: every counted operation reads several
+            return self._values[name]
+        except KeyError:
+            pass
         if name.startswith("_"):
             raise AttributeError(name)
         self._knob(name)

@@ -46,7 +46,8 @@ def test_merging_as_they_come_sums_every_tally(ops):
     tallies, seen = [], {}
     for vlo, nb, proc, rws, nodes, aid in ops:
         t = _tally(vlo, nb, proc, rws, nodes)
-        ids = np.full(t.n, aid, np.int64)
+        # as Tally.alloc_ids gives them: one per part in the parts form, else one per row
+        ids = [aid] * len(t.parts) if t.parts is not None else np.full(t.n, aid, np.int64)
         if t.n:
             tallies.append(t)
             for v in np.asarray(t.vpns).tolist():
