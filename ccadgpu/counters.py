@@ -50,6 +50,7 @@ import numpy as np
 
 from .clock import SECTOR
 from .notify import NOTIFICATION_DTYPE, raise_notifications
+from .runs import expand_runs
 from .errors import InvalidArgumentError
 from .tunables import Knob, register
 
@@ -866,8 +867,7 @@ def merge_tallies(tallies: list[Tally]) -> Tally:
             nb.append(fp.nbytes)
             sc.append(fp.sectors)
     lens = np.asarray(ln, np.int64)
-    starts = np.repeat(np.asarray(lo, np.int64) - (np.cumsum(lens) - lens), lens)
-    v_parts = starts + np.arange(int(lens.sum()), dtype=np.int64)
+    v_parts = expand_runs(lo, lens)
     v_all = np.concatenate([v_parts, *(f[0] for _i, f in dense)])
     u, inv = np.unique(v_all, return_inverse=True)
     m = len(v_parts)

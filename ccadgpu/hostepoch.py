@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .counters import Tally, merge_tallies
+from .runs import expand_runs
 
 #: additions between merges: large enough that merging is a small part of each operation's
 #: cost, small enough that the pending tallies stay a few hundred KiB at most
@@ -95,10 +96,8 @@ class HostAccesses:
                     lo_in.append(ids)
                     hi_in.append(ids)
             if lens:
-                ln = np.asarray(lens, np.int64)
-                vs.append(np.repeat(np.asarray(starts, np.int64) - (np.cumsum(ln) - ln), ln)
-                          + np.arange(int(ln.sum()), dtype=np.int64))
-                ids = np.repeat(np.asarray(pid, np.int64), ln)
+                vs.append(expand_runs(starts, lens))
+                ids = np.repeat(np.asarray(pid, np.int64), lens)
                 lo_in.append(ids)
                 hi_in.append(ids)
             rows = np.searchsorted(t.vpns, np.concatenate(vs))

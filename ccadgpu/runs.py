@@ -5,6 +5,8 @@ contiguous frames costs one ``mmap`` call rather than thousands (``vm.max_map_co
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 
@@ -23,6 +25,14 @@ def runs(*seqs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     starts = np.flatnonzero(brk)
     lengths = np.diff(np.append(starts, n))
     return starts, lengths
+
+
+def expand_runs(starts: Any, lengths: Any) -> np.ndarray:
+    """The numbers of runs ``[starts[i], starts[i] + lengths[i])``, one after another (the
+    inverse of :func:`runs`).  Vectorised."""
+    lens = np.asarray(lengths, np.int64)
+    first = np.asarray(starts, np.int64) - (np.cumsum(lens) - lens)
+    return np.repeat(first, lens) + np.arange(int(lens.sum()), dtype=np.int64)
 
 
 def run_phase(seq: np.ndarray, period: int) -> int:

@@ -64,3 +64,13 @@ def test_frames_for_a_run_of_pages_start_at_its_phase(taken, n, phase):
     fits = np.flatnonzero(first + n <= starts + lens)
     if len(fits):
         assert got[0] == first[fits[0]] and (np.diff(got) == 1).all()
+
+
+@given(st.lists(st.integers(0, 1000), max_size=30))
+@settings(max_examples=100, deadline=None)
+def test_expand_runs_inverts_runs(seq):
+    from ccadgpu.runs import expand_runs, runs
+    v = np.asarray(seq, np.int64)
+    at, lens = runs(v)
+    np.testing.assert_array_equal(expand_runs(v[at] if len(v) else at, lens), v)
+    assert expand_runs([3, 9], [0, 2]).tolist() == [9, 10]
