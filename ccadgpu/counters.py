@@ -736,6 +736,8 @@ class TallyBuilder:
         if not parts:
             return Tally.empty()
         if all(p[2].is_full() for p in parts):
+            if len(parts) == 1 and len(parts[0][2].nbytes) == 1:
+                return self._build_page(*parts[0])
             return self._build_parts()
         lo = min(p[2].vlo for p in parts)
         hi = max(p[2].vhi for p in parts)
@@ -757,6 +759,20 @@ class TallyBuilder:
         return Tally(keep + lo, node[keep], cols={k: c[keep] for k, c in cols.items()},
                      scols={k: c[keep] for k, c in scols.items()},
                      totals=totals, by_node=by_node, remote_sectors=rs[:, keep])
+
+    def _build_page(self, proc: int, rw: int, fp: Footprint, nd: np.ndarray) -> Tally:
+        """One access to one page (a scalar store, a small slice): :meth:`_build_parts`'s
+        tally, without its merging of spans."""
+        node = int(nd[0])
+        kk = proc * 4 + rw * 2 + (LOCAL if node == self.local[proc] else REMOTE)
+        totals = np.zeros(8, np.int64)
+        totals[kk] = fp.nbytes[0]
+        by_node = np.zeros((2, self.nnodes))
+        if 0 <= node < self.nnodes:
+            by_node[proc, node] = fp.sectors[0]
+        return Tally(None, None, totals=totals.reshape(2, 2, 2), by_node=by_node,
+                     parts=[(0, proc, rw, fp, node, kk)], local=self.local,
+                     runs=[(fp.vlo, fp.vhi)])
 
     def _build_parts(self) -> Tally:
         """Every part touches every page of its span: the rows are the union of the spans,

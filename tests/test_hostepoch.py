@@ -105,3 +105,22 @@ def test_a_trace_begun_within_a_host_epoch_records_the_operations_since():
         a[:7] = 1.0
         assert int(sp.trace.flush().counts.sum()) == 7 * 8
         assert sp.trace.flush() is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 100), st.integers(1, 70000), st.sampled_from([CPU, DEVICE]),
+       st.integers(0, 1), st.integers(-1, 2))
+def test_a_one_page_tally_is_the_parts_form_one(vlo, nbytes, proc, rw, node):
+    b = TallyBuilder((0, 1), 2)
+    nb = np.asarray([nbytes], np.int64)
+    b.add(proc, rw, Footprint(vlo, nb, -(-nb // 32), True), np.asarray([node], np.int8))
+    fast, slow = b.build(), b._build_parts()
+    assert fast.parts is not None and fast.n == slow.n == 1
+    np.testing.assert_array_equal(fast.vpns, slow.vpns)
+    np.testing.assert_array_equal(fast.node, slow.node)
+    np.testing.assert_array_equal(fast.counts, slow.counts)
+    np.testing.assert_array_equal(fast.sectors, slow.sectors)
+    np.testing.assert_array_equal(fast.get_totals(), slow.get_totals())
+    np.testing.assert_array_equal(fast.sectors_by_node(2), slow.sectors_by_node(2))
+    np.testing.assert_array_equal(fast.get_remote_sectors((0, 1)),
+                                  slow.get_remote_sectors((0, 1)))
