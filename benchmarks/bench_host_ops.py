@@ -10,13 +10,17 @@ with the access counters on (every operation counted, traced and seen by the man
 with ``access_counters=False`` (the protocol's own cost: writers registered, arrays resolved).
 The baseline is the same operation on a plain array in the same run; the ratio column is
 managed/plain.  Only scalars and small slices are here: these are the calls whose cost is all
-overhead (a large operation's is its memory traffic, see ``bench_kernels.py``).
+overhead (a large operation's is its memory traffic, see ``bench_kernels.py``).  The last row
+is the idiom for element loops: the stores made on the view ``space.host_access(a, "w")``
+yields (one counted write of the whole array).  Then the memory the open host epoch holds
+after ``--calls`` x 10 counted stores and no launch (``tracemalloc``: NumPy's allocations).
 """
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+import tracemalloc
 from typing import Any, Callable
 
 import numpy as np
@@ -26,6 +30,7 @@ from _util import machine, median_time, table
 from ccadgpu.units import parse_size
 
 N = 1 << 16            # elements of the test arrays (512 KiB of float64)
+HOST_ACCESS = "v[i] = x in host_access"
 
 
 def cases(a: Any, idx: np.ndarray) -> dict[str, Callable[[int], Any]]:
@@ -61,6 +66,34 @@ def cases(a: Any, idx: np.ndarray) -> dict[str, Callable[[int], Any]]:
             f"a.sum() ({N * 8 >> 10} KiB)": reduce_16_pages, "a[idx] (64)": fancy_read}
 
 
+def host_access_us(sp: Any, m: Any, calls: int, repeat: int) -> float:
+    """µs per store of a loop on the view ``host_access`` yields."""
+    mask = N - 1
+
+    def run() -> None:
+        with sp.host_access(m, "w") as v:
+            for i in range(calls):
+                v[(i * 97) & mask] = 1.5
+    run()
+    return median_time(run, repeat) / calls * 1e6
+
+
+def epoch_memory_kib(sp: Any, m: Any, stores: int) -> float:
+    """KiB more held (traced) after ``stores`` counted scalar stores in one host epoch (the
+    same stores once before, so that the footprint cache holds their ranges already)."""
+    for i in range(stores):
+        m[(i * 97) & (N - 1)] = 1.5
+    sp.sync()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for i in range(stores):
+        m[(i * 97) & (N - 1)] = 1.5
+    grown = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    sp.sync()
+    return grown / 1024
+
+
 def per_call_us(fn: Callable[[int], Any], calls: int, repeat: int) -> float:
     def run() -> None:
         for i in range(calls):
@@ -84,7 +117,9 @@ def main() -> int:
     idx = np.random.default_rng(0).integers(0, N, 64)
     plain = np.zeros(N)
     base = {name: per_call_us(fn, a.calls, a.repeat) for name, fn in cases(plain, idx).items()}
+    base[HOST_ACCESS] = base["a[i] = x"]
     rows = []
+    memory: dict[str, float] = {}
     measured: dict[tuple[str, bool], dict[str, float]] = {}
     for pol in a.policies.split(","):
         for counting in (True, False):
@@ -93,6 +128,9 @@ def main() -> int:
                 m = sp.zeros(N)
                 measured[pol, counting] = {name: per_call_us(fn, a.calls, a.repeat)
                                            for name, fn in cases(m, idx).items()}
+                measured[pol, counting][HOST_ACCESS] = host_access_us(sp, m, a.calls, a.repeat)
+                if counting:
+                    memory[pol] = epoch_memory_kib(sp, m, 10 * a.calls)
     for name, b in base.items():
         row: list[object] = [name, f"{b:.2f}"]
         for pol in a.policies.split(","):
@@ -104,6 +142,10 @@ def main() -> int:
     for pol in a.policies.split(","):
         heads += [f"{pol} µs", "ratio", f"{pol}, uncounted µs", "ratio"]
     print(table(heads, rows))
+    print(f"\n(the {HOST_ACCESS} row's baseline: the plain store above)")
+    for pol, kib in memory.items():
+        print(f"{pol}: the open host epoch after {10 * a.calls} counted stores holds "
+              f"{kib:.0f} KiB more (tracemalloc)")
     return 0
 
 

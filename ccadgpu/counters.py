@@ -122,10 +122,13 @@ class _RangeCache:
     """Per-page bytes and sectors of one contiguous byte range, by (page size, pages, offset
     in the first page, bytes): the same for every launch over the same array, so they are
     computed once and shared (read-only) by every footprint and tally that uses them, trace
-    records included.  Bounded by the pages it holds (oldest entries go first)."""
+    records included.  Bounded by the pages it holds and by its entries (oldest go first):
+    scalar stores all over a large array make one-page entries at every offset, each a few
+    hundred bytes, which only the entry bound keeps in check."""
 
-    def __init__(self, max_pages: int = 1 << 20):
+    def __init__(self, max_pages: int = 1 << 20, max_entries: int = 1 << 13):
         self.max_pages = max_pages
+        self.max_entries = max_entries
         self._d: dict[tuple[int, int, int, int], tuple[np.ndarray, np.ndarray]] = {}
         self._pages = 0
         self._lock = threading.Lock()
@@ -145,7 +148,8 @@ class _RangeCache:
         sectors.flags.writeable = False
         with self._lock:
             if key not in self._d and n <= self.max_pages:
-                while self._d and self._pages + n > self.max_pages:
+                while self._d and (self._pages + n > self.max_pages or
+                                   len(self._d) >= self.max_entries):
                     old = next(iter(self._d))
                     self._pages -= len(self._d.pop(old)[0])
                 self._d[key] = (nbytes, sectors)
@@ -496,29 +500,6 @@ class Tally:
             out[row: row + len(fp.nbytes)] = i
         return out
 
-    def flat(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(vpns, bytes ``[n, 8]``, sectors ``[n, 4]``, node) in one pass (what a merge
-        needs: the properties each walk the parts form's parts)."""
-        if self.parts is None:
-            return (self.vpns, self.counts.reshape(-1, 8), self.sectors.reshape(-1, 4),
-                    self.node)
-        n = self.n
-        c = np.zeros((n, 8), np.int64)
-        s = np.zeros((n, 4), np.int64)
-        node = np.full(n, -1, np.int8)
-        for row, proc, rw, fp, nd, kk in self.parts:
-            rows = slice(row, row + len(fp.nbytes))
-            node[rows] = nd
-            s[rows, proc * 2 + rw] += fp.sectors
-            if kk >= 0:
-                c[rows, kk] += fp.nbytes
-            else:
-                remote = nd != self.local[proc]
-                k = proc * 4 + rw * 2
-                c[rows, k + REMOTE] += np.where(remote, fp.nbytes, 0)
-                c[rows, k + LOCAL] += np.where(remote, 0, fp.nbytes)
-        return self.vpns, c, s, node
-
     def add_bytes(self, table: np.ndarray) -> None:
         """Add the bytes to ``table[vpn, proc*4 + rw*2 + loc]`` (the counters' table)."""
         if self.parts is not None:
@@ -868,10 +849,11 @@ def merge_tallies(tallies: list[Tally]) -> Tally:
     seq: list[int] = []
     nb: list[np.ndarray] = []
     sc: list[np.ndarray] = []
-    dense: list[tuple[int, tuple]] = []         # (order, flat()) of the other tallies
+    dense: list[tuple[int, tuple]] = []         # (order, (vpns, bytes, sectors, node))
     for i, t in enumerate(tallies):
-        if t.parts is None or any(p[5] < 0 for p in t.parts):
-            dense.append((i, t.flat()))
+        if t.parts is None or any(p[5] < 0 for p in t.parts):     # matrices (kept, or made)
+            dense.append((i, (t.vpns, t.counts.reshape(-1, 8), t.sectors.reshape(-1, 4),
+                              t.node)))
             continue
         for _row, proc, rw, fp, nd, kk in t.parts:
             lo.append(fp.vlo)

@@ -141,12 +141,12 @@ class Tunables:
         return self._gen
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
         try:                             # the hot path: every counted operation reads several
             return self._values[name]
         except KeyError:
             pass
-        if name.startswith("_"):
-            raise AttributeError(name)
         self._knob(name)
         return self._values.get(name, KNOBS[name].default)
 

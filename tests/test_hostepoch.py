@@ -124,3 +124,14 @@ def test_a_one_page_tally_is_the_parts_form_one(vlo, nbytes, proc, rw, node):
     np.testing.assert_array_equal(fast.sectors_by_node(2), slow.sectors_by_node(2))
     np.testing.assert_array_equal(fast.get_remote_sectors((0, 1)),
                                   slow.get_remote_sectors((0, 1)))
+
+
+def test_the_byte_range_cache_is_bounded_by_entries_too():
+    from ccadgpu.counters import _RangeCache
+    c = _RangeCache(max_pages=1 << 20, max_entries=16)
+    for off in range(0, 8 * 100, 8):                  # scalar stores at 100 offsets
+        nb, sec = c.get(65536, 1, off, 8)
+        assert nb.tolist() == [8] and sec.tolist() == [1]
+    assert len(c._d) == 16 and c._pages == 16
+    nb, _ = c.get(4096, 2, 100, 8000)
+    assert nb.tolist() == [3996, 4004]
