@@ -433,6 +433,12 @@ class PolicyContext:
         """Epoch each processor last touched each page (``[vpn, 2]``, -1 never)."""
         return self._m.last_touch
 
+    def touched_at(self, vpns: np.ndarray) -> np.ndarray:
+        """Epoch each page of ``vpns`` was last touched by either processor (-1 never)."""
+        lt = self._m.last_touch
+        v = as_index(np.asarray(vpns, np.int64))
+        return np.maximum(lt[v, 0], lt[v, 1])
+
     @property
     def recent_moves(self) -> np.ndarray:
         """Moves of each page within the thrash window of each other (1 = a single move)."""

@@ -438,3 +438,20 @@ def test_runs_of_varying_length_are_judged_by_their_average():
     tr = make_trace(ep, 32, 64, profile="h100-pcie")
     r = {p: replay(tr, p)["modeled_s"] for p in ("static", "on_demand", "access_counter")}
     assert r["access_counter"] < 0.9 * min(r["static"], r["on_demand"])
+
+
+def test_eviction_among_equally_cold_pages_takes_the_least_recently_touched():
+    """Equal heat is the usual case (pages of one sweep): the cut must follow last touch."""
+    prof = load_profile("h100-pcie")
+    n = 1000
+    init = np.ones(n + 4, np.int8)
+    init[n:] = 0
+    mgr = MigrationManager(SimPlacement(PS, [4 * n, n], init), "access_counter", prof,
+                           Tunables())
+    mgr._ensure()
+    mgr.heat_val[:n] = 1.0                         # every device page equally warm
+    mgr.heat_val[n:, 1] = 1e6
+    rng = np.random.default_rng(5)
+    mgr.last_touch[:n, 1] = rng.permutation(n)
+    v = mgr.policy.victims(mgr.ctx, 3, np.arange(n, n + 2))
+    assert mgr.last_touch[v, 1].tolist() == [0, 1, 2]

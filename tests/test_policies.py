@@ -396,3 +396,34 @@ def test_the_users_and_the_hints_moves_take_only_the_room_the_schedule_leaves():
     assert f[1].tolist() == [1, -1, 1, -1, 0] and h[1].tolist() == [-1, -1, -1, -1, -1]
     f, h = _realised(on, u, np.zeros(U, bool), cap=4)
     assert f[1].tolist() == [1, -1, 1, 1, 0] and h[1].tolist() == [-1, 1, -1, -1, -1]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_coldest_is_the_lexsort_prefix(data):
+    """policies.base.coldest gives exactly lexsort's first k, ties on both keys included."""
+    from ccadgpu.policies.base import coldest
+    n = data.draw(st.integers(0, 60))
+    few = st.integers(0, 3)          # few distinct values: ties across the cut are the point
+    primary = np.array(data.draw(st.lists(st.one_of(few, st.floats(0, 4)), min_size=n,
+                                          max_size=n)), float)
+    secondary = np.array(data.draw(st.lists(few, min_size=n, max_size=n)), np.int64)
+    k = data.draw(st.integers(-1, n + 2))
+    want = np.lexsort((secondary, primary))[:max(k, 0)]
+    assert coldest(primary, secondary, k).tolist() == want.tolist()
+
+
+def test_eviction_among_equally_cold_pages_is_least_recently_touched():
+    """Untouched device pages all have heat 0: the default victims (autonuma's) and
+    on_demand's must still take the least recently touched of them, not whichever ones a
+    partition kept."""
+    from ccadgpu.tunables import Tunables
+    n = 1000
+    init = np.ones(n, np.int8)
+    for name in ("autonuma", "on_demand"):
+        mgr = MigrationManager(SimPlacement(PS, [4 * n, n], init), name,
+                               load_profile("h100-pcie"), Tunables())
+        mgr._ensure()
+        mgr.last_touch[:, 0] = np.random.default_rng(1).permutation(n)
+        v = mgr.policy.victims(mgr.ctx, 10, np.zeros(0, np.int64))
+        assert mgr.last_touch[v, 0].tolist() == list(range(10)), name

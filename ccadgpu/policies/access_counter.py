@@ -134,8 +134,8 @@ import numpy as np
 
 from ..runs import group_counts
 from . import _fused
-from .base import (CPU, DEV, DEVICE, HOST, Move, Policy, RateLimit, as_index, decay,
-                   decay_table)
+from .base import (CPU, DEV, DEVICE, HOST, Move, Policy, RateLimit, as_index, coldest,
+                   decay, decay_table)
 
 if TYPE_CHECKING:
     from ..manager import Epoch, PolicyContext
@@ -796,14 +796,10 @@ class AccessCounter(Policy):
         if len(exclude) and len(cand):
             keep = ctx.without_mask(cand, exclude)
             cand, heat, touch = cand[keep], heat[keep], touch[keep]
-        if need < len(cand):
-            part = np.argpartition(heat, need - 1)[:need]
-            if not order:
-                part = np.sort(part)
-            cand, heat, touch = cand[part], heat[part], touch[part]
-        if order:
-            cand = cand[np.lexsort((touch, heat))]
-        return cand
+        if need >= len(cand) and not order:
+            return cand
+        pick = coldest(heat, touch, need)
+        return cand[pick if order else np.sort(pick)]
 
     def victims(self, ctx: "PolicyContext", need: int, incoming: np.ndarray) -> np.ndarray:
         """Device pages clearly colder than what comes in (decayed heat below the incoming

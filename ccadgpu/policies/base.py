@@ -50,6 +50,29 @@ def as_index(v: np.ndarray) -> "slice | np.ndarray":
     return v
 
 
+def coldest(primary: np.ndarray, secondary: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` smallest entries by ``(primary, secondary, index)``, in that order:
+    exactly ``np.lexsort((secondary, primary))[:k]`` (NaN-free keys), in O(n + k log k) rather
+    than a sort of all ``n``.  Eviction asks for a few victims among every device page, and
+    equal primaries are common there (every untouched page has heat 0), so the tie-break must
+    be honoured across the cut, not only among the pages a partition happened to keep."""
+    n = len(primary)
+    if k <= 0:
+        return np.zeros(0, np.intp)
+    if k >= n:
+        return np.lexsort((secondary, primary))
+    kth = np.partition(primary, k - 1)[k - 1]
+    below = np.flatnonzero(primary < kth)            # fewer than k: the rest tie at kth
+    tie = np.flatnonzero(primary == kth)
+    r = k - len(below)
+    sec = secondary[tie]
+    kth2 = np.partition(sec, r - 1)[r - 1]
+    pick = np.concatenate((below, tie[sec < kth2]))
+    pick = np.concatenate((pick, tie[sec == kth2][:k - len(pick)]))   # lowest index first
+    pick.sort()                             # so that a stable sort breaks the last ties by index
+    return pick[np.lexsort((secondary[pick], primary[pick]))]
+
+
 class RateLimit:
     """Bytes per 1-second window of modeled time (Linux's promote rate limit, in MB/s)."""
 
@@ -139,14 +162,13 @@ class Policy:
         cand = ctx.evictable(exclude)
         if len(cand) == 0 or need <= 0:
             return cand[:0]
-        h = ctx.heat(cand)
+        # ctx.heat's two columns, summed without the [k, 2] temporaries (same rounding)
+        val, at, dtab = ctx.heat_tables()
+        d = dtab[np.minimum(ctx.epoch - at[cand], len(dtab) - 1)]
+        heat = val[cand, DEV] * d + val[cand, CPU] * d
         # pages preferred on the device go last: they leave only under real capacity pressure
-        heat = h[:, DEV] + h[:, CPU] + np.where(ctx.preferred[cand] == DEVICE, 1e30, 0.0)
-        if need < len(cand):           # only the coldest `need` need ordering
-            part = np.argpartition(heat, need - 1)[:need]
-            cand, heat = cand[part], heat[part]
-        order = np.lexsort((ctx.last_touch[cand].max(axis=1), heat))
-        return cand[order[:need]]
+        heat[ctx.preferred[cand] == DEVICE] += 1e30
+        return cand[coldest(heat, ctx.touched_at(cand), need)]
 
     def params(self) -> dict[str, Any]:
         """The policy's parameters (reported with results)."""

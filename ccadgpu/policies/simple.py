@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..runs import member
-from .base import CPU, DEV, DEVICE, HOST, Move, Policy
+from .base import CPU, DEV, DEVICE, HOST, Move, Policy, coldest
 
 if TYPE_CHECKING:
     from ..manager import Epoch, PolicyContext
@@ -99,5 +99,5 @@ class OnDemand(Policy):
         if len(cand) == 0 or need <= 0:
             return cand[:0]
         # least recently used first; pages preferred on the device last
-        order = np.lexsort((ctx.last_touch[cand].max(axis=1), ctx.preferred[cand] == DEVICE))
-        return cand[order[:need]]
+        pref = (ctx.preferred[cand] == DEVICE).view(np.int8)
+        return cand[coldest(pref, ctx.touched_at(cand), need)]
