@@ -11,8 +11,7 @@ results are plain).  Only memory a space owns is ever a ``ManagedArray`` returne
 """
 from __future__ import annotations
 
-import contextlib
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -98,29 +97,59 @@ _WRITES_ARG0 = {np.copyto, np.put, np.place, np.putmask, np.fill_diagonal, np.pu
 _WHOLE = object()
 
 
-@contextlib.contextmanager
-def _host_accesses(reads: list, writes: list, key: Any = _WHOLE) -> Iterator[None]:
+class _host_accesses:
     """A CPU-side operation on managed arrays: its faults first, then register the writers
     (they wait for in-flight migrations of their pages), and count the CPU traffic once the
-    operation has completed (:func:`ccadgpu.counters.host_operation`): ``reads`` are read,
+    operation has completed (:class:`ccadgpu.counters.host_operation`): ``reads`` are read,
     ``writes`` written, an array in both read and written; with ``key``, only the elements
-    ``writes[0][key]`` are (an indexed store)."""
-    ops = []
-    for i, a in enumerate(writes):
-        if buffer_of(a) is not None:
-            mode = "rw" if any(a is r for r in reads) else "w"
-            ops.append((a, mode, key if (i == 0 and key is not _WHOLE) else None))
-    for a in reads:
-        if not any(a is w for w in writes) and buffer_of(a) is not None:
-            ops.append((a, "r", None))
-    # faults first: the pages come home before the writers below hold them in place
-    with host_operation(ops) as count, contextlib.ExitStack() as stack:
-        for a in writes:
-            buf = buffer_of(a)
-            if buf is not None:
-                stack.enter_context(buf.space._writing(a))
-        yield
-        count()                   # the operation is counted once it has completed
+    ``writes[0][key]`` are (an indexed store).  A class, not a generator: every small CPU
+    operation on a managed array goes through it."""
+
+    __slots__ = ("_op", "_writes", "_held")
+
+    def __init__(self, reads: list, writes: list, key: Any = _WHOLE):
+        ops = []
+        mine = []
+        for i, a in enumerate(writes):
+            if buffer_of(a) is not None:
+                mine.append(a)
+                mode = "rw" if any(a is r for r in reads) else "w"
+                ops.append((a, mode, key if (i == 0 and key is not _WHOLE) else None))
+        for a in reads:
+            if not any(a is w for w in writes) and buffer_of(a) is not None:
+                ops.append((a, "r", None))
+        # faults first: the pages come home before the writers hold them in place
+        self._op = host_operation(ops)
+        self._writes = mine
+        self._held: list = []
+
+    def __enter__(self) -> None:
+        try:
+            for a in self._writes:
+                sp = buffer_of(a).space
+                self._held.append((sp, sp._begin_write(a)))
+        except BaseException:
+            self._release()
+            self._op.abort()
+            raise
+
+    def __exit__(self, et: Any, ev: Any, tb: Any) -> bool:
+        try:
+            if et is None:
+                self._op.count()          # counted once it has completed, writers held
+        except BaseException:
+            self._release()
+            self._op.abort()
+            raise
+        self._release()
+        if et is not None:
+            self._op.abort()
+        return False
+
+    def _release(self) -> None:
+        while self._held:
+            sp, entry = self._held.pop()
+            sp._end_write(entry)
 
 
 class ManagedArray(np.ndarray):

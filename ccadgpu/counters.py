@@ -41,10 +41,9 @@ NumPy functions' partial reads (a ``np.take`` is counted as a read of its whole 
 from __future__ import annotations
 
 import bisect
-import contextlib
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 
@@ -287,8 +286,37 @@ def _is_basic_key(key: Any) -> bool:
     return True
 
 
+def _element_offset(arr: np.ndarray, key: Any) -> int | None:
+    """Byte offset from ``arr``'s data of the one element an integer key (one int per
+    dimension) selects; None for any other key, or one out of range (NumPy raises then)."""
+    items = key if type(key) is tuple else (key,)
+    if len(items) != arr.ndim or not arr.ndim:
+        return None
+    off = 0
+    for k, size, stride in zip(items, arr.shape, arr.strides):
+        if type(k) is not int:
+            if not isinstance(k, np.integer):
+                return None
+            k = int(k)
+        if k < 0:
+            k += size
+        if not 0 <= k < size:
+            return None
+        off += k * stride
+    return off
+
+
 def key_footprint(space: "Space", arr: np.ndarray, key: Any) -> Footprint:
     """Footprint of the elements ``arr[key]`` selects (basic or advanced indexing)."""
+    elem = _element_offset(arr, key)
+    if elem is not None:             # one element (a scalar store): no view to resolve
+        alloc = space._allocation_of(arr)
+        P = space.page_size
+        off = arr.__array_interface__["data"][0] + elem - space.va.addr(alloc.vstart)
+        first = off // P
+        n = (off + arr.itemsize - 1) // P - first + 1
+        nbytes, sectors = _RANGES.get(P, n, off - first * P, arr.itemsize)
+        return Footprint(alloc.vstart + first, nbytes, sectors, True)
     plain = arr.view(np.ndarray)
     if _is_basic_key(key):
         items = key if isinstance(key, tuple) else (key,)
@@ -355,22 +383,38 @@ def count_footprints(groups: list[tuple[Any, list]], aheads: list | None = None)
                 aheads[i] = None
 
 
-@contextlib.contextmanager
-def host_operation(ops: list[tuple[np.ndarray, str, Any]]) -> Iterator[Callable[[], None]]:
+class host_operation:
     """Around one CPU operation over ``ops`` (as :func:`count_host`'s): its faults run first
-    (:func:`fault_host_ahead`); it yields the function that counts it, to call once the
-    operation has completed.  An operation that raises before then counts nothing (it is
-    bad input, mostly, which NumPy refuses before touching memory), and the faults that ran
-    for it are an aborted epoch (:meth:`Space._abort`: priced, traced, replayed)."""
-    groups = host_footprints(ops) if ops else []
-    aheads = fault_host_ahead(groups)
-    try:
-        yield lambda: count_footprints(groups, aheads)
-    except BaseException:
-        for (sp, fps), ahead in zip(groups, aheads):
+    (:func:`fault_host_ahead`, when it is made); ``with`` yields the function that counts it,
+    to call once the operation has completed.  An operation that raises before then counts
+    nothing (it is bad input, mostly, which NumPy refuses before touching memory), and the
+    faults that ran for it are an aborted epoch (:meth:`Space._abort`: priced, traced,
+    replayed).  A class, not a generator: it wraps every small CPU operation."""
+
+    __slots__ = ("groups", "aheads")
+
+    def __init__(self, ops: list[tuple[np.ndarray, str, Any]]):
+        self.groups = host_footprints(ops) if ops else []
+        self.aheads = fault_host_ahead(self.groups)
+
+    def count(self) -> None:
+        """Count the operation (each space's faults are then taken: no abort after)."""
+        count_footprints(self.groups, self.aheads)
+
+    def abort(self) -> None:
+        """The operation failed: the faults that ran for what was not counted are aborted
+        epochs."""
+        for (sp, fps), ahead in zip(self.groups, self.aheads):
             if ahead is not None:
                 sp._abort("host", CPU, ahead, fps=fps)
-        raise
+
+    def __enter__(self) -> Callable[[], None]:
+        return self.count
+
+    def __exit__(self, et: Any, ev: Any, tb: Any) -> bool:
+        if et is not None:
+            self.abort()
+        return False
 
 
 def count_host(ops: list[tuple[np.ndarray, str, Any]]) -> None:

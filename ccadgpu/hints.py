@@ -116,6 +116,8 @@ def duplicate(space: "Space", vpns: np.ndarray) -> np.ndarray:
 
 def collapse(space: "Space", lo: int, hi: int) -> int:
     """Drop the device duplicates of pages ``[lo, hi)`` (a write is coming).  Space lock held."""
+    if hi - lo == 1 and space.pt.dup[lo] < 0:        # one page, no duplicate: a scalar store
+        return 0
     d = space.pt.dup[lo:hi]
     has = d >= 0
     if not has.any():

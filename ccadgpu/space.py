@@ -712,6 +712,20 @@ class Space:
     def _resolve(self, arr: Any) -> tuple[Allocation, int, int]:
         """(allocation, first page, page count) of the pages ``arr``'s bytes span, relative to the
         allocation.  Raises ForeignArrayError / FreedArrayError / SpaceClosedError."""
+        alloc = self._allocation_of(arr)
+        base = self.va.addr(alloc.vstart)
+        if arr.size == 0:
+            lo_b = hi_b = arr.__array_interface__["data"][0] - base
+        else:
+            lo_addr, hi_addr = np.lib.array_utils.byte_bounds(arr)
+            lo_b, hi_b = lo_addr - base, hi_addr - base
+        first = lo_b // self.page_size
+        last = max(first + 1, -(-hi_b // self.page_size))
+        return alloc, int(first), int(last - first)
+
+    def _allocation_of(self, arr: Any) -> Allocation:
+        """The live allocation of this space that ``arr`` is memory of (the checks of
+        :meth:`_resolve`)."""
         if not isinstance(arr, np.ndarray):
             raise ForeignArrayError(f"expected a managed array, got {type(arr).__name__}")
         buf = buffer_of(arr)
@@ -724,15 +738,7 @@ class Space:
         if alloc.freed:
             raise FreedArrayError(f"allocation {alloc.id} ({alloc.name or 'unnamed'}, shape "
                                   f"{alloc.shape}) was freed")
-        base = self.va.addr(alloc.vstart)
-        if arr.size == 0:
-            lo_b = hi_b = arr.__array_interface__["data"][0] - base
-        else:
-            lo_addr, hi_addr = np.lib.array_utils.byte_bounds(arr)
-            lo_b, hi_b = lo_addr - base, hi_addr - base
-        first = lo_b // self.page_size
-        last = max(first + 1, -(-hi_b // self.page_size))
-        return alloc, int(first), int(last - first)
+        return alloc
 
     def _span_vpns(self, arr: Any) -> tuple[Allocation, int, int]:
         alloc, first, n = self._resolve(arr)
@@ -832,21 +838,34 @@ class Space:
         """Register a writer over the pages ``arr`` spans, without counting anything (device
         launches and :meth:`host_access` both use it): waits for in-flight migrations of those
         pages; until it exits, migrations skip them with ``-EBUSY``."""
-        _, lo, hi = self._span_vpns(arr)
-        entry = (lo, hi, threading.get_ident())
-        with self._cond:
-            while (self.pt.flags[lo:hi] & ptf.MIGRATING).any():
-                self._cond.wait()
-                self._check_open()
-            self._writers.append(entry)
-            _hints.collapse(self, lo, hi)       # a write makes read-mostly duplicates stale
-            self.trace._written(lo, hi)
+        entry = self._begin_write(arr)
         try:
             yield arr.view(np.ndarray)
         finally:
-            with self._cond:
-                self._writers.remove(entry)
-                self._cond.notify_all()
+            self._end_write(entry)
+
+    def _begin_write(self, arr: np.ndarray) -> tuple[int, int, int]:
+        """:meth:`_writing`'s start: returns the writer's entry, for :meth:`_end_write`."""
+        _, lo, hi = self._span_vpns(arr)
+        entry = (lo, hi, threading.get_ident())
+        flags = self.pt.flags
+        with self._cond:
+            # every flag of the pages in one reduction (a scalar for one page: the usual store)
+            f = int(flags[lo]) if hi - lo == 1 else int(np.bitwise_or.reduce(flags[lo:hi]))
+            while f & ptf.MIGRATING:
+                self._cond.wait()
+                self._check_open()
+                f = int(np.bitwise_or.reduce(flags[lo:hi]))
+            self._writers.append(entry)
+            _hints.collapse(self, lo, hi)       # a write makes read-mostly duplicates stale
+            if f & ptf.READ_MOSTLY:
+                self.trace._written(lo, hi)
+        return entry
+
+    def _end_write(self, entry: tuple[int, int, int]) -> None:
+        with self._cond:
+            self._writers.remove(entry)
+            self._cond.notify_all()
 
     def _writer_mask(self, vpns: np.ndarray) -> np.ndarray:
         mask = np.zeros(len(vpns), bool)
