@@ -238,13 +238,16 @@ class Clock:
         self._lat = profile.latency.tolist()
 
     # -- pricing (pure) -----------------------------------------------------------------------
-    def access_seconds(self, proc: int, sectors_by_node: np.ndarray, launch: bool) -> float:
+    def access_seconds(self, proc: int, sectors_by_node: "np.ndarray | list[float]",
+                       launch: bool) -> float:
         """Modeled seconds for processor ``proc`` moving ``sectors_by_node[n]`` 32-byte sectors
         to/from node ``n`` (see the module docs for the formula)."""
         p = self.profile
         bw, lat = self._bw[proc], self._lat[proc]     # plain floats: epochs are often tiny
         t = 0.0
-        for n, v in enumerate(np.asarray(sectors_by_node, dtype=np.float64).tolist()):
+        rows = sectors_by_node if isinstance(sectors_by_node, list) else \
+            np.asarray(sectors_by_node, dtype=np.float64).tolist()
+        for n, v in enumerate(rows):
             if v > 0:
                 if n >= len(bw):
                     raise ProfileError(f"profile {p.name!r} describes {len(bw)} nodes; "
@@ -271,9 +274,10 @@ class Clock:
     def tally_seconds(self, sectors_by_node: np.ndarray, launch: bool) -> float:
         """Modeled seconds from ``sectors_by_node[processor, node]`` (32-byte sectors)."""
         t = 0.0
-        for proc in range(sectors_by_node.shape[0]):
-            if sectors_by_node[proc].any():
-                t += self.access_seconds(proc, sectors_by_node[proc], launch=False)
+        # plain lists: a CPU operation prices a 2 x 2 table, where NumPy calls cost the most
+        for proc, row in enumerate(np.asarray(sectors_by_node, np.float64).tolist()):
+            if any(row):
+                t += self.access_seconds(proc, row, launch=False)
         return t + (self.profile.launch if launch else 0.0)
 
     def migration_seconds(self, src_nodes: np.ndarray, target: int, page_size: int) -> float:

@@ -954,6 +954,7 @@ class AccessCounters:
         self.bytes = np.zeros((0, 2, 2, 2), np.int64)   #: int64[vpn, proc, rw, loc], bytes
         self._acc = np.zeros((2, 0), np.int64)           # remote sectors per proc x region
         self._region_pages = 0
+        self._ensured = (-1, -1)       # (page-table size, tunables generation) last ensured
         self._nlock = threading.Lock()
         self._pending: list[np.ndarray] = []
         self._npending = 0
@@ -979,7 +980,11 @@ class AccessCounters:
     def _ensure(self) -> None:
         """Grow the tables to the page table's size; reset the accumulators if the region size
         changed (they are per region)."""
-        size = self._space.pt.size
+        sp = self._space
+        size = sp.pt.size
+        key = (size, sp.tunables.gen)       # what the tables' shapes depend on
+        if key == self._ensured:
+            return
         if len(self.bytes) < size:
             grown = np.zeros((size, 2, 2, 2), np.int64)
             grown[: len(self.bytes)] = self.bytes
@@ -993,6 +998,7 @@ class AccessCounters:
             grown = np.zeros((2, nreg), np.int64)
             grown[:, : self._acc.shape[1]] = self._acc
             self._acc = grown
+        self._ensured = key
 
     # -- updates (caller holds the space lock) ------------------------------------------------
     def _apply(self, t: Tally, epoch: int) -> int:

@@ -24,6 +24,10 @@ def grow_accumulators(acc: np.ndarray, nregions: int) -> np.ndarray:
     return out
 
 
+_NO_NOTIFICATIONS = np.zeros(0, NOTIFICATION_DTYPE)
+_NO_NOTIFICATIONS.flags.writeable = False      # shared by every CPU operation on local pages
+
+
 def raise_notifications(acc: np.ndarray, vpns: np.ndarray, remote: Any,
                         pages_per_region: int, threshold: int, epoch: int) -> np.ndarray:
     """Add one update's remote sectors (``remote[processor, page]`` for the sorted, unique
@@ -33,7 +37,7 @@ def raise_notifications(acc: np.ndarray, vpns: np.ndarray, remote: Any,
     restart from zero), processor by processor, regions ascending.  One fused pass over the
     pages (:mod:`ccadgpu.upkeep`)."""
     if len(vpns) == 0 or all(r is None or not len(r) for r in remote):
-        return np.zeros(0, NOTIFICATION_DTYPE)     # nothing remote: no region can cross
+        return _NO_NOTIFICATIONS                   # nothing remote: no region can cross
     from .upkeep import notifications
     return notifications(acc, vpns, remote, pages_per_region, threshold, epoch,
                          NOTIFICATION_DTYPE)

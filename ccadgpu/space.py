@@ -985,7 +985,7 @@ class Space:
         its own; otherwise (None) it joins the open host epoch, and reads device pages
         remotely."""
         m = self.manager
-        if not self._may_fault_ahead() or not m.cpu_may_fault:
+        if not m.cpu_may_fault or not self._may_fault_ahead():
             return None
         dev = self.device.id
         with self._cond:
