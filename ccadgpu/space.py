@@ -714,8 +714,12 @@ class Space:
         allocation.  Raises ForeignArrayError / FreedArrayError / SpaceClosedError."""
         alloc = self._allocation_of(arr)
         base = self.va.addr(alloc.vstart)
-        if arr.size == 0:
-            lo_b = hi_b = arr.__array_interface__["data"][0] - base
+        fl = arr.flags
+        if arr.size == 0 or fl.c_contiguous or fl.f_contiguous:
+            # one run of bytes from the data pointer (byte_bounds' answer, without its walk
+            # over the dimensions: this runs for every CPU operation)
+            lo_b = arr.__array_interface__["data"][0] - base
+            hi_b = lo_b + arr.nbytes
         else:
             lo_addr, hi_addr = np.lib.array_utils.byte_bounds(arr)
             lo_b, hi_b = lo_addr - base, hi_addr - base

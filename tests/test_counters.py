@@ -420,3 +420,23 @@ def test_one_element_footprint_matches_the_view_it_stands_for():
         assert len(got.nbytes) == 2
     assert _element_offset(base, (True, 1)) is None and _element_offset(base, 3) is None
     sp.close()
+
+
+def test_resolve_spans_the_bytes_byte_bounds_gives():
+    """Space._resolve takes contiguous arrays' extent from the data pointer and nbytes: the
+    same pages as NumPy's byte_bounds, for every kind of view."""
+    sp = ccadgpu.Space(page_size="4KiB", device_memory="1MiB")
+    a = sp.zeros((40, 300))
+    views = [a, a[3], a[:, 7], a[5:9], a[::-1], a[:, ::3], a.T, a[2:3, 4:5], a[7, 9:9],
+             a.reshape(-1)[1001:5003], a[:1].reshape(300, 1), a[0, 0:1], a[4:4]]
+    base = sp.va.addr(sp.allocation_of(a).vstart)
+    for v in views:
+        _, first, n = sp._resolve(v)
+        if v.size:
+            lo, hi = np.lib.array_utils.byte_bounds(v)
+        else:
+            lo = hi = v.__array_interface__["data"][0]
+        lo, hi = lo - base, hi - base
+        want = lo // 4096, max(lo // 4096 + 1, -(-hi // 4096)) - lo // 4096
+        assert (first, n) == want, v.shape
+    sp.close()
