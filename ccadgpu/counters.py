@@ -314,7 +314,7 @@ def key_footprint(space: "Space", arr: np.ndarray, key: Any) -> Footprint:
         P = space.page_size
         off = arr.__array_interface__["data"][0] + elem - space.va.addr(alloc.vstart)
         first = off // P
-        n = (off + arr.itemsize - 1) // P - first + 1
+        n = max(1, (off + arr.itemsize - 1) // P - first + 1)    # itemsize 0: one page
         nbytes, sectors = _RANGES.get(P, n, off - first * P, arr.itemsize)
         return Footprint(alloc.vstart + first, nbytes, sectors, True)
     plain = arr.view(np.ndarray)

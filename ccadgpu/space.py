@@ -852,14 +852,15 @@ class Space:
         """:meth:`_writing`'s start: returns the writer's entry, for :meth:`_end_write`."""
         _, lo, hi = self._span_vpns(arr)
         entry = (lo, hi, threading.get_ident())
-        flags = self.pt.flags
         with self._cond:
-            # every flag of the pages in one reduction (a scalar for one page: the usual store)
+            # every flag of the pages in one reduction (a scalar for one page: the usual store);
+            # read from the page table each time: an allocation while we wait replaces it
+            flags = self.pt.flags
             f = int(flags[lo]) if hi - lo == 1 else int(np.bitwise_or.reduce(flags[lo:hi]))
             while f & ptf.MIGRATING:
                 self._cond.wait()
                 self._check_open()
-                f = int(np.bitwise_or.reduce(flags[lo:hi]))
+                f = int(np.bitwise_or.reduce(self.pt.flags[lo:hi]))
             self._writers.append(entry)
             _hints.collapse(self, lo, hi)       # a write makes read-mostly duplicates stale
             if f & ptf.READ_MOSTLY:

@@ -440,3 +440,17 @@ def test_resolve_spans_the_bytes_byte_bounds_gives():
         want = lo // 4096, max(lo // 4096 + 1, -(-hi // 4096)) - lo // 4096
         assert (first, n) == want, v.shape
     sp.close()
+
+
+def test_a_zero_size_element_on_a_page_boundary_has_a_one_page_footprint():
+    sp = ccadgpu.Space(page_size="4KiB", device_memory="1MiB")
+    a = sp.zeros(2048, [("e", []), ("a", "f8")])
+    e = np.ndarray.__getitem__(a, "e")
+    for i in range(0, 2048, 97):
+        e[i] = ()                              # stored (nothing), counted on one page
+    from ccadgpu.counters import dense_footprint, key_footprint
+    start = a.__array_interface__["data"][0] % 4096
+    i = next(j for j in range(2048) if (start + 8 * j) % 4096 == 0)
+    got, want = key_footprint(sp, e, i), dense_footprint(sp, e.view(np.ndarray)[i, ...])
+    assert (got.vlo, got.nbytes.tolist()) == (want.vlo, want.nbytes.tolist())
+    sp.close()

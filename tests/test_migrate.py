@@ -223,3 +223,39 @@ def test_scattered_frames_still_correct(space):
     a, ref = filled(space, 20)
     assert space.move_pages(a, "device").ok and np.array_equal(a, ref)
     assert space.move_pages(a, "host").ok and np.array_equal(a, ref)
+
+
+def test_a_waiting_writer_wakes_after_the_page_table_grew():
+    """A store waiting for a migration of its page must see the flag cleared even when an
+    allocation meanwhile replaced the page table's arrays (it once re-read the old ones and
+    waited for ever)."""
+    import threading
+    import time
+
+    import ccadgpu
+    sp = ccadgpu.Space(device_memory="8MiB", host_memory="256MiB", page_size="16KiB")
+    y = sp.zeros(4096)
+    state: dict = {}
+
+    def writer():
+        y[0] = 5.0
+
+    def hook(stage, k):
+        if stage == "copy" and "t" not in state:
+            state["t"] = threading.Thread(target=writer, daemon=True)
+            state["t"].start()
+            time.sleep(0.3)                    # the writer waits on MIGRATING by now
+            old = sp.pt.flags
+            state["big"] = sp.zeros(3_000_000)       # the page table grows
+            state["replaced"] = sp.pt.flags is not old
+
+    sp.migrator.fault_hook = hook
+    try:
+        assert sp.move_pages(y, "device").ok
+    finally:
+        sp.migrator.fault_hook = None
+    state["t"].join(10)
+    assert state["replaced"]
+    assert not state["t"].is_alive(), "the writer never woke"
+    assert float(np.asarray(y)[0]) == 5.0
+    sp.close()

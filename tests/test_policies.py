@@ -405,9 +405,10 @@ def test_coldest_is_the_lexsort_prefix(data):
     from ccadgpu.policies.base import coldest
     n = data.draw(st.integers(0, 60))
     few = st.integers(0, 3)          # few distinct values: ties across the cut are the point
-    primary = np.array(data.draw(st.lists(st.one_of(few, st.floats(0, 4)), min_size=n,
-                                          max_size=n)), float)
-    secondary = np.array(data.draw(st.lists(few, min_size=n, max_size=n)), np.int64)
+    primary = np.array(data.draw(st.lists(st.one_of(few, st.floats(0, 4), st.just(np.nan)),
+                                          min_size=n, max_size=n)), float)
+    sec = st.one_of(few, st.just(np.nan)) if data.draw(st.booleans()) else few
+    secondary = np.array(data.draw(st.lists(sec, min_size=n, max_size=n)), float)
     k = data.draw(st.integers(-1, n + 2))
     want = np.lexsort((secondary, primary))[:max(k, 0)]
     assert coldest(primary, secondary, k).tolist() == want.tolist()

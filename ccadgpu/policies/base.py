@@ -52,21 +52,26 @@ def as_index(v: np.ndarray) -> "slice | np.ndarray":
 
 def coldest(primary: np.ndarray, secondary: np.ndarray, k: int) -> np.ndarray:
     """Indices of the ``k`` smallest entries by ``(primary, secondary, index)``, in that order:
-    exactly ``np.lexsort((secondary, primary))[:k]`` (NaN-free keys), in O(n + k log k) rather
-    than a sort of all ``n``.  Eviction asks for a few victims among every device page, and
-    equal primaries are common there (every untouched page has heat 0), so the tie-break must
-    be honoured across the cut, not only among the pages a partition happened to keep."""
+    exactly ``np.lexsort((secondary, primary))[:k]``, in O(n + k log k) rather than a sort of
+    all ``n`` (where a NaN is at the cut: the sort).  Eviction asks for a few victims among
+    every device page, and equal primaries are common there (every untouched page has heat
+    0), so the tie-break must be honoured across the cut, not only among the pages a
+    partition happened to keep."""
     n = len(primary)
     if k <= 0:
         return np.zeros(0, np.intp)
     if k >= n:
         return np.lexsort((secondary, primary))
     kth = np.partition(primary, k - 1)[k - 1]
+    if kth != kth:                                   # NaN at the cut: lexsort's own order
+        return np.lexsort((secondary, primary))[:k]
     below = np.flatnonzero(primary < kth)            # fewer than k: the rest tie at kth
     tie = np.flatnonzero(primary == kth)
     r = k - len(below)
     sec = secondary[tie]
     kth2 = np.partition(sec, r - 1)[r - 1]
+    if kth2 != kth2:
+        return np.lexsort((secondary, primary))[:k]
     pick = np.concatenate((below, tie[sec < kth2]))
     pick = np.concatenate((pick, tie[sec == kth2][:k - len(pick)]))   # lowest index first
     pick.sort()                             # so that a stable sort breaks the last ties by index
