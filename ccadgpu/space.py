@@ -853,19 +853,23 @@ class Space:
         _, lo, hi = self._span_vpns(arr)
         entry = (lo, hi, threading.get_ident())
         with self._cond:
-            # every flag of the pages in one reduction (a scalar for one page: the usual store);
-            # read from the page table each time: an allocation while we wait replaces it
-            flags = self.pt.flags
-            f = int(flags[lo]) if hi - lo == 1 else int(np.bitwise_or.reduce(flags[lo:hi]))
+            f = self._flags_of(lo, hi)
             while f & ptf.MIGRATING:
                 self._cond.wait()
                 self._check_open()
-                f = int(np.bitwise_or.reduce(self.pt.flags[lo:hi]))
+                f = self._flags_of(lo, hi)
             self._writers.append(entry)
             _hints.collapse(self, lo, hi)       # a write makes read-mostly duplicates stale
             if f & ptf.READ_MOSTLY:
                 self.trace._written(lo, hi)
         return entry
+
+    def _flags_of(self, lo: int, hi: int) -> int:
+        """Every page-table flag set on any page of ``[lo, hi)``, in one reduction (a scalar
+        read for one page: the usual store).  Read from the page table each time: an
+        allocation made while a writer waits replaces its arrays.  Space lock held."""
+        flags = self.pt.flags
+        return int(flags[lo]) if hi - lo == 1 else int(np.bitwise_or.reduce(flags[lo:hi]))
 
     def _end_write(self, entry: tuple[int, int, int]) -> None:
         with self._cond:

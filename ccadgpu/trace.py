@@ -70,7 +70,6 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
-from . import pagetable as ptf
 from .errors import CcadError, TraceFormatError
 from .hostepoch import HostAccesses
 from .runs import node_steps, runs
@@ -449,11 +448,11 @@ class Trace:
             self._user(ev)
 
     def _written(self, lo: int, hi: int) -> None:
-        """A write over pages ``[lo, hi)`` is about to start: where any is read-mostly, its
-        device duplicates go (``{"op": "collapse"}``), under whatever policy a replay runs,
-        which may have made duplicates the run did not (space lock held)."""
-        sp = self._space
-        if not self._recording() or not (sp.pt.flags[lo:hi] & ptf.READ_MOSTLY).any():
+        """A write over pages ``[lo, hi)``, some of them read-mostly (the writer checked, with
+        the rest of their flags), is about to start: their device duplicates go
+        (``{"op": "collapse"}``), under whatever policy a replay runs, which may have made
+        duplicates the run did not (space lock held)."""
+        if not self._recording():
             return
         # (a loop of writes: nothing can have duplicated them since the first)
         self._user({"op": "collapse", "lo": int(lo), "hi": int(hi)}, once=True)

@@ -57,25 +57,32 @@ def coldest(primary: np.ndarray, secondary: np.ndarray, k: int) -> np.ndarray:
     every device page, and equal primaries are common there (every untouched page has heat
     0), so the tie-break must be honoured across the cut, not only among the pages a
     partition happened to keep."""
-    n = len(primary)
     if k <= 0:
         return np.zeros(0, np.intp)
-    if k >= n:
-        return np.lexsort((secondary, primary))
+    if k < len(primary):
+        pick = _first_k(primary, secondary, k)
+        if pick is not None:
+            return pick[np.lexsort((secondary[pick], primary[pick]))]
+    return np.lexsort((secondary, primary))[:k]
+
+
+def _first_k(primary: np.ndarray, secondary: np.ndarray, k: int) -> np.ndarray | None:
+    """The positions of :func:`coldest`'s ``k`` (0 < k < n), ascending; None where a NaN is at
+    either cut (the sort decides then)."""
     kth = np.partition(primary, k - 1)[k - 1]
-    if kth != kth:                                   # NaN at the cut: lexsort's own order
-        return np.lexsort((secondary, primary))[:k]
-    below = np.flatnonzero(primary < kth)            # fewer than k: the rest tie at kth
+    if kth != kth:
+        return None
+    below = np.flatnonzero(primary < kth)        # fewer than k: the rest tie at kth
     tie = np.flatnonzero(primary == kth)
     r = k - len(below)
     sec = secondary[tie]
     kth2 = np.partition(sec, r - 1)[r - 1]
     if kth2 != kth2:
-        return np.lexsort((secondary, primary))[:k]
+        return None
     pick = np.concatenate((below, tie[sec < kth2]))
     pick = np.concatenate((pick, tie[sec == kth2][:k - len(pick)]))   # lowest index first
     pick.sort()                             # so that a stable sort breaks the last ties by index
-    return pick[np.lexsort((secondary[pick], primary[pick]))]
+    return pick
 
 
 class RateLimit:
